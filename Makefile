@@ -1,0 +1,36 @@
+# Quick start: `make demo` and `make test` each set up .venv and do their job.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_STORE := demo-out/digits.zarr
+
+.PHONY: setup demo test test-slow bench zoo clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/probekit run --model digits-branched8 --data digits:test --plugins activity,covariance \
+		--out $(DEMO_STORE) --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/memory.py
+
+zoo: $(STAMP)
+	for r in toy1 toy2 digits-branched8; do $(BIN)/probekit train $$r --overwrite || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo-out bench-out .pytest_cache

@@ -1,0 +1,1 @@
+"""Analyses bundled with probekit, registered through the ``probekit`` entry-point group."""

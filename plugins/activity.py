@@ -1,0 +1,118 @@
+"""``activity``: which branches are active and which are silent (paper section 4, Figs. 4 and 6).
+
+A branch's response norm is the L2 norm of everything it outputs over the
+probed samples. It is *active* when that norm is at least ``threshold``
+(default 10%) of the largest norm among the branches of its layer, and
+*silent* otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+
+from probekit import Analysis, Batch, hookimpl
+from probekit.errors import ProbekitError
+from probekit.schema import branch_coords, class_coords, layer_coords, sample_coords
+
+
+@dataclass
+class ActivityOptions:
+    """``threshold``: active when norm >= threshold x the layer's largest norm."""
+
+    threshold: float = 0.1
+
+    def check(self):
+        if not 0 <= self.threshold <= 1:
+            raise ProbekitError(f"activity.threshold must be in [0, 1], not {self.threshold}")
+
+
+class Activity(Analysis):
+    name = "activity"
+    description = "per-branch response norms; active/silent by the paper's 10% rule"
+    Options = ActivityOptions
+
+    def __init__(self, context, options):
+        super().__init__(context, options)
+        n, b = context.n_samples, len(context.branchset)
+        self.sample_norm = np.zeros((n, b), dtype=np.float32)
+        self.targets: np.ndarray | None = None
+        n_classes = len(context.data.classes or [])
+        self.class_sq = torch.zeros(n_classes, b, dtype=torch.float64, device=context.device)
+
+    def update(self, batch: Batch) -> None:
+        norms = torch.cat([r.pow(2).sum(dim=2) for r in batch.responses.values()], dim=1)  # [N, B] squared
+        self.sample_norm[batch.index.numpy()] = norms.sqrt().float().cpu().numpy()
+        if batch.targets is not None:
+            if self.targets is None:
+                self.targets = np.zeros(self.context.n_samples, dtype=batch.targets.cpu().numpy().dtype)
+            self.targets[batch.index.numpy()] = batch.targets.cpu().numpy()
+            if len(self.class_sq):
+                self.class_sq.index_add_(0, batch.targets.long(), norms.double())
+
+    def _relative(self, sq: np.ndarray) -> np.ndarray:
+        """Norms relative to the largest branch of the same layer; ``sq``: ``[..., B]`` squared norms."""
+        norm = np.sqrt(sq)
+        out = np.zeros_like(norm)
+        start = 0
+        for layer in self.context.branchset.layers:
+            stop = start + len(layer.branches)
+            peak = norm[..., start:stop].max(axis=-1, keepdims=True)
+            out[..., start:stop] = np.divide(norm[..., start:stop], peak, out=np.zeros_like(norm[..., start:stop]),
+                                             where=peak > 0)
+            start = stop
+        return out
+
+    def finalize(self) -> xr.Dataset:
+        ctx = self.context
+        total_sq = (self.sample_norm.astype(np.float64) ** 2).sum(axis=0)
+        relative = self._relative(total_sq)
+        active = relative >= self.options.threshold
+        layer_names = [layer.name for layer in ctx.branchset.layers]
+        layer_of = np.array(ctx.branchset.layer_of_branch, dtype=object)
+        n_active = np.array([int(active[layer_of == name].sum()) for name in layer_names])
+        n_total = np.array([len(layer.branches) for layer in ctx.branchset.layers])
+        ds = xr.Dataset(
+            {
+                "response_norm": (("sample", "branch"), self.sample_norm, {
+                    "long_name": "branch response norm per sample", "units": "output units",
+                    "description": "L2 norm of the branch's flattened response to one sample"}),
+                "norm": ("branch", np.sqrt(total_sq), {
+                    "long_name": "branch response norm", "units": "output units",
+                    "description": "L2 norm of the branch's responses over all probed samples"}),
+                "relative_norm": ("branch", relative, {
+                    "long_name": "norm relative to the layer's largest branch", "units": "1"}),
+                "active": ("branch", active, {
+                    "long_name": "active branch",
+                    "description": f"relative_norm >= {self.options.threshold} (paper Fig. 4 rule)"}),
+                "active_count": ("layer", n_active, {"long_name": "active branches", "units": "branches"}),
+                "silent_count": ("layer", n_total - n_active, {"long_name": "silent branches", "units": "branches"}),
+            },
+            coords={**branch_coords(ctx), **layer_coords(ctx), **sample_coords(ctx, self.targets)},
+            attrs={"threshold": self.options.threshold},
+        )
+        if len(self.class_sq):
+            class_sq = self.class_sq.cpu().numpy()
+            ds = ds.assign_coords(class_coords(ctx)).assign(
+                class_norm=(("cls", "branch"), np.sqrt(class_sq), {
+                    "long_name": "branch response norm per class", "units": "output units"}),
+                class_active=(("cls", "branch"), self._relative(class_sq) >= self.options.threshold, {
+                    "long_name": "active branch per class",
+                    "description": "active within the class by the same relative rule"}),
+            )
+        return ds
+
+    def summary(self, ds: xr.Dataset) -> dict:
+        return {
+            f"active/total in {layer}": f"{int(ds.active_count.sel(layer=layer))}/"
+            f"{int(ds.active_count.sel(layer=layer) + ds.silent_count.sel(layer=layer))}"
+            for layer in ds.layer.values[:8]
+        } | ({"layers": len(ds.layer)} if len(ds.layer) > 8 else {})
+
+
+@hookimpl
+def probekit_register_analyses(register):
+    register(Activity)

@@ -1,0 +1,115 @@
+"""The Analysis base class and its typed options.
+
+An analysis is a class with a ``name``, an ``Options`` dataclass (unknown keys
+are an error), ``update(batch)`` called once per batch with streaming state
+only, and ``finalize() -> xr.Dataset``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, get_type_hints
+
+import torch
+
+from .errors import ProbekitError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from .branches import BranchSet
+    from .data import ProbeData
+
+
+@dataclass
+class Batch:
+    """One batch of the streaming pass.
+
+    ``index``: ``[N]`` positions in the probed data; ``inputs``: ``[N, ...]``;
+    ``targets``: ``[N]`` or ``None``; ``outputs``: the model's output ``[N, ...]``;
+    ``responses``: ``{layer name: [N, K, D]}`` branch responses (K branches,
+    each flattened to D values), all on the run's device.
+    """
+
+    index: torch.Tensor
+    inputs: torch.Tensor
+    targets: torch.Tensor | None
+    outputs: torch.Tensor
+    responses: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What an analysis knows about the run when it is created."""
+
+    branchset: BranchSet
+    data: ProbeData
+    n_samples: int
+    device: torch.device
+    seed: int
+
+
+@dataclass
+class NoOptions:
+    """An analysis without options."""
+
+
+class Analysis:
+    """Base class for analyses; subclass it and register it from a plugin."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    needs_grad: ClassVar[bool] = False
+
+    def __init__(self, context: RunContext, options: Any):
+        self.context = context
+        self.options = options
+
+    def update(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def finalize(self) -> xr.Dataset:
+        raise NotImplementedError
+
+    def summary(self, ds: xr.Dataset) -> dict[str, Any]:
+        """Key numbers of a finalized result, shown by ``probekit show`` (JSON-able)."""
+        return {}
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(text: str, kind: type, where: str):
+    if kind is bool:
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise ProbekitError(f"{where} must be true or false, not {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ProbekitError(f"{where} must be {kind.__name__}, not {text!r}") from None
+
+
+def parse_options(analysis: type[Analysis], pairs: dict[str, str]):
+    """Build ``analysis.Options`` from ``{key: text}``; unknown keys and bad values are errors."""
+    fields = {f.name: f for f in dataclasses.fields(analysis.Options)}
+    hints = get_type_hints(analysis.Options)
+    values = {}
+    for key, text in pairs.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields)) or "none"
+            raise ProbekitError(f"unknown option {analysis.name}.{key} (options of {analysis.name}: {valid})")
+        values[key] = _convert(text, hints[key], f"{analysis.name}.{key}")
+    options = analysis.Options(**values)
+    check = getattr(options, "check", None)
+    if check is not None:
+        check()
+    return options
+
+
+def options_json(options: Any) -> str:
+    return json.dumps(dataclasses.asdict(options), sort_keys=True)

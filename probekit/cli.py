@@ -1,0 +1,145 @@
+"""The ``probekit`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from . import __version__
+from .errors import ProbekitError
+
+
+def _parse_option(text: str) -> tuple[str, str, str]:
+    """``NAME.KEY=VALUE`` -> ``(name, key, value)``."""
+    head, eq, value = text.partition("=")
+    name, dot, key = head.partition(".")
+    if not (eq and dot and name and key):
+        raise ProbekitError(f"--option must look like NAME.KEY=VALUE, not {text!r}")
+    return name.strip(), key.strip(), value
+
+
+def cmd_run(args) -> int:
+    from .loading import LoadOptions
+    from .runner import RunSpec, execute
+    from .store import describe, open_results
+
+    options: dict[str, dict[str, str]] = {}
+    for text in args.option:
+        name, key, value = _parse_option(text)
+        options.setdefault(name, {})[key] = value
+    plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
+    if not plugins:
+        raise ProbekitError("--plugins names no plugin")
+    spec = RunSpec(
+        model=args.model, data=args.data, plugins=plugins, out=args.out, options=options,
+        load=LoadOptions(weights=args.weights, arch=args.arch, trust_pickle=args.trust_pickle),
+        branches=args.branches, limit=args.limit, batch_size=args.batch_size, device=args.device,
+        seed=args.seed, overwrite=args.overwrite, progress=not args.quiet,
+    )
+    run = execute(spec)
+    print(describe(open_results(args.out)))
+    print(f"\nwrote {args.out}")
+    for name, message in run.errors.items():
+        print(f"probekit: error: analysis {name} failed: {message}", file=sys.stderr)
+    return 1 if run.errors else 0
+
+
+def cmd_show(args) -> int:
+    from .store import describe, open_results
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tree = open_results(args.store)
+    print(describe(tree))
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from .plugins import analyses, plugin_infos
+
+    by_plugin: dict[str, list[str]] = {}
+    for name, (_, plugin) in analyses().items():
+        by_plugin.setdefault(plugin, []).append(name)
+    for info in plugin_infos():
+        provided = f"  analyses: {', '.join(sorted(by_plugin[info.name]))}" if info.name in by_plugin else ""
+        print(f"{info.name} {info.version}{provided}\n  hooks: {', '.join(info.hooks)}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .zoo import ZOO
+
+    for name, entry in sorted(ZOO.items()):
+        print(f"{name:20s} {entry.description} (data: {entry.data})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .training import train_recipe
+
+    train_recipe(args.recipe, out=args.out, seed=args.seed, overwrite=args.overwrite, branches=args.branches)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="probekit", description="Probe branched neural networks.")
+    parser.add_argument("--version", action="version", version=f"probekit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="probe a model over data and write a results store")
+    run.add_argument("--model", required=True, help="zoo name, torchvision:NAME, or a model file")
+    run.add_argument("--data", required=True, help="toy1, toy2, digits[:train|test], cifar10:ROOT, "
+                     "imagefolder:PATH, random:C,H,W")
+    run.add_argument("--plugins", required=True, help="comma-separated analyses, e.g. activity,covariance")
+    run.add_argument("--out", required=True, help="results store to create (a .zarr directory)")
+    run.add_argument("--option", action="append", default=[], metavar="NAME.KEY=VALUE",
+                     help="an analysis option (repeatable)")
+    run.add_argument("--weights", help="state_dict for torchvision:NAME or --arch")
+    run.add_argument("--arch", help="module:callable that builds the architecture of a state_dict file")
+    run.add_argument("--trust-pickle", action="store_true",
+                     help="load pickles that need classes outside the safe list (runs code from the file)")
+    run.add_argument("--branches", metavar="GLOB", help="name the branch modules by module path")
+    run.add_argument("--limit", type=int, help="probe only the first N samples")
+    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--overwrite", action="store_true", help="replace an existing store (once the run is done)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    show = sub.add_parser("show", help="print a readable summary of a results store")
+    show.add_argument("store")
+    show.set_defaults(func=cmd_show)
+
+    plugins = sub.add_parser("plugins", help="list plugins, their versions and hooks")
+    plugins.set_defaults(func=cmd_plugins)
+
+    models = sub.add_parser("models", help="list the bundled zoo models")
+    models.set_defaults(func=cmd_models)
+
+    train = sub.add_parser("train", help="train a bundled model from its recipe")
+    train.add_argument("recipe", help="toy1, toy2 or digits-branched8")
+    train.add_argument("--out", help="weights file to write (default: the zoo's own file)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--branches", type=int, help="number of branches M (default: the recipe's)")
+    train.add_argument("--overwrite", action="store_true")
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ProbekitError as exc:
+        print(f"probekit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("probekit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

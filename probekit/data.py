@@ -1,0 +1,84 @@
+"""Probe data: a torch Dataset plus the labels probekit stores with results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .errors import ProbekitError
+
+
+@dataclass
+class ProbeData:
+    """Data to probe with.
+
+    ``dataset[i]`` returns ``(x, target)``: ``x`` one input tensor (no batch
+    dim), ``target`` a class index (``classes`` given), a float (regression),
+    or ``0`` when ``has_targets`` is false. ``sample_ids[i]`` is the
+    dataset's own id of sample ``i`` (a file path, an index).
+    """
+
+    name: str
+    dataset: Dataset
+    sample_ids: Sequence[str]
+    classes: list[str] | None = None
+    has_targets: bool = True
+    num_workers: int = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def loader(self, batch_size: int, limit: int | None) -> DataLoader:
+        """Batches of ``(index, x, target)`` over the first ``limit`` samples, in order."""
+        n = len(self) if limit is None else min(limit, len(self))
+        return DataLoader(
+            _Indexed(Subset(self.dataset, range(n))),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+        )
+
+
+class _Indexed(Dataset):
+    """Adds each sample's position to what the wrapped dataset returns."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, target = self.dataset[i]
+        return i, x, target
+
+
+def parse_data_spec(spec: str) -> tuple[str, str]:
+    """``'scheme:argument'`` or ``'scheme'`` -> ``(scheme, argument)``."""
+    scheme, _, argument = spec.partition(":")
+    return scheme.strip(), argument.strip()
+
+
+def load_data(spec: str, seed: int = 0) -> ProbeData:
+    """Build the data for ``--data spec`` through the registered dataset factories."""
+    from .plugins import datasets
+
+    scheme, argument = parse_data_spec(spec)
+    factories = datasets()
+    if scheme not in factories:
+        known = ", ".join(sorted(factories))
+        raise ProbekitError(f"unknown data {spec!r}: the schemes are {known}")
+    factory, _ = factories[scheme]
+    data = factory(argument, seed)
+    if len(data) == 0:
+        raise ProbekitError(f"data {spec!r} holds no samples")
+    return data
+
+
+def sample_shape(data: ProbeData) -> tuple[int, ...]:
+    """Shape of one input (no batch dim)."""
+    x, _ = data.dataset[0]
+    return tuple(torch.as_tensor(x).shape)

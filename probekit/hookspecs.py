@@ -1,0 +1,53 @@
+"""pluggy hook specifications: the contract between probekit and its plugins.
+
+Every hook is documented in ``docs/hooks.md`` and covered by a test.
+"""
+
+import pluggy
+
+PROJECT = "probekit"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def probekit_register_analyses(register):
+    """Register analyses: call ``register(AnalysisClass)`` once per class."""
+
+
+@hookspec
+def probekit_register_datasets(register):
+    """Register data sources: ``register(scheme, factory)``.
+
+    ``factory(argument: str, seed: int) -> ProbeData`` builds the data for
+    ``--data scheme:argument`` (or ``--data scheme`` with an empty argument).
+    """
+
+
+@hookspec
+def probekit_register_model_loaders(register):
+    """Register model loaders: ``register(scheme, loader)``.
+
+    ``loader(argument: str, options: LoadOptions) -> torch.nn.Module`` handles
+    ``--model scheme:argument``.
+    """
+
+
+@hookspec(firstresult=True)
+def probekit_discover_branches(model, config):
+    """Find the branches of ``model``; return a ``BranchSet`` or ``None``.
+
+    ``config`` is a :class:`probekit.branches.DiscoveryConfig`. The first
+    plugin that returns a non-empty ``BranchSet`` wins; plugins registered
+    later are asked first, so a third-party strategy overrides the built-ins.
+    """
+
+
+@hookspec
+def probekit_run_start(run):
+    """Called once the model, data and branches are ready, before the pass."""
+
+
+@hookspec
+def probekit_run_finish(run, tree):
+    """Called after every node was written; ``tree`` is the store's DataTree."""

@@ -1,0 +1,188 @@
+"""One streaming pass of a model over data, feeding every analysis, into a store."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .analysis import Batch, RunContext, options_json, parse_options
+from .branches import BranchSet, DiscoveryConfig, discover
+from .capture import capture
+from .data import ProbeData, load_data
+from .errors import ProbekitError
+from .graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_hookable
+from .loading import LoadedModel, LoadOptions, load_model
+from .plugins import analyses, manager, plugin_version
+from .store import StoreWriter
+
+
+@dataclass
+class RunSpec:
+    """Everything ``probekit run`` was asked to do."""
+
+    model: str
+    data: str
+    plugins: list[str]
+    out: str
+    options: dict[str, dict[str, str]] = field(default_factory=dict)
+    load: LoadOptions = LoadOptions()
+    branches: str | None = None
+    limit: int | None = None
+    batch_size: int = 64
+    device: str = "cpu"
+    seed: int = 0
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Run:
+    """A run in progress: what the ``probekit_run_start`` hook receives."""
+
+    spec: RunSpec
+    model: LoadedModel
+    data: ProbeData
+    branchset: BranchSet
+    n_samples: int
+    analyses: dict = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ProbekitError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ProbekitError(f"--device {name!r} is not a device: {exc}") from exc
+
+
+def _analysis_classes(spec: RunSpec) -> dict:
+    registered = analyses()
+    unknown = [p for p in spec.plugins if p not in registered]
+    if unknown:
+        raise ProbekitError(f"unknown plugin {unknown[0]!r}; available: {', '.join(sorted(registered)) or 'none'}")
+    for name in spec.options:
+        if name not in spec.plugins:
+            raise ProbekitError(f"--option {name}.*: {name!r} is not among --plugins {','.join(spec.plugins)}")
+    return {name: registered[name][0] for name in spec.plugins}
+
+
+def _forward(model, x: torch.Tensor) -> torch.Tensor:
+    """Run the model, padding to its fixed batch size when it has one."""
+    fixed = getattr(model, FIXED_BATCH_ATTR, None)
+    n = x.shape[0]
+    if fixed is not None and n != fixed:
+        if n > fixed:
+            raise ProbekitError(f"this model takes batches of exactly {fixed}: pass --batch-size {fixed}")
+        x = torch.cat([x, x[-1:].expand(fixed - n, *x.shape[1:])])
+    return model(x)[:n]
+
+
+def _first_forward(model, x: torch.Tensor, data: ProbeData, spec: RunSpec) -> None:
+    """Try the first batch, turning a shape error into one clear line."""
+    try:
+        with torch.no_grad():
+            _forward(model, x)
+    except ProbekitError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ProbekitError(
+            f"data {data.name} (samples of shape {tuple(x.shape[1:])}) does not fit model {spec.model}: {first}"
+        ) from exc
+
+
+def provenance(run: Run, spec: RunSpec) -> dict:
+    """Run-level attrs stored on the root and every node (see docs/schema.md)."""
+    from . import __version__
+
+    return {
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "probekit_version": __version__,
+        "torch_version": torch.__version__,
+        "model": json.dumps({"spec": spec.model, "sha256": run.model.sha256}),
+        "dataset": run.data.name,
+        "n_samples": run.n_samples,
+        "seed": spec.seed,
+        "branch_strategy": run.branchset.strategy,
+        "n_branches": len(run.branchset),
+    }
+
+
+def execute(spec: RunSpec) -> Run:
+    """Do the run; return it with any per-analysis errors (the store is written either way)."""
+    classes = _analysis_classes(spec)
+    options = {name: parse_options(cls, spec.options.get(name, {})) for name, cls in classes.items()}
+    writer = StoreWriter(spec.out, overwrite=spec.overwrite)
+    if spec.batch_size <= 0 or (spec.limit is not None and spec.limit <= 0):
+        raise ProbekitError("--batch-size and --limit must be positive")
+    device = resolve_device(spec.device)
+    torch.manual_seed(spec.seed)
+    data = load_data(spec.data, spec.seed)
+    loaded = load_model(spec.model, spec.load)
+    loader = data.loader(spec.batch_size, spec.limit)
+    n_samples = len(loader.dataset)
+    first_batch = next(iter(loader))
+    module = loaded.module
+    if is_torchscript(module):
+        module = torchscript_to_hookable(module, first_batch[1][: spec.batch_size])
+    module = module.to(device)
+    _first_forward(module, first_batch[1].to(device), data, spec)
+    branchset = discover(module, DiscoveryConfig(spec.branches))
+    run = Run(spec, loaded, data, branchset, n_samples)
+    context = RunContext(branchset, data, n_samples, device, spec.seed)
+    run.analyses = {name: cls(context, options[name]) for name, cls in classes.items()}
+    attrs = provenance(run, spec)
+    writer.create({**attrs, "plugins": json.dumps(spec.plugins), "command": " ".join(sys.argv)})
+    manager().hook.probekit_run_start(run=run)
+    _stream(module, loader, run, device, spec)
+    _finalize(run, writer, attrs, classes, options)
+    writer.finish(run.errors)
+    from .store import open_results
+
+    manager().hook.probekit_run_finish(run=run, tree=open_results(spec.out))
+    return run
+
+
+def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec) -> None:
+    needs_grad = any(a.needs_grad for a in run.analyses.values())
+    with capture(module, run.branchset) as recorder, torch.set_grad_enabled(needs_grad):
+        for index, x, target in tqdm(loader, desc="probing", unit="batch", disable=not spec.progress,
+                                     file=sys.stderr):
+            x = x.to(device)
+            outputs = _forward(module, x)
+            batch = Batch(index, x, target.to(device) if run.data.has_targets else None, outputs,
+                          recorder.take(x.shape[0]))
+            for name, analysis in list(run.analyses.items()):
+                try:
+                    analysis.update(batch)
+                except Exception as exc:
+                    run.errors[name] = f"{type(exc).__name__}: {exc}"
+                    del run.analyses[name]
+
+
+def _finalize(run: Run, writer: StoreWriter, attrs: dict, classes: dict, options: dict) -> None:
+    for name, analysis in run.analyses.items():
+        try:
+            ds = analysis.finalize()
+            ds.attrs.update({
+                **attrs,
+                "plugin": name,
+                "plugin_version": plugin_version(_plugin_of(name)),
+                "options": options_json(options[name]),
+                "summary": json.dumps(analysis.summary(ds)),
+            })
+            writer.write_node(name, ds)
+        except Exception as exc:
+            run.errors[name] = f"{type(exc).__name__}: {exc}"
+
+
+def _plugin_of(analysis_name: str) -> str:
+    return analyses()[analysis_name][1]

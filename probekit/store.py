@@ -1,0 +1,140 @@
+"""Results stores: an ``xarray.DataTree`` in zarr, one node per analysis.
+
+Write protocol (so a crash never leaves half a node, and never loses an
+older store):
+
+* a new store is created with root attr ``status='incomplete'``;
+* each node is written into ``<store>.tmp/<node>`` and then moved into the
+  store with one ``os.replace``;
+* at the end the root becomes ``status='complete'`` (or ``'failed'`` with the
+  errors), and metadata are consolidated;
+* with ``overwrite`` the new store is built at ``<store>.new`` and swapped in
+  only when complete, so a crash keeps the old store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+import zarr
+
+from .errors import ProbekitError
+
+STATUS_ATTR = "probekit_status"
+
+
+def _plain_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Fixed-width unicode arrays as object arrays (zarr 3 stores those as portable vlen strings)."""
+    converted = {
+        name: var.astype(object) for name, var in ds.variables.items() if var.dtype.kind == "U"
+    }
+    return ds.assign_coords({k: v for k, v in converted.items() if k in ds.coords}).assign(
+        {k: v for k, v in converted.items() if k not in ds.coords}
+    )
+
+
+class StoreWriter:
+    """Writes one run's store following the protocol in the module docstring."""
+
+    def __init__(self, path: str | Path, overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise ProbekitError(f"output store {self.path} already exists; pass --overwrite to replace it")
+        self.replacing = self.path.exists()
+        self.target = self.path.with_name(self.path.name + ".new") if self.replacing else self.path
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+
+    def create(self, attrs: dict[str, Any]) -> None:
+        """Make the empty store, marked incomplete."""
+        for leftover in (self.target, self.tmp):
+            if leftover != self.path and leftover.exists():
+                shutil.rmtree(leftover)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            group = zarr.open_group(str(self.target), mode="w-", zarr_format=3)
+        except Exception as exc:
+            raise ProbekitError(f"cannot create output store {self.path}: {exc}") from exc
+        group.attrs.update({**attrs, STATUS_ATTR: "incomplete"})
+
+    def write_node(self, name: str, ds: xr.Dataset) -> None:
+        """Write one analysis node atomically."""
+        staging = self.tmp / name
+        if staging.exists():
+            shutil.rmtree(staging)
+        self.tmp.mkdir(exist_ok=True)
+        _plain_strings(ds).to_zarr(str(staging), mode="w-", consolidated=False, zarr_format=3)
+        final = self.target / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+
+    def finish(self, errors: dict[str, str]) -> None:
+        """Mark the store complete (or failed), consolidate, and swap it in."""
+        group = zarr.open_group(str(self.target), mode="r+")
+        group.attrs.update({STATUS_ATTR: "failed" if errors else "complete", "errors": json.dumps(errors)})
+        with warnings.catch_warnings():  # zarr 3 warns that consolidation is not in its v3 spec yet
+            warnings.simplefilter("ignore", UserWarning)
+            zarr.consolidate_metadata(str(self.target))
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        if self.replacing:
+            old = self.path.with_name(self.path.name + ".old")
+            os.replace(self.path, old)
+            os.replace(self.target, self.path)
+            shutil.rmtree(old)
+
+
+def store_status(path: str | Path) -> str:
+    """The root's ``probekit_status``: ``complete``, ``failed`` or ``incomplete``."""
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as exc:
+        raise ProbekitError(f"{path} is not a probekit results store: {exc}") from exc
+    return str(group.attrs.get(STATUS_ATTR, "unknown"))
+
+
+def open_results(path: str | Path) -> xr.DataTree:
+    """Open a results store as an ``xarray.DataTree`` (lazily; one node per analysis).
+
+    An incomplete store (a run that was interrupted) still opens, with a warning.
+    """
+    if not Path(path).exists():
+        raise ProbekitError(f"results store not found: {path}")
+    status = store_status(path)
+    if status == "incomplete":
+        warnings.warn(f"{path} is incomplete: its run did not finish", stacklevel=2)
+    return xr.open_datatree(str(path), engine="zarr", consolidated=status != "incomplete")
+
+
+def describe(tree: xr.DataTree) -> str:
+    """A readable multi-line summary of a store (``probekit show``)."""
+    root = tree.attrs
+    lines = [
+        f"status:  {root.get(STATUS_ATTR, 'unknown')}",
+        f"model:   {root.get('model', '?')}",
+        f"data:    {root.get('dataset', '?')} ({root.get('n_samples', '?')} samples)",
+        f"branches: {root.get('n_branches', '?')} found by {root.get('branch_strategy', '?')}",
+        f"created: {root.get('created_at', '?')}  probekit {root.get('probekit_version', '?')}, "
+        f"torch {root.get('torch_version', '?')}, seed {root.get('seed', '?')}",
+    ]
+    errors = json.loads(root.get("errors", "{}") or "{}")
+    for name, message in errors.items():
+        lines.append(f"FAILED {name}: {message}")
+    for name, node in tree.children.items():
+        ds = node.to_dataset()
+        dims = ", ".join(f"{d}={n}" for d, n in ds.sizes.items())
+        lines.append(f"\n[{name}] plugin {node.attrs.get('plugin', '?')} {node.attrs.get('plugin_version', '')}  ({dims})")
+        for key, value in json.loads(node.attrs.get("summary", "{}")).items():
+            lines.append(f"  {key}: {value}")
+        for var_name, var in ds.data_vars.items():
+            label = var.attrs.get("long_name", "")
+            units = f" [{var.attrs['units']}]" if var.attrs.get("units") else ""
+            lines.append(f"  - {var_name}{tuple(var.dims)}: {label}{units}")
+    return "\n".join(lines)
+

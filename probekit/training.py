@@ -1,0 +1,92 @@
+"""Training recipes for the bundled models (``probekit train <recipe>``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .architectures import branched_perceptron, digits_branched
+from .datasets import TOY_POINTS, digits_arrays
+from .errors import ProbekitError
+from .zoo import ZOO
+
+TOY_STEPS = 5000
+TOY_LR = 0.05
+DIGITS_EPOCHS = 30
+DIGITS_LR = 3e-3
+DIGITS_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe: default branch count and the function that trains it."""
+
+    branches: int
+    train: object  # (branches, seed) -> (model, config, metrics)
+
+
+def train_toy(name: str, branches: int, seed: int):
+    """Full-batch gradient descent on the four points with L = 1/2 ||f - y||^2."""
+    torch.manual_seed(seed)
+    xs, ys = TOY_POINTS[name]
+    x, y = torch.tensor(xs).unsqueeze(1), torch.tensor(ys).unsqueeze(1)
+    model = branched_perceptron(branches)
+    optimizer = torch.optim.SGD(model.parameters(), lr=TOY_LR)
+    for _ in tqdm(range(TOY_STEPS), desc=f"train {name}", unit="step", mininterval=1.0):
+        optimizer.zero_grad()
+        loss = 0.5 * (model(x) - y).pow(2).sum()
+        loss.backward()
+        optimizer.step()
+    final = float(0.5 * (model(x) - y).pow(2).sum())
+    metrics = {"final_loss": final, "success": 2 * final < 1e-4, "steps": TOY_STEPS, "lr": TOY_LR}
+    return model, {"branches": branches}, metrics
+
+
+def train_digits(branches: int, seed: int):
+    """Adam on the digits train split (4/5 of scikit-learn's digits), cross-entropy on summed logits."""
+    torch.manual_seed(seed)
+    x_train, y_train, _ = digits_arrays("train")
+    x_test, y_test, _ = digits_arrays("test")
+    model = digits_branched(branches)
+    optimizer = torch.optim.Adam(model.parameters(), lr=DIGITS_LR)
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in tqdm(range(DIGITS_EPOCHS), desc="train digits-branched", unit="epoch"):
+        model.train()
+        for idx in torch.randperm(len(x_train)).split(DIGITS_BATCH):
+            optimizer.zero_grad()
+            loss_fn(model(x_train[idx]), y_train[idx]).backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(x_test).argmax(1) == y_test).float().mean())
+    metrics = {"test_accuracy": accuracy, "epochs": DIGITS_EPOCHS, "lr": DIGITS_LR, "batch_size": DIGITS_BATCH}
+    return model, {"branches": branches}, metrics
+
+
+RECIPES = {
+    "toy1": Recipe(10, lambda m, seed: train_toy("toy1", m, seed)),
+    "toy2": Recipe(20, lambda m, seed: train_toy("toy2", m, seed)),
+    "digits-branched8": Recipe(8, train_digits),
+}
+
+
+def train_recipe(name: str, out: str | None, seed: int, overwrite: bool, branches: int | None) -> Path:
+    """Train ``name`` and save ``{config, state_dict, metrics}``; refuses to overwrite unless asked."""
+    if name not in RECIPES:
+        raise ProbekitError(f"unknown recipe {name!r}; recipes: {', '.join(sorted(RECIPES))}")
+    recipe = RECIPES[name]
+    path = Path(out) if out else ZOO[name].weights_path(name)
+    if path.exists() and not overwrite:
+        raise ProbekitError(f"{path} already exists; pass --overwrite to replace it")
+    started = time.perf_counter()
+    model, config, metrics = recipe.train(branches or recipe.branches, seed)
+    metrics = {**metrics, "seed": seed, "wall_seconds": round(time.perf_counter() - started, 1)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": config, "state_dict": model.state_dict(), "metrics": metrics}, path)
+    print(f"wrote {path}: {metrics}")
+    return path

@@ -1,0 +1,50 @@
+"""Bundled models: name -> architecture + committed weights (``weights/<name>.pt``).
+
+Each weights file is ``{"config": {...builder kwargs}, "state_dict": ..., "metrics": {...}}``,
+written by ``probekit train <name>``; ``docs/models.md`` records how.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..architectures import branched_perceptron, digits_branched
+from ..errors import ProbekitError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A bundled model: its builder, description and the data it was trained on."""
+
+    build: Callable[..., nn.Module]
+    description: str
+    data: str
+
+    def weights_path(self, name: str) -> Path:
+        return WEIGHTS_DIR / f"{name}.pt"
+
+
+ZOO: dict[str, ZooEntry] = {
+    "toy1": ZooEntry(branched_perceptron, "paper toy 1: 10 LeakyReLU perceptron branches", "toy1"),
+    "toy2": ZooEntry(branched_perceptron, "paper toy 2: 20 LeakyReLU perceptron branches", "toy2"),
+    "digits-branched8": ZooEntry(digits_branched, "8 summed small-CNN branches on 8x8 digits", "digits:test"),
+}
+
+
+def load_zoo_model(name: str) -> nn.Module:
+    """Build a bundled model and load its committed weights."""
+    entry = ZOO[name]
+    path = entry.weights_path(name)
+    if not path.is_file():
+        raise ProbekitError(f"weights of zoo model {name!r} are missing ({path}); run `probekit train {name}`")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = entry.build(**checkpoint["config"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
