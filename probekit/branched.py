@@ -33,8 +33,9 @@ class SummedBranches(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branches[0](x)
-        for branch in self.branches[1:]:
-            out = out + branch(x)
+        for k, branch in enumerate(self.branches):  # written so that torch.jit.script accepts it
+            if k > 0:
+                out = out + branch(x)
         if self.residual is not None:
             out = out + self.residual(x)
         return out

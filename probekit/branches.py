@@ -8,7 +8,7 @@ per-layer statistics such as "largest branch" or ``F F^T`` are well defined.
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -93,12 +93,20 @@ def layer_name(path: str) -> str:
     return path or ROOT_LAYER
 
 
+def glob_regex(pattern: str) -> re.Pattern:
+    """A module-path glob as a regex: ``*`` and ``?`` stay within one dotted segment, ``**`` spans any."""
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    wildcard = {"**": ".*", "*": "[^.]*", "?": "[^.]"}
+    return re.compile("".join(wildcard.get(p, re.escape(p)) for p in parts) + r"\Z")
+
+
 def by_glob(model: nn.Module, pattern: str) -> BranchSet:
-    """Branches named by hand: every module whose path matches ``pattern``.
+    """Branches named by hand: every module whose path matches ``pattern`` (see :func:`glob_regex`).
 
     Matches are grouped into layers by their parent module path.
     """
-    matches = [path for path, _ in model.named_modules() if path and fnmatch.fnmatchcase(path, pattern)]
+    regex = glob_regex(pattern)
+    matches = [path for path, _ in model.named_modules() if path and regex.match(path)]
     if not matches:
         raise ProbekitError(f"--branches {pattern!r} matches no module path (see `probekit branches --model ...`)")
     by_parent: dict[str, list[str]] = {}
@@ -124,7 +132,11 @@ def discover(model: nn.Module, config: DiscoveryConfig) -> BranchSet:
 
     tried = list(STRATEGY_DESCRIPTIONS)
     tried += [f"plugin {impl.plugin_name!r}" for impl in hook.get_hookimpls() if impl.plugin_name != "probekit.discovery"]
+    graph_note = (
+        " (graph-captured models lose the probekit_branches marker)"
+        if type(model).__name__ == "UnflattenedModule" else ""
+    )
     raise ProbekitError(
         f"no branches found in {type(model).__name__}: tried {'; '.join(tried)}. "
-        "Name them with --branches GLOB"
+        f"Name them with --branches GLOB, e.g. --branches 'branches.*'{graph_note}"
     )

@@ -1,9 +1,10 @@
 """Graph-captured models (torch.export, TorchScript) made hookable.
 
 Forward hooks cannot fire inside a compiled graph. torch.export programs are
-unflattened back into their module hierarchy; TorchScript modules are first
-converted to an ExportedProgram with an example batch. Programs whose batch
-size is fixed get ``probekit_fixed_batch``, and the runner pads short batches.
+unflattened back into their module hierarchy. Programs whose batch size is
+fixed get ``probekit_fixed_batch``, and the runner pads short batches.
+TorchScript hides submodule calls completely (its graph is compiled in C++),
+so TorchScript models load and run but cannot be probed.
 """
 
 from __future__ import annotations
@@ -47,17 +48,9 @@ def is_torchscript(model: nn.Module) -> bool:
     return isinstance(model, torch.jit.ScriptModule)
 
 
-def torchscript_to_hookable(model: torch.jit.ScriptModule, example: torch.Tensor) -> nn.Module:
-    """Convert a TorchScript module, traced at ``example``'s shape (batch size fixed)."""
-    from torch._export.converter import TS2EPConverter
-
-    try:
-        program = TS2EPConverter(model, (example,)).convert()
-    except Exception as exc:
-        raise ProbekitError(
-            f"cannot convert this TorchScript model for probing ({type(exc).__name__}: {exc}); "
-            "save it with torch.export instead"
-        ) from exc
-    module = unflatten_program(program)
-    setattr(module, FIXED_BATCH_ATTR, example.shape[0])
-    return module
+def refuse_torchscript(path: str) -> None:
+    """TorchScript runs submodules inside a compiled graph, where no Python hook can see them."""
+    raise ProbekitError(
+        f"{path} is TorchScript: it loads and runs, but hooks cannot see its branches; "
+        "save the model with torch.export.save(torch.export.export(model, (example,))) and probe that"
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +114,9 @@ def load_file(path: str, options: LoadOptions) -> nn.Module:
         return load_exported(path)
     if kind == "torchscript":
         try:
-            return torch.jit.load(path, map_location="cpu")
+            with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's concern
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(path, map_location="cpu")
         except Exception as exc:
             raise ProbekitError(f"{path} is not a readable TorchScript archive: {_first_line(exc)}") from exc
     if options.arch:

@@ -16,7 +16,7 @@ from .branches import BranchSet, DiscoveryConfig, discover
 from .capture import capture
 from .data import ProbeData, load_data
 from .errors import ProbekitError
-from .graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_hookable
+from .graph_models import FIXED_BATCH_ATTR, is_torchscript, refuse_torchscript
 from .loading import LoadedModel, LoadOptions, load_model
 from .plugins import analyses, manager, plugin_version
 from .store import StoreWriter
@@ -130,19 +130,22 @@ def execute(spec: RunSpec) -> Run:
     loader = data.loader(spec.batch_size, spec.limit)
     n_samples = len(loader.dataset)
     first_batch = next(iter(loader))
-    module = loaded.module
-    if is_torchscript(module):
-        module = torchscript_to_hookable(module, first_batch[1][: spec.batch_size])
-    module = module.to(device)
+    module = loaded.module.to(device)
     _first_forward(module, first_batch[1].to(device), data, spec)
+    if is_torchscript(module):
+        refuse_torchscript(spec.model)
     branchset = discover(module, DiscoveryConfig(spec.branches))
     run = Run(spec, loaded, data, branchset, n_samples)
     context = RunContext(branchset, data, n_samples, device, spec.seed)
     run.analyses = {name: cls(context, options[name]) for name, cls in classes.items()}
     attrs = provenance(run, spec)
     writer.create({**attrs, "plugins": json.dumps(spec.plugins), "command": " ".join(sys.argv)})
-    manager().hook.probekit_run_start(run=run)
-    _stream(module, loader, run, device, spec)
+    try:
+        manager().hook.probekit_run_start(run=run)
+        _stream(module, loader, run, device, spec)
+    except BaseException:
+        writer.discard()  # nothing was finalized yet: leave no half-made store behind
+        raise
     _finalize(run, writer, attrs, classes, options)
     writer.finish(run.errors)
     from .store import open_results

@@ -74,6 +74,12 @@ class StoreWriter:
             shutil.rmtree(final)
         os.replace(staging, final)
 
+    def discard(self) -> None:
+        """Remove this run's unfinished store (never an older store being replaced)."""
+        for path in (self.target, self.tmp):
+            if path.exists():
+                shutil.rmtree(path)
+
     def finish(self, errors: dict[str, str]) -> None:
         """Mark the store complete (or failed), consolidate, and swap it in."""
         group = zarr.open_group(str(self.target), mode="r+")
