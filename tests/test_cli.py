@@ -1,0 +1,137 @@
+"""The CLI end to end, and every bad input of the acceptance list: one line, no traceback, non-zero exit."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+import torchvision
+import xarray as xr
+from torch import nn
+
+from probekit import open_results
+
+
+def test_run_writes_a_store_that_xarray_opens(cli, tmp_path):
+    out = tmp_path / "r.zarr"
+    code, stdout, _ = cli("run", "--model", "digits-branched8", "--data", "digits:test", "--plugins",
+                          "activity,covariance", "--out", out, "--quiet", "--batch-size", "50")
+    assert code == 0 and "status:  complete" in stdout
+    tree = xr.open_datatree(str(out), engine="zarr")
+    assert set(tree.children) == {"activity", "covariance"}
+    activity = tree["activity"]
+    assert activity.sizes["sample"] == 360 and activity.sizes["branch"] == 8
+    assert activity.attrs["plugin"] == "activity" and '"sha256"' in activity.attrs["model"]
+    for key in ("created_at", "probekit_version", "plugin_version", "options", "dataset", "torch_version", "seed"):
+        assert key in activity.attrs
+
+
+def test_resnext_pickle_gives_one_branch_per_grouped_layer_and_group(cli, tmp_path):
+    model_path = tmp_path / "my_resnext.pt"
+    torch.save(torchvision.models.resnext50_32x4d(), model_path)
+    out = tmp_path / "r.zarr"
+    code, _, err = cli("run", "--model", model_path, "--plugins", "activity,covariance", "--data",
+                       "random:3,224,224", "--limit", "2", "--out", out, "--quiet")
+    assert code == 0, err
+    activity = xr.open_datatree(str(out), engine="zarr")["activity"]
+    assert activity.sizes["branch"] == 16 * 32
+    one = activity.sel(branch="layer3.2.conv2[g=31]")
+    assert str(one.branch_layer.values) == "layer3.2.conv2" and int(one.branch_group) == 31
+
+
+def test_show_and_plugins_and_models(cli, tmp_path):
+    out = tmp_path / "r.zarr"
+    cli("run", "--model", "toy2", "--data", "toy2", "--plugins", "activity", "--out", out, "--quiet")
+    code, stdout, _ = cli("show", out)
+    assert code == 0 and "[activity]" in stdout and "active/total in model" in stdout
+    code, stdout, _ = cli("plugins")
+    assert code == 0 and "activity 0.1.0" in stdout and "probekit_register_analyses" in stdout
+    code, stdout, _ = cli("models")
+    assert "digits-branched8" in stdout
+
+
+def _one_line_error(code, stdout, stderr, expected):
+    assert code != 0
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("probekit: error:") and expected in lines[0]
+    assert "Traceback" not in stderr + stdout
+
+
+def _bad_inputs(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a model at all")
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": print}, evil)  # needs builtins.print: not on the safe list
+    plain = tmp_path / "plain.pt"
+    torch.save(nn.Sequential(nn.Linear(3, 2)), plain)
+    existing = tmp_path / "exists.zarr"
+    existing.mkdir()
+    base = ["--plugins", "activity", "--quiet"]
+    fresh = str(tmp_path / "new.zarr")
+    return [
+        (["--model", tmp_path / "missing.pt", "--data", "toy1", "--out", fresh], "model file not found"),
+        (["--model", corrupt, "--data", "toy1", "--out", fresh], "not a PyTorch model file"),
+        (["--model", "resnet5000", "--data", "toy1", "--out", fresh], "unknown model"),
+        (["--model", evil, "--data", "toy1", "--out", fresh], "builtins.print"),
+        (["--model", plain, "--data", "random:3", "--out", fresh], "no branches found"),
+        (["--model", "digits-branched8", "--data", "random:3,32,32", "--out", fresh], "does not fit model"),
+        (["--model", "toy1", "--data", "toy1", "--out", fresh, "--plugins", "nope"], "unknown plugin"),
+        (["--model", "toy1", "--data", "toy1", "--out", fresh, "--option", "activity.nope=1"], "unknown option"),
+        (["--model", "toy1", "--data", "toy1", "--out", fresh, "--option", "activity.threshold=x"], "must be float"),
+        (["--model", "toy1", "--data", "toy1", "--out", existing], "already exists"),
+        (["--model", "toy1", "--data", "nope", "--out", fresh], "unknown data"),
+    ], base
+
+
+def test_bad_inputs_get_one_error_line(cli, tmp_path):
+    cases, base = _bad_inputs(tmp_path)
+    for args, expected in cases:
+        code, stdout, stderr = cli("run", *base, *args)
+        _one_line_error(code, stdout, stderr, expected)
+    assert not (tmp_path / "new.zarr").exists()
+    assert list((tmp_path / "exists.zarr").iterdir()) == []  # untouched
+
+
+def test_overwrite_replaces_only_when_the_new_run_is_complete(cli, tmp_path):
+    out = tmp_path / "r.zarr"
+    cli("run", "--model", "toy1", "--data", "toy1", "--plugins", "activity", "--out", out, "--quiet")
+    first = xr.open_datatree(str(out), engine="zarr").attrs["created_at"]
+    code, _, _ = cli("run", "--model", "toy1", "--data", "random:3", "--plugins", "activity", "--out", out,
+                     "--overwrite", "--quiet")
+    assert code != 0  # the new run fails (shape) ...
+    assert xr.open_datatree(str(out), engine="zarr").attrs["created_at"] == first  # ... the old store survives
+    code, _, _ = cli("run", "--model", "toy2", "--data", "toy2", "--plugins", "activity", "--out", out,
+                     "--overwrite", "--quiet")
+    assert code == 0 and "toy2" in xr.open_datatree(str(out), engine="zarr").attrs["model"]
+    assert not (tmp_path / "r.zarr.new").exists()
+
+
+def test_a_killed_run_keeps_earlier_stores_and_leaves_its_own_readable(cli, tmp_path):
+    earlier = tmp_path / "earlier.zarr"
+    cli("run", "--model", "digits-branched8", "--data", "digits", "--plugins", "activity", "--out", earlier,
+        "--quiet")
+    killed = tmp_path / "killed.zarr"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "probekit", "run", "--model", "digits-branched8", "--data", "random:1,8,8",
+         "--batch-size", "1", "--plugins", "activity,covariance", "--out", str(killed), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (killed / "zarr.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert open_results(earlier)["activity"].sizes["sample"] == 1797
+    if killed.exists():
+        with pytest.warns(UserWarning, match="incomplete"):
+            tree = open_results(killed)
+        assert tree.attrs["probekit_status"] == "incomplete"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_results(earlier)

@@ -1,0 +1,101 @@
+"""Every hook is documented in docs/hooks.md, and each one works for a plugin registered at run time."""
+
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+from probekit import hookimpl, hookspecs
+from probekit.branches import BranchLayer, BranchSet, DiscoveryConfig, discover
+from probekit.loading import load_model
+from probekit.plugins import manager
+from conftest import REPO
+from helpers import run_analyses
+
+HOOKS = sorted(name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("probekit_"))
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_hook_is_documented(hook):
+    assert f"`{hook}(" in (REPO / "docs" / "hooks.md").read_text()
+
+
+@pytest.fixture
+def plugin():
+    """Register a plugin object for one test, and always unregister it."""
+    registered = []
+
+    def add(obj):
+        manager().register(obj)
+        registered.append(obj)
+        return obj
+
+    yield add
+    for obj in registered:
+        manager().unregister(obj)
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def probekit_run_start(self, run):
+        self.calls.append(("start", run.n_samples, len(run.branchset)))
+
+    @hookimpl
+    def probekit_run_finish(self, run, tree):
+        self.calls.append(("finish", sorted(tree.children)))
+
+
+def test_run_start_and_finish(tmp_path, plugin):
+    recorder = plugin(Recorder())
+    run_analyses(tmp_path, "toy1", "toy1", ["activity"])
+    assert recorder.calls == [("start", 4, 10), ("finish", ["activity"])]
+
+
+class TwinLoader:
+    @hookimpl
+    def probekit_register_model_loaders(self, register):
+        register("twin", lambda argument, options: nn.Sequential(nn.Linear(int(argument), 2)))
+
+
+def test_register_model_loaders(plugin):
+    plugin(TwinLoader())
+    assert isinstance(load_model("twin:3").module[0], nn.Linear)
+
+
+class ExpertsByName:
+    """A third-party strategy: every child named ``expert*`` is a branch."""
+
+    @hookimpl
+    def probekit_discover_branches(self, model, config):
+        names = tuple(n for n, _ in model.named_children() if n.startswith("expert"))
+        return BranchSet((BranchLayer("model", "glob", names, names),), "experts") if names else None
+
+
+def test_discover_branches_plugin_is_asked_first(plugin):
+    plugin(ExpertsByName())
+    model = nn.Module()
+    model.expert_a, model.expert_b = nn.Linear(2, 2), nn.Linear(2, 2)
+    assert discover(model, DiscoveryConfig()).strategy == "experts"
+    grouped = nn.Sequential(nn.Conv2d(4, 4, 1, groups=2))
+    assert discover(grouped, DiscoveryConfig()).strategy == "grouped-conv"  # falls through when it says None
+
+
+class Constant:
+    @hookimpl
+    def probekit_register_datasets(self, register):
+        from torch.utils.data import TensorDataset
+
+        from probekit.data import ProbeData
+
+        register("ones", lambda argument, seed: ProbeData("ones", TensorDataset(torch.ones(6, 1), torch.zeros(6)),
+                                                          [str(i) for i in range(6)]))
+
+
+def test_register_datasets_and_analyses(tmp_path, plugin):
+    plugin(Constant())
+    ds = run_analyses(tmp_path, "toy1", "ones", ["activity", "covariance"], batch_size=4)
+    assert ds["activity"].sizes["sample"] == 6  # activity and covariance come from probekit_register_analyses
