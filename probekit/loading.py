@@ -22,7 +22,7 @@ from .errors import ProbekitError
 from .graph_models import load_exported
 from .hookspecs import hookimpl
 from .safe_pickle import load_module_pickle
-from .zoo import ZOO, load_zoo_model
+from .zoo import ZOO, build_from_checkpoint, is_zoo_checkpoint, load_zoo_model
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,8 @@ def load_file(path: str, options: LoadOptions) -> nn.Module:
         raise ProbekitError(f"{path} is not a PyTorch model file: {_first_line(exc)}") from exc
     if isinstance(obj, nn.Module):
         return obj
+    if is_zoo_checkpoint(obj):
+        return build_from_checkpoint(obj)
     if isinstance(obj, dict):
         raise ProbekitError(f"{path} holds weights (a state_dict), not a model: add --arch module:callable")
     raise ProbekitError(f"{path} holds a {type(obj).__name__}, not a model")

@@ -42,7 +42,8 @@ def train_toy(name: str, branches: int, seed: int):
         loss = 0.5 * (model(x) - y).pow(2).sum()
         loss.backward()
         optimizer.step()
-    final = float(0.5 * (model(x) - y).pow(2).sum())
+    with torch.no_grad():
+        final = float(0.5 * (model(x) - y).pow(2).sum())
     metrics = {"final_loss": final, "success": 2 * final < 1e-4, "steps": TOY_STEPS, "lr": TOY_LR}
     return model, {"branches": branches}, metrics
 
@@ -76,7 +77,7 @@ RECIPES = {
 
 
 def train_recipe(name: str, out: str | None, seed: int, overwrite: bool, branches: int | None) -> Path:
-    """Train ``name`` and save ``{config, state_dict, metrics}``; refuses to overwrite unless asked."""
+    """Train ``name`` and save ``{recipe, config, state_dict, metrics}``; refuses to overwrite unless asked."""
     if name not in RECIPES:
         raise ProbekitError(f"unknown recipe {name!r}; recipes: {', '.join(sorted(RECIPES))}")
     recipe = RECIPES[name]
@@ -87,6 +88,6 @@ def train_recipe(name: str, out: str | None, seed: int, overwrite: bool, branche
     model, config, metrics = recipe.train(branches or recipe.branches, seed)
     metrics = {**metrics, "seed": seed, "wall_seconds": round(time.perf_counter() - started, 1)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": config, "state_dict": model.state_dict(), "metrics": metrics}, path)
+    torch.save({"recipe": name, "config": config, "state_dict": model.state_dict(), "metrics": metrics}, path)
     print(f"wrote {path}: {metrics}")
     return path

@@ -1,7 +1,9 @@
 """Bundled models: name -> architecture + committed weights (``weights/<name>.pt``).
 
-Each weights file is ``{"config": {...builder kwargs}, "state_dict": ..., "metrics": {...}}``,
-written by ``probekit train <name>``; ``docs/models.md`` records how.
+Each weights file is ``{"recipe": name, "config": {...builder kwargs}, "state_dict": ...,
+"metrics": {...}}``, written by ``probekit train <name>``; ``docs/models.md`` records how.
+Files of that form trained elsewhere (``probekit train toy2 --branches 40 --out f.pt``)
+load as ``--model f.pt``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,16 @@ def load_zoo_model(name: str) -> nn.Module:
     path = entry.weights_path(name)
     if not path.is_file():
         raise ProbekitError(f"weights of zoo model {name!r} are missing ({path}); run `probekit train {name}`")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = entry.build(**checkpoint["config"])
+    return build_from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def is_zoo_checkpoint(obj) -> bool:
+    """Whether ``obj`` is a checkpoint written by ``probekit train``."""
+    return isinstance(obj, dict) and obj.get("recipe") in ZOO and "state_dict" in obj and "config" in obj
+
+
+def build_from_checkpoint(checkpoint: dict) -> nn.Module:
+    """The zoo architecture named by ``checkpoint['recipe']``, with its weights."""
+    model = ZOO[checkpoint["recipe"]].build(**checkpoint["config"])
     model.load_state_dict(checkpoint["state_dict"])
     return model
