@@ -134,7 +134,7 @@ def discover(model: nn.Module, config: DiscoveryConfig) -> BranchSet:
     tried += [f"plugin {impl.plugin_name!r}" for impl in hook.get_hookimpls() if impl.plugin_name != "probekit.discovery"]
     graph_note = (
         " (graph-captured models lose the probekit_branches marker)"
-        if type(model).__name__ == "UnflattenedModule" else ""
+        if type(model).__name__ in ("UnflattenedModule", "GraphModule") else ""
     )
     raise ProbekitError(
         f"no branches found in {type(model).__name__}: tried {'; '.join(tried)}. "

@@ -9,6 +9,7 @@ from torch import nn
 
 from .branches import BranchSet
 from .errors import ProbekitError
+from .graph_models import tap_sink
 
 
 class ResponseCapture:
@@ -48,14 +49,17 @@ class ResponseCapture:
 
 @contextmanager
 def capture(model: nn.Module, branchset: BranchSet):
-    """Register one forward hook per branch module; always remove them on exit."""
+    """Register one forward hook per branch module (or listen to graph taps); always remove them on exit."""
     recorder = ResponseCapture(branchset)
+    tapped = getattr(model, "probekit_taps", {})
     handles = []
     try:
         for layer in branchset.layers:
             for path in layer.modules:
-                handles.append(model.get_submodule(path).register_forward_hook(recorder._hook(path)))
-        yield recorder
+                if path not in tapped:
+                    handles.append(model.get_submodule(path).register_forward_hook(recorder._hook(path)))
+        with tap_sink(lambda path, output: recorder._hook(path)(None, None, output)):
+            yield recorder
     finally:
         for handle in handles:
             handle.remove()

@@ -39,6 +39,15 @@ def summed_layers(model: nn.Module) -> list[BranchLayer]:
     return layers
 
 
+def conv_node_groups(node) -> int:
+    """``groups`` of an FX node that calls an aten convolution; 0 for any other node."""
+    if node.op != "call_function" or _conv_op_name(node.target) not in _CONV_GROUPS_ARG:
+        return 0
+    index = _CONV_GROUPS_ARG[_conv_op_name(node.target)]
+    groups = node.args[index] if len(node.args) > index else node.kwargs.get("groups", 1)
+    return groups if isinstance(groups, int) else 1
+
+
 def conv_groups(module: nn.Module) -> int:
     """``groups`` of a conv module, also for graph-captured (torch.export) convs; 1 otherwise."""
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -46,13 +55,8 @@ def conv_groups(module: nn.Module) -> int:
     graph = getattr(module, "graph", None)
     if graph is None or type(module).__name__ != "InterpreterModule":
         return 1
-    convs = [n for n in graph.nodes if n.op == "call_function" and _conv_op_name(n.target) in _CONV_GROUPS_ARG]
-    if len(convs) != 1:
-        return 1
-    node = convs[0]
-    index = _CONV_GROUPS_ARG[_conv_op_name(node.target)]
-    groups = node.args[index] if len(node.args) > index else node.kwargs.get("groups", 1)
-    return groups if isinstance(groups, int) else 1
+    groups = [g for g in map(conv_node_groups, graph.nodes) if g]
+    return groups[0] if len(groups) == 1 else 1
 
 
 def _conv_op_name(target) -> str:
@@ -61,10 +65,14 @@ def _conv_op_name(target) -> str:
 
 
 def grouped_conv_layers(model: nn.Module) -> list[BranchLayer]:
-    """One layer per conv with ``groups > 1``; branch g is its g-th channel slice."""
+    """One layer per conv with ``groups > 1``; branch g is its g-th channel slice.
+
+    Graph models made from TorchScript carry their tapped grouped convs in ``probekit_taps``.
+    """
     layers = []
-    for path, module in model.named_modules():
-        groups = conv_groups(module)
+    tapped = getattr(model, "probekit_taps", {})
+    grouped = [(path, conv_groups(module)) for path, module in model.named_modules()] + list(tapped.items())
+    for path, groups in grouped:
         if groups > 1:
             names = tuple(f"{path}[g={g}]" for g in range(groups))
             layers.append(BranchLayer(layer_name(path), "grouped", names, (path,)))

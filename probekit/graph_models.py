@@ -1,13 +1,18 @@
 """Graph-captured models (torch.export, TorchScript) made hookable.
 
 Forward hooks cannot fire inside a compiled graph. torch.export programs are
-unflattened back into their module hierarchy. Programs whose batch size is
-fixed get ``probekit_fixed_batch``, and the runner pads short batches.
-TorchScript hides submodule calls completely (its graph is compiled in C++),
-so TorchScript models load and run but cannot be probed.
+unflattened back into their module hierarchy. TorchScript hides submodule
+calls completely, so it is converted to an FX graph with taps after its
+grouped convs. Programs whose batch size is fixed get
+``probekit_fixed_batch``, and the runner pads short batches.
 """
 
 from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -48,9 +53,74 @@ def is_torchscript(model: nn.Module) -> bool:
     return isinstance(model, torch.jit.ScriptModule)
 
 
-def refuse_torchscript(path: str) -> None:
-    """TorchScript runs submodules inside a compiled graph, where no Python hook can see them."""
-    raise ProbekitError(
-        f"{path} is TorchScript: it loads and runs, but hooks cannot see its branches; "
-        "save the model with torch.export.save(torch.export.export(model, (example,))) and probe that"
-    )
+_sink: Callable[[str, torch.Tensor], None] | None = None
+
+
+def _tap(path: str, value: torch.Tensor) -> torch.Tensor:
+    """Inserted into graphs after a grouped conv: hands its output to the active capture."""
+    if _sink is not None:
+        _sink(path, value)
+    return value
+
+
+@contextmanager
+def tap_sink(sink: Callable[[str, torch.Tensor], None]):
+    """Route tapped graph outputs to ``sink(path, tensor)`` while the block runs."""
+    global _sink
+    _sink = sink
+    try:
+        yield
+    finally:
+        _sink = None
+
+
+@contextmanager
+def _quiet_conversion():
+    """Silence the converter's per-buffer warnings and shape-specialisation log lines."""
+    logger = logging.getLogger("torch._export")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def torchscript_to_tapped(model: torch.jit.ScriptModule, example: torch.Tensor) -> nn.Module:
+    """A TorchScript model as an FX graph whose grouped convs are tapped.
+
+    TorchScript runs submodules inside its compiled graph, out of reach of
+    Python hooks. We convert it to an ExportedProgram (traced at
+    ``example``'s shape, so its batch size is fixed) and insert a tap after
+    every conv with ``groups > 1``. The result has ``probekit_taps``:
+    ``{conv path: groups}``. Summed branches are not recoverable this way.
+    """
+    from torch._export.converter import TS2EPConverter
+
+    from .discovery import conv_node_groups
+
+    try:
+        with _quiet_conversion():
+            graph_module = TS2EPConverter(model, (example,)).convert().module()
+    except Exception as exc:
+        raise ProbekitError(
+            f"cannot convert this TorchScript model for probing ({type(exc).__name__}: {exc}); "
+            "save it with torch.export instead"
+        ) from exc
+    taps = {}
+    for node in list(graph_module.graph.nodes):
+        groups = conv_node_groups(node)
+        weight = node.args[1] if groups > 1 and len(node.args) > 1 else None
+        if weight is None or getattr(weight, "op", None) != "get_attr":
+            continue
+        path = weight.target.rpartition(".")[0]
+        with graph_module.graph.inserting_after(node):
+            tapped = graph_module.graph.call_function(_tap, (path, node))
+        node.replace_all_uses_with(tapped, delete_user_cb=lambda user: user is not tapped)
+        taps[path] = groups
+    graph_module.recompile()
+    graph_module.probekit_taps = taps
+    setattr(graph_module, FIXED_BATCH_ATTR, example.shape[0])
+    return graph_module

@@ -16,7 +16,7 @@ from .branches import BranchSet, DiscoveryConfig, discover
 from .capture import capture
 from .data import ProbeData, load_data
 from .errors import ProbekitError
-from .graph_models import FIXED_BATCH_ATTR, is_torchscript, refuse_torchscript
+from .graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_tapped
 from .loading import LoadedModel, LoadOptions, load_model
 from .plugins import analyses, manager, plugin_version
 from .store import StoreWriter
@@ -133,7 +133,7 @@ def execute(spec: RunSpec) -> Run:
     module = loaded.module.to(device)
     _first_forward(module, first_batch[1].to(device), data, spec)
     if is_torchscript(module):
-        refuse_torchscript(spec.model)
+        module = torchscript_to_tapped(module, first_batch[1].to(device))
     branchset = discover(module, DiscoveryConfig(spec.branches))
     run = Run(spec, loaded, data, branchset, n_samples)
     context = RunContext(branchset, data, n_samples, device, spec.seed)

@@ -53,3 +53,18 @@ def test_hooks_are_removed_even_when_the_forward_fails():
     with pytest.raises(RuntimeError), capture(model, bs):
         model(torch.randn(4, 5))  # wrong width
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_torchscript_grouped_convs_are_tapped_exactly(tmp_path, tiny_grouped):
+    from probekit.graph_models import torchscript_to_tapped
+
+    x = torch.randn(3, 3, 8, 8)
+    scripted = torch.jit.script(tiny_grouped)
+    tapped = torchscript_to_tapped(scripted, x)
+    bs = discover(tapped, DiscoveryConfig())
+    assert bs.names == [f"grouped[g={g}]" for g in range(4)]
+    with torch.no_grad(), capture(tapped, bs) as recorder:
+        torch.testing.assert_close(tapped(x), tiny_grouped(x))
+        responses = recorder.take()["grouped"]
+        expected = tiny_grouped.grouped(torch.relu(tiny_grouped.stem(x)))
+    torch.testing.assert_close(responses, expected.reshape(3, 4, -1))

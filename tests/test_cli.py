@@ -7,6 +7,7 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -135,3 +136,18 @@ def test_a_killed_run_keeps_earlier_stores_and_leaves_its_own_readable(cli, tmp_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         open_results(earlier)
+
+
+def test_torchscript_model_pads_short_batches_and_matches_eager(cli, tmp_path, tiny_grouped):
+    eager_path, script_path = tmp_path / "eager.pt", tmp_path / "scripted.pt"
+    torch.save(tiny_grouped, eager_path)
+    torch.jit.script(tiny_grouped).save(str(script_path))
+    stores = {}
+    for name, path, extra in (("eager", eager_path, ["--trust-pickle"]), ("script", script_path, [])):
+        stores[name] = tmp_path / f"{name}.zarr"
+        code, _, err = cli("run", "--model", path, "--data", "random:3,8,8", "--limit", "10", "--batch-size", "4",
+                           "--plugins", "activity", "--out", stores[name], "--quiet", *extra)
+        assert code == 0, err
+    eager, script = (xr.open_datatree(str(stores[k]), engine="zarr")["activity"] for k in ("eager", "script"))
+    assert script.sizes["sample"] == 10  # 4 + 4 + a padded batch of 2
+    np.testing.assert_allclose(script.response_norm.values, eager.response_norm.values, rtol=1e-5)
