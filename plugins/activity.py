@@ -37,21 +37,30 @@ class Activity(Analysis):
 
     def __init__(self, context, options):
         super().__init__(context, options)
-        n, b = context.n_samples, len(context.branchset)
-        self.sample_norm = np.zeros((n, b), dtype=np.float32)
-        self.targets: np.ndarray | None = None
+        b = len(context.branchset)
+        self.sample_norm = context.sample_array(self.name, "response_norm", ("sample", "branch"), (b,), np.float32, {
+            "long_name": "branch response norm per sample", "units": "output units",
+            "description": "L2 norm of the branch's flattened response to one sample"})
+        self.total_sq = torch.zeros(b, dtype=torch.float64, device=context.device)
+        self.targets: np.ndarray | None = None  # [N], kept as the ``target`` coordinate
         n_classes = len(context.data.classes or [])
         self.class_sq = torch.zeros(n_classes, b, dtype=torch.float64, device=context.device)
 
     def update(self, batch: Batch) -> None:
-        norms = torch.cat([r.pow(2).sum(dim=2) for r in batch.responses.values()], dim=1)  # [N, B] squared
-        self.sample_norm[batch.index.numpy()] = norms.sqrt().float().cpu().numpy()
+        squares = torch.cat([r.pow(2).sum(dim=2) for r in batch.responses.values()], dim=1)  # [N, B]
+        start = int(batch.index[0])
+        self.sample_norm.write(start, squares.sqrt().float().cpu().numpy())
+        self.total_sq += squares.sum(0).double()
         if batch.targets is not None:
-            if self.targets is None:
-                self.targets = np.zeros(self.context.n_samples, dtype=batch.targets.cpu().numpy().dtype)
-            self.targets[batch.index.numpy()] = batch.targets.cpu().numpy()
+            self._record_targets(start, batch.targets)
             if len(self.class_sq):
-                self.class_sq.index_add_(0, batch.targets.long(), norms.double())
+                self.class_sq.index_add_(0, batch.targets.long(), squares.double())
+
+    def _record_targets(self, start: int, targets: torch.Tensor) -> None:
+        values = targets.cpu().numpy()
+        if self.targets is None:
+            self.targets = np.zeros(self.context.n_samples, dtype=values.dtype)
+        self.targets[start:start + len(values)] = values
 
     def _relative(self, sq: np.ndarray) -> np.ndarray:
         """Norms relative to the largest branch of the same layer; ``sq``: ``[..., B]`` squared norms."""
@@ -68,7 +77,7 @@ class Activity(Analysis):
 
     def finalize(self) -> xr.Dataset:
         ctx = self.context
-        total_sq = (self.sample_norm.astype(np.float64) ** 2).sum(axis=0)
+        total_sq = self.total_sq.cpu().numpy()
         relative = self._relative(total_sq)
         active = relative >= self.options.threshold
         layer_names = [layer.name for layer in ctx.branchset.layers]
@@ -77,9 +86,6 @@ class Activity(Analysis):
         n_total = np.array([len(layer.branches) for layer in ctx.branchset.layers])
         ds = xr.Dataset(
             {
-                "response_norm": (("sample", "branch"), self.sample_norm, {
-                    "long_name": "branch response norm per sample", "units": "output units",
-                    "description": "L2 norm of the branch's flattened response to one sample"}),
                 "norm": ("branch", np.sqrt(total_sq), {
                     "long_name": "branch response norm", "units": "output units",
                     "description": "L2 norm of the branch's responses over all probed samples"}),
@@ -94,6 +100,8 @@ class Activity(Analysis):
             coords={**branch_coords(ctx), **layer_coords(ctx), **sample_coords(ctx, self.targets)},
             attrs={"threshold": self.options.threshold},
         )
+        if self.sample_norm.in_memory:
+            ds[self.sample_norm.name] = (self.sample_norm.dims, self.sample_norm.values(), self.sample_norm.attrs)
         if len(self.class_sq):
             class_sq = self.class_sq.cpu().numpy()
             ds = ds.assign_coords(class_coords(ctx)).assign(

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, get_type_hints
 
 import torch
 
 from .errors import ProbekitError
+from .sample_arrays import SampleArray
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -42,13 +45,25 @@ class Batch:
 
 @dataclass(frozen=True)
 class RunContext:
-    """What an analysis knows about the run when it is created."""
+    """What an analysis knows about the run when it is created.
+
+    ``staging`` maps an analysis name to the folder of its node being
+    written, or is ``None`` when no store is written (per-sample arrays then
+    stay in memory).
+    """
 
     branchset: BranchSet
     data: ProbeData
     n_samples: int
     device: torch.device
     seed: int
+    staging: Callable[[str], Path] | None = None
+
+    def sample_array(self, analysis: str, name: str, dims: tuple[str, ...], tail: tuple[int, ...], dtype,
+                     attrs: dict) -> SampleArray:
+        """A ``[n_samples, *tail]`` per-sample variable of ``analysis``'s node, streamed to disk."""
+        group = self.staging(analysis) if self.staging is not None else None
+        return SampleArray(group, name, dims, (self.n_samples, *tail), dtype, attrs)
 
 
 @dataclass

@@ -136,11 +136,11 @@ def execute(spec: RunSpec) -> Run:
         module = torchscript_to_tapped(module, first_batch[1].to(device))
     branchset = discover(module, DiscoveryConfig(spec.branches))
     run = Run(spec, loaded, data, branchset, n_samples)
-    context = RunContext(branchset, data, n_samples, device, spec.seed)
-    run.analyses = {name: cls(context, options[name]) for name, cls in classes.items()}
     attrs = provenance(run, spec)
     writer.create({**attrs, "plugins": json.dumps(spec.plugins), "command": " ".join(sys.argv)})
+    context = RunContext(branchset, data, n_samples, device, spec.seed, staging=writer.staging)
     try:
+        run.analyses = {name: cls(context, options[name]) for name, cls in classes.items()}
         manager().hook.probekit_run_start(run=run)
         _stream(module, loader, run, device, spec)
     except BaseException:

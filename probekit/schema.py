@@ -22,8 +22,8 @@ def layer_coords(context: RunContext) -> dict:
     return {"layer": ("layer", np.array([layer.name for layer in context.branchset.layers], dtype=object))}
 
 
-def sample_coords(context: RunContext, targets: np.ndarray | None) -> dict:
-    """``sample`` (position) with ``sample_id`` and, when known, ``target``."""
+def sample_coords(context: RunContext, targets: np.ndarray | None = None) -> dict:
+    """``sample`` (position 0..N-1) with ``sample_id`` (the dataset's own id) and, when known, ``target``."""
     n = context.n_samples
     coords = {
         "sample": ("sample", np.arange(n)),

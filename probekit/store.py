@@ -4,8 +4,8 @@ Write protocol (so a crash never leaves half a node, and never loses an
 older store):
 
 * a new store is created with root attr ``status='incomplete'``;
-* each node is written into ``<store>.tmp/<node>`` and then moved into the
-  store with one ``os.replace``;
+* each node is assembled in ``<store>.tmp/<node>`` (per-sample arrays stream
+  there during the pass) and then moved into the store with one ``os.replace``;
 * at the end the root becomes ``status='complete'`` (or ``'failed'`` with the
   errors), and metadata are consolidated;
 * with ``overwrite`` the new store is built at ``<store>.new`` and swapped in
@@ -51,7 +51,7 @@ class StoreWriter:
         self.tmp = self.path.with_name(self.path.name + ".tmp")
 
     def create(self, attrs: dict[str, Any]) -> None:
-        """Make the empty store, marked incomplete."""
+        """Make the empty store, marked incomplete (and clear what a crashed run left)."""
         for leftover in (self.target, self.tmp):
             if leftover != self.path and leftover.exists():
                 shutil.rmtree(leftover)
@@ -62,13 +62,16 @@ class StoreWriter:
             raise ProbekitError(f"cannot create output store {self.path}: {exc}") from exc
         group.attrs.update({**attrs, STATUS_ATTR: "incomplete"})
 
+    def staging(self, name: str) -> Path:
+        """The folder where node ``name`` is assembled (per-sample arrays stream into it)."""
+        return self.tmp / name
+
     def write_node(self, name: str, ds: xr.Dataset) -> None:
-        """Write one analysis node atomically."""
-        staging = self.tmp / name
-        if staging.exists():
-            shutil.rmtree(staging)
+        """Write one analysis node atomically, next to any per-sample arrays already streamed."""
+        staging = self.staging(name)
+        mode = "a" if staging.exists() else "w-"
         self.tmp.mkdir(exist_ok=True)
-        _plain_strings(ds).to_zarr(str(staging), mode="w-", consolidated=False, zarr_format=3)
+        _plain_strings(ds).to_zarr(str(staging), mode=mode, consolidated=False, zarr_format=3)
         final = self.target / name
         if final.exists():
             shutil.rmtree(final)

@@ -1,0 +1,64 @@
+"""Per-sample results streamed to disk, so memory does not grow with the sample count.
+
+An analysis asks its context for a :class:`SampleArray` of shape ``[N, *tail]``
+and writes each batch's rows to it. Rows arrive in order; they are buffered
+one zarr chunk at a time and written when the chunk is full, straight into
+the analysis's staging node (see :class:`probekit.store.StoreWriter`). The
+array then appears in the node as a variable like any other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+CHUNK_BYTES = 4 << 20  # about 4 MiB per chunk
+
+
+class SampleArray:
+    """A ``[N, *tail]`` array filled batch by batch, in sample order.
+
+    ``group`` is the staging zarr group of the node, or ``None`` to keep the
+    array in memory (when no store is being written, e.g. in benchmarks).
+    """
+
+    def __init__(self, group: Path | None, name: str, dims: tuple[str, ...], shape: tuple[int, ...],
+                 dtype, attrs: dict):
+        self.name, self.dims, self.shape, self.attrs = name, dims, shape, attrs
+        self.dtype = np.dtype(dtype)
+        row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize)
+        self.chunk_rows = max(1, min(shape[0], CHUNK_BYTES // row_bytes))
+        self._next = 0
+        self._buffer = np.zeros((self.chunk_rows, *shape[1:]), dtype=self.dtype)
+        if group is None:
+            self._array = np.zeros(shape, dtype=self.dtype)
+        else:
+            root = zarr.open_group(str(group), mode="a", zarr_format=3)
+            self._array = root.create_array(name, shape=shape, dtype=self.dtype,
+                                            chunks=(self.chunk_rows, *shape[1:]), dimension_names=dims,
+                                            attributes=attrs, fill_value=0)
+        self.in_memory = group is None
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Write ``rows`` for samples ``start .. start + len(rows) - 1`` (must follow the previous write)."""
+        if start != self._next:
+            raise ValueError(f"{self.name}: samples must arrive in order (expected {self._next}, got {start})")
+        done = 0
+        while done < len(rows):
+            offset = self._next % self.chunk_rows
+            take = min(self.chunk_rows - offset, len(rows) - done)
+            self._buffer[offset:offset + take] = rows[done:done + take]
+            self._next += take
+            done += take
+            if self._next % self.chunk_rows == 0 or self._next == self.shape[0]:
+                self._flush()
+
+    def _flush(self) -> None:
+        chunk_start = (self._next - 1) // self.chunk_rows * self.chunk_rows
+        self._array[chunk_start:self._next] = self._buffer[: self._next - chunk_start]
+
+    def values(self) -> np.ndarray | None:
+        """The whole array when it lives in memory; ``None`` when it is on disk."""
+        return self._array if self.in_memory else None
