@@ -1,21 +1,28 @@
-"""probekit: probe branched neural networks and measure Branch Specialization."""
+"""probekit: probe branched neural networks and measure Branch Specialization.
+
+The public names are imported lazily, so ``probekit --help`` does not pay for
+importing torch, xarray and zarr.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-from .analysis import Analysis, Batch, RunContext  # noqa: E402
-from .branched import SummedBranches, mark_branches  # noqa: E402
-from .errors import ProbekitError  # noqa: E402
-from .hookspecs import hookimpl  # noqa: E402
-from .store import open_results  # noqa: E402
+_PUBLIC = {
+    "Analysis": "probekit.analysis",
+    "Batch": "probekit.analysis",
+    "RunContext": "probekit.analysis",
+    "SummedBranches": "probekit.branched",
+    "mark_branches": "probekit.branched",
+    "ProbekitError": "probekit.errors",
+    "hookimpl": "probekit.hookspecs",
+    "open_results": "probekit.store",
+}
 
-__all__ = [
-    "Analysis",
-    "Batch",
-    "ProbekitError",
-    "RunContext",
-    "SummedBranches",
-    "__version__",
-    "hookimpl",
-    "mark_branches",
-    "open_results",
-]
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'probekit' has no attribute {name!r}")

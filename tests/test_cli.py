@@ -151,3 +151,10 @@ def test_torchscript_model_pads_short_batches_and_matches_eager(cli, tmp_path, t
     eager, script = (xr.open_datatree(str(stores[k]), engine="zarr")["activity"] for k in ("eager", "script"))
     assert script.sizes["sample"] == 10  # 4 + 4 + a padded batch of 2
     np.testing.assert_allclose(script.response_norm.values, eager.response_norm.values, rtol=1e-5)
+
+
+def test_help_imports_no_heavy_library():
+    code = "import sys\nfrom probekit.cli import build_parser\nbuild_parser().format_help()\n" \
+           "print(sorted(m for m in ('torch', 'xarray', 'zarr', 'sklearn') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
