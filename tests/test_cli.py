@@ -158,3 +158,11 @@ def test_help_imports_no_heavy_library():
            "print(sorted(m for m in ('torch', 'xarray', 'zarr', 'sklearn') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_show_of_a_missing_or_foreign_store(cli, tmp_path):
+    code, stdout, stderr = cli("show", tmp_path / "absent.zarr")
+    _one_line_error(code, stdout, stderr, "results store not found")
+    (tmp_path / "plain").mkdir()
+    code, stdout, stderr = cli("show", tmp_path / "plain")
+    _one_line_error(code, stdout, stderr, "not a probekit results store")

@@ -99,3 +99,32 @@ def test_register_datasets_and_analyses(tmp_path, plugin):
     plugin(Constant())
     ds = run_analyses(tmp_path, "toy1", "ones", ["activity", "covariance"], batch_size=4)
     assert ds["activity"].sizes["sample"] == 6  # activity and covariance come from probekit_register_analyses
+
+
+class Exploding:
+    """An analysis plugin whose update raises: the others must still be stored."""
+
+    @hookimpl
+    def probekit_register_analyses(self, register):
+        from probekit import Analysis
+
+        class Boom(Analysis):
+            name = "boom"
+
+            def update(self, batch):
+                raise RuntimeError("kaboom")
+
+        register(Boom)
+
+
+def test_a_failing_analysis_keeps_the_others_and_exits_non_zero(cli, tmp_path, plugin):
+    plugin(Exploding())
+    out = tmp_path / "r.zarr"
+    code, _, err = cli("run", "--model", "toy1", "--data", "toy1", "--plugins", "activity,boom", "--out", out,
+                       "--quiet")
+    assert code == 1 and "analysis boom failed: RuntimeError: kaboom" in err
+    from probekit import open_results
+
+    tree = open_results(out)
+    assert list(tree.children) == ["activity"] and tree.attrs["probekit_status"] == "failed"
+    assert "kaboom" in tree.attrs["errors"]
