@@ -9,7 +9,10 @@ best of several repeats. Prints the ratio probekit / bare (target: <= 1.15).
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torchvision
@@ -36,10 +39,12 @@ def bare_pass(model, items) -> float:
 
 
 def probed_pass(model, items, spec: str, n: int) -> float:
-    """What ``probekit run`` does per batch: hooks, response capture, analysis updates."""
+    """What ``probekit run`` does per batch: hooks, response capture, analysis updates,
+    per-sample norms streamed to a zarr staging folder."""
     start = time.perf_counter()
     branchset = discover(model, DiscoveryConfig())
-    context = RunContext(branchset, load_data(spec), n, torch.device("cpu"), 0)
+    staging = Path(tempfile.mkdtemp(prefix="probekit-bench-"))
+    context = RunContext(branchset, load_data(spec), n, torch.device("cpu"), 0, staging=lambda name: staging / name)
     registered = analyses()
     running = [registered[name][0](context, registered[name][0].Options()) for name in ("activity", "covariance")]
     with torch.no_grad(), capture(model, branchset) as recorder:
@@ -49,7 +54,9 @@ def probed_pass(model, items, spec: str, n: int) -> float:
                 analysis.update(batch)
     for analysis in running:
         analysis.finalize()
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(staging)
+    return elapsed
 
 
 def measure(name: str, model, spec: str, n: int, batch_size: int, repeats: int) -> None:
