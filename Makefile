@@ -20,6 +20,7 @@ demo: $(STAMP)
 		--out $(DEMO_STORE) --overwrite
 
 test: $(STAMP)
+	$(BIN)/ruff check probekit plugins tests benchmarks examples
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

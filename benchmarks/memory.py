@@ -54,7 +54,8 @@ def main() -> None:
                                    "--quiet"])
                 bare = peak_mib([sys.executable, "-c", BARE, model, data, str(limit)])
                 row[limit] = (probed, bare)
-                print(f"{label:34s} {limit:6d} samples  peak RSS probekit {probed:7.1f} MiB  bare torch {bare:7.1f} MiB")
+                print(f"{label:34s} {limit:6d} samples  peak RSS probekit {probed:7.1f} MiB  "
+                      f"bare torch {bare:7.1f} MiB")
             (p1, b1), (p2, b2) = row[LIMITS[0]], row[LIMITS[1]]
             print(f"{label:34s} growth 10k/1k: probekit {p2 / p1:5.3f}  bare torch {b2 / b1:5.3f}")
 

@@ -131,7 +131,8 @@ def discover(model: nn.Module, config: DiscoveryConfig) -> BranchSet:
     from .discovery import STRATEGY_DESCRIPTIONS
 
     tried = list(STRATEGY_DESCRIPTIONS)
-    tried += [f"plugin {impl.plugin_name!r}" for impl in hook.get_hookimpls() if impl.plugin_name != "probekit.discovery"]
+    others = [impl.plugin_name for impl in hook.get_hookimpls() if impl.plugin_name != "probekit.discovery"]
+    tried += [f"plugin {name!r}" for name in others]
     graph_note = (
         " (graph-captured models lose the probekit_branches marker)"
         if type(model).__name__ in ("UnflattenedModule", "GraphModule") else ""

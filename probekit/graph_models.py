@@ -118,7 +118,7 @@ def torchscript_to_tapped(model: torch.jit.ScriptModule, example: torch.Tensor) 
         path = weight.target.rpartition(".")[0]
         with graph_module.graph.inserting_after(node):
             tapped = graph_module.graph.call_function(_tap, (path, node))
-        node.replace_all_uses_with(tapped, delete_user_cb=lambda user: user is not tapped)
+        node.replace_all_uses_with(tapped, delete_user_cb=lambda user, tap=tapped: user is not tap)
         taps[path] = groups
     graph_module.recompile()
     graph_module.probekit_taps = taps

@@ -6,7 +6,6 @@ import json
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 from tqdm import tqdm

@@ -138,7 +138,8 @@ def describe(tree: xr.DataTree) -> str:
     for name, node in tree.children.items():
         ds = node.to_dataset()
         dims = ", ".join(f"{d}={n}" for d, n in ds.sizes.items())
-        lines.append(f"\n[{name}] plugin {node.attrs.get('plugin', '?')} {node.attrs.get('plugin_version', '')}  ({dims})")
+        plugin = f"{node.attrs.get('plugin', '?')} {node.attrs.get('plugin_version', '')}"
+        lines.append(f"\n[{name}] plugin {plugin}  ({dims})")
         for key, value in json.loads(node.attrs.get("summary", "{}")).items():
             lines.append(f"  {key}: {value}")
         for var_name, var in ds.data_vars.items():
