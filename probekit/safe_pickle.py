@@ -63,7 +63,7 @@ def load_module_pickle(path: str, trust: bool = False):
         obj = _allowed(qualified)
         if obj is None:
             raise UnsafePickle(
-                f"{path} needs class {qualified}, which is not on probekit's safe list (torch.nn, "
+                f"{path} needs {qualified}, which is not on probekit's safe list (torch.nn, "
                 "torchvision.models, probekit); if you trust the file pass --trust-pickle (it can run "
                 "arbitrary code), or save a state_dict and pass --arch module:callable"
             )
