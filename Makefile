@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STORE := demo-out/digits.zarr
 
-.PHONY: setup demo test test-slow bench zoo clean
+.PHONY: setup demo test test-slow test-browser bench zoo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/probekit run --model digits-branched8 --data digits:test --plugins activity,covariance \
-		--out $(DEMO_STORE) --overwrite
+		--out $(DEMO_STORE) --overwrite --report
 
 test: $(STAMP)
 	$(BIN)/ruff check probekit plugins tests benchmarks examples
@@ -26,9 +26,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# The browser test needs Debian's chromium (installed here with apt-get, as root) and playwright.
+test-browser: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	$(BIN)/pip install --quiet -e '.[test,browser]'
+	$(BIN)/python -m pytest -q -m browser
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/report.py
 
 zoo: $(STAMP)
 	for r in toy1 toy2 digits-branched8; do $(BIN)/probekit train $$r --overwrite || exit 1; done

@@ -122,5 +122,14 @@ class Activity(Analysis):
 
 
 @hookimpl
+def probekit_plot(name, node):
+    if name != Activity.name:
+        return None
+    from .activity_plot import plot_activity
+
+    return plot_activity(node)
+
+
+@hookimpl
 def probekit_register_analyses(register):
     register(Activity)

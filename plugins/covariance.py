@@ -68,5 +68,14 @@ class Covariance(Analysis):
 
 
 @hookimpl
+def probekit_plot(name, node):
+    if name != Covariance.name:
+        return None
+    from .covariance_plot import plot_covariance
+
+    return plot_covariance(node)
+
+
+@hookimpl
 def probekit_register_analyses(register):
     register(Covariance)

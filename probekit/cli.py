@@ -37,12 +37,34 @@ def cmd_run(args) -> int:
         branches=args.branches, limit=args.limit, batch_size=args.batch_size, device=args.device,
         seed=args.seed, overwrite=args.overwrite, progress=not args.quiet,
     )
+    if args.report:
+        _check_report_target(args.out, args.overwrite)
     run = execute(spec)
     print(describe(open_results(args.out)))
     print(f"\nwrote {args.out}")
+    if args.report:
+        from .report import write_report
+
+        print(f"report: {write_report(args.out, overwrite=True)}")
     for name, message in run.errors.items():
         print(f"probekit: error: analysis {name} failed: {message}", file=sys.stderr)
     return 1 if run.errors else 0
+
+
+def _check_report_target(store: str, overwrite: bool) -> None:
+    """Fail before the run, not after it, when ``--report`` would replace a folder unasked."""
+    from .report import default_report_dir
+
+    folder = default_report_dir(store)
+    if folder.exists() and not overwrite:
+        raise ProbekitError(f"report folder {folder} already exists; pass --overwrite to replace it")
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    print(f"report: {write_report(args.store, args.out, overwrite=args.overwrite)}")
+    return 0
 
 
 def cmd_show(args) -> int:
@@ -106,11 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--overwrite", action="store_true", help="replace an existing store (once the run is done)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--report", action="store_true", help="also write the HTML report (<out>-report/)")
     run.set_defaults(func=cmd_run)
 
     show = sub.add_parser("show", help="print a readable summary of a results store")
     show.add_argument("store")
     show.set_defaults(func=cmd_show)
+
+    report = sub.add_parser("report", help="write an HTML report (page + PNGs) of a results store")
+    report.add_argument("store")
+    report.add_argument("--out", help="folder for index.html and the PNGs (default: <store>-report)")
+    report.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    report.set_defaults(func=cmd_report)
 
     plugins = sub.add_parser("plugins", help="list plugins, their versions and hooks")
     plugins.set_defaults(func=cmd_plugins)

@@ -51,3 +51,17 @@ def probekit_run_start(run):
 @hookspec
 def probekit_run_finish(run, tree):
     """Called after every node was written; ``tree`` is the store's DataTree."""
+
+
+@hookspec(firstresult=True)
+def probekit_plot(name, node):
+    """Draw the stored node of analysis ``name``; return a list of matplotlib Figures, or ``None``.
+
+    ``node`` is the node as an ``xr.Dataset``, read lazily from the store:
+    use its reductions, not its per-sample arrays. Return ``None`` for nodes
+    that are not yours; the first plugin that returns figures wins, and
+    plugins registered later are asked first. Build figures with
+    ``probekit.plotting.new_figure`` (or ``matplotlib.figure.Figure``, never
+    pyplot) and give each a label (``fig.set_label``: its file name) and a
+    ``suptitle`` (its caption).
+    """

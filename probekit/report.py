@@ -1,0 +1,123 @@
+"""``probekit report``: one self-contained HTML page (plus PNGs) from a results store.
+
+Every node gets its key numbers and variables; nodes whose plugin implements
+``probekit_plot`` also get their figures. Figures are drawn from the node's
+reductions, read lazily, so the per-sample arrays are never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import jinja2
+
+from .errors import ProbekitError
+from .store import STATUS_ATTR, open_results
+
+DPI = 100
+
+
+def default_report_dir(store: str | Path) -> Path:
+    """``runs/x.zarr`` -> ``runs/x-report``."""
+    store = Path(store)
+    return store.with_name(f"{store.stem}-report")
+
+
+def _provenance(attrs: dict) -> dict[str, str]:
+    model = json.loads(attrs.get("model", "{}") or "{}")
+    return {
+        "model": str(model.get("spec", "?")),
+        "weights sha256": str(model.get("sha256", "?")),
+        "data": f"{attrs.get('dataset', '?')} ({attrs.get('n_samples', '?')} samples)",
+        "branches": f"{attrs.get('n_branches', '?')}, found by {attrs.get('branch_strategy', '?')}",
+        "analyses": ", ".join(json.loads(attrs.get("plugins", "[]"))),
+        "seed": str(attrs.get("seed", "?")),
+        "created": str(attrs.get("created_at", "?")),
+        "versions": f"probekit {attrs.get('probekit_version', '?')}, torch {attrs.get('torch_version', '?')}",
+        "command": str(attrs.get("command", "")),
+    }
+
+
+def _figures(name: str, ds, out: Path) -> tuple[list[dict], str]:
+    """Save the plugin's figures for node ``name`` as PNGs; return their entries and a note."""
+    from .plugins import manager
+
+    try:
+        figures = manager().hook.probekit_plot(name=name, node=ds)
+    except Exception as exc:  # one broken plot must not cost the whole report
+        return [], f"Drawing this analysis failed: {type(exc).__name__}: {exc}"
+    if figures is None:
+        return [], f"No plot is registered for this analysis (plugin {ds.attrs.get('plugin', name)!r})."
+    entries = []
+    for index, fig in enumerate(figures):
+        label = re.sub(r"[^A-Za-z0-9_-]+", "-", fig.get_label() or f"figure{index}")
+        file = f"{name}-{label}.png"
+        fig.savefig(out / file, dpi=DPI)
+        width, height = (int(round(v * DPI)) for v in fig.get_size_inches())
+        caption = fig.get_suptitle() or f"{name}: {label}"
+        entries.append({"file": file, "caption": caption, "width": width, "height": height})
+    return entries, ""
+
+
+def _node_entry(name: str, node, out: Path) -> dict:
+    ds = node.to_dataset()
+    figures, note = _figures(name, ds, out)
+    options = json.loads(ds.attrs.get("options", "{}") or "{}")
+    return {
+        "name": name,
+        "anchor": f"node-{re.sub(r'[^A-Za-z0-9_-]+', '-', name)}",
+        "plugin": ds.attrs.get("plugin", "?"),
+        "plugin_version": ds.attrs.get("plugin_version", ""),
+        "options": json.dumps(options, indent=1, sort_keys=True) if options else "(none)",
+        "dims": ", ".join(f"{d} = {n}" for d, n in ds.sizes.items()),
+        "summary": json.loads(ds.attrs.get("summary", "{}") or "{}"),
+        "figures": figures,
+        "plot_note": note,
+        "variables": [
+            {"name": v, "dims": " x ".join(map(str, var.dims)), "long_name": var.attrs.get("long_name", ""),
+             "units": var.attrs.get("units", "")}
+            for v, var in ds.data_vars.items()
+        ],
+    }
+
+
+def write_report(store: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write ``index.html`` and its PNGs into ``out`` (default ``<store>-report``); return the page's path."""
+    target = Path(out) if out else default_report_dir(store)
+    if target.exists() and not overwrite:
+        raise ProbekitError(f"report folder {target} already exists; pass --overwrite to replace it")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an incomplete store is reported as such on the page
+        tree = open_results(store)
+    building = target.with_name(target.name + ".tmp")
+    if building.exists():
+        shutil.rmtree(building)
+    building.mkdir(parents=True)
+    try:
+        nodes = [_node_entry(name, node, building) for name, node in tree.children.items()]
+        page = _template().render(
+            store_name=Path(store).name,
+            status=tree.attrs.get(STATUS_ATTR, "unknown"),
+            errors=json.loads(tree.attrs.get("errors", "{}") or "{}"),
+            provenance=_provenance(tree.attrs),
+            nodes=nodes,
+        )
+        (building / "index.html").write_text(page, encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(building)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(building, target)
+    return target / "index.html"
+
+
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("probekit", "templates"),
+                             autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("report.html")
