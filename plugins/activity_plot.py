@@ -25,7 +25,7 @@ def norm_bars(ds: xr.Dataset):
     fig, axes = new_figure("norms", panel_caption("Branch response norms, sorted: active (blue) and silent (grey)",
                                                   len(layers)), min(len(layers), MAX_PANELS))
     norms, active = ds.norm.values, ds.active.values
-    for ax, layer in zip(axes, layers[:MAX_PANELS], strict=True):
+    for index, (ax, layer) in enumerate(zip(axes, layers[:MAX_PANELS], strict=True)):
         order, names = _layer_order(ds, layer)
         colors = np.where(active[order], ACTIVE_COLOR, SILENT_COLOR)
         ax.bar(np.arange(len(order)), norms[order], color=colors)
@@ -34,7 +34,8 @@ def norm_bars(ds: xr.Dataset):
         ax.set_title(f"{layer}: {int(active[order].sum())}/{len(order)} active", fontsize=9)
         ax.set_ylabel(axis_label(ds.norm), fontsize=8)
         branch_ticks(ax, "x", names)
-        ax.legend(fontsize=7, loc="upper right")
+        if index == 0:
+            ax.legend(fontsize=7, loc="upper right")
     return fig
 
 

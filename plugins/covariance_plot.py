@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from probekit.plotting import MAX_PANELS, axis_label, branch_ticks, layers_of, new_figure, panel_caption, short_names
+from probekit.plotting import (MAX_MATRIX_LABELS, MAX_PANELS, axis_label, branch_ticks, layers_of, new_figure,
+                               panel_caption, short_names)
 
 
 def _ordered_block(ds: xr.Dataset, var: str, layer: str) -> tuple[np.ndarray, list[str]]:
@@ -26,8 +27,8 @@ def heatmaps(ds: xr.Dataset, var: str, title: str, cmap: str, value_range: tuple
         vmin, vmax = value_range or (None, None)
         image = ax.imshow(block, cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
         ax.set_title(layer, fontsize=9)
-        branch_ticks(ax, "x", names)
-        branch_ticks(ax, "y", names)
+        branch_ticks(ax, "x", names, MAX_MATRIX_LABELS)
+        branch_ticks(ax, "y", names, MAX_MATRIX_LABELS)
         fig.colorbar(image, ax=ax, label=axis_label(ds[var]))
     return fig
 

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 MAX_PANELS = 16  # layers drawn per figure; the caption says when there are more
 MAX_TICK_LABELS = 40  # more branches than this in a panel: no per-branch tick labels
+MAX_MATRIX_LABELS = 16  # the same for the rows and columns of a heatmap
 MIN_WIDTH = 7.0  # inches
 
 
@@ -58,10 +59,10 @@ def short_names(names, layer: str) -> list[str]:
     return out
 
 
-def branch_ticks(ax, axis: str, names: list[str]) -> None:
-    """Label each branch on ``axis`` ('x' or 'y') when there are few enough to read."""
+def branch_ticks(ax, axis: str, names: list[str], max_labels: int = MAX_TICK_LABELS) -> None:
+    """Label each branch on ``axis`` ('x' or 'y') when there are at most ``max_labels``."""
     positions = np.arange(len(names))
-    if len(names) > MAX_TICK_LABELS:
+    if len(names) > max_labels:
         getattr(ax, f"set_{axis}label")(f"branch ({len(names)}, sorted)")
         return
     if axis == "x":
