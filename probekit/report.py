@@ -73,7 +73,7 @@ def _node_entry(name: str, node, out: Path) -> dict:
         "anchor": f"node-{re.sub(r'[^A-Za-z0-9_-]+', '-', name)}",
         "plugin": ds.attrs.get("plugin", "?"),
         "plugin_version": ds.attrs.get("plugin_version", ""),
-        "options": json.dumps(options, indent=1, sort_keys=True) if options else "(none)",
+        "options": ", ".join(f"{key} = {json.dumps(value)}" for key, value in sorted(options.items())) or "(none)",
         "dims": ", ".join(f"{d} = {n}" for d, n in ds.sizes.items()),
         "summary": json.loads(ds.attrs.get("summary", "{}") or "{}"),
         "figures": figures,
