@@ -22,7 +22,6 @@ def _parse_option(text: str) -> tuple[str, str, str]:
 def cmd_run(args) -> int:
     from .loading import LoadOptions
     from .runner import RunSpec, execute
-    from .store import describe, open_results
 
     options: dict[str, dict[str, str]] = {}
     for text in args.option:
@@ -40,15 +39,22 @@ def cmd_run(args) -> int:
     if args.report:
         _check_report_target(args.out, args.overwrite)
     run = execute(spec)
-    print(describe(open_results(args.out)))
-    print(f"\nwrote {args.out}")
-    if args.report:
-        from .report import write_report
-
-        print(f"report: {write_report(args.out, overwrite=True)}")
+    _print_store(args.out, args.report)
     for name, message in run.errors.items():
         print(f"probekit: error: analysis {name} failed: {message}", file=sys.stderr)
     return 1 if run.errors else 0
+
+
+def _print_store(store: str, report: bool) -> None:
+    """Summarise a freshly written store; write its report when asked (the path is printed last)."""
+    from .store import describe, open_results
+
+    print(describe(open_results(store)))
+    print(f"\nwrote {store}")
+    if report:
+        from .report import write_report
+
+        print(f"report: {write_report(store, overwrite=True)}")
 
 
 def _check_report_target(store: str, overwrite: bool) -> None:
@@ -74,6 +80,15 @@ def cmd_show(args) -> int:
         warnings.simplefilter("ignore")
         tree = open_results(args.store)
     print(describe(tree))
+    return 0
+
+
+def cmd_toy_sweep(args) -> int:
+    from .experiments import toy_sweep
+
+    if args.report:
+        _check_report_target(args.out, args.overwrite)
+    _print_store(toy_sweep(args), args.report)
     return 0
 
 
@@ -140,6 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="folder for index.html and the PNGs (default: <store>-report)")
     report.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     report.set_defaults(func=cmd_report)
+
+    experiment = sub.add_parser("experiment", help="run a built-in experiment that trains its own models")
+    experiments = experiment.add_subparsers(dest="experiment", required=True)
+    sweep = experiments.add_parser("toy-sweep", help="the paper's toy experiments (section 4.1, Figs. 2-4)")
+    sweep.add_argument("--task", default="toy1", help="toy1 or toy2")
+    sweep.add_argument("--branches", default="2:30", help="branch counts M: 2:30 (inclusive) or 2,4,8")
+    sweep.add_argument("--trials", type=int, default=1000, help="networks per M, each from its own random init")
+    sweep.add_argument("--steps", type=int, default=5000, help="full-batch gradient-descent steps")
+    sweep.add_argument("--lr", type=float, default=0.02, help="learning rate")
+    sweep.add_argument("--init", default="uniform:1", help="uniform:A (w, b ~ U(-A, A)) or normal:S")
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--dtype", default="float32", help="float32 or float64")
+    sweep.add_argument("--record-dynamics", type=int, default=0, metavar="K",
+                       help="store the training trajectories of the first K trials of each M")
+    sweep.add_argument("--dynamics-every", type=int, default=25, metavar="N", help="record every N steps")
+    sweep.add_argument("--out", required=True, help="results store to create")
+    sweep.add_argument("--overwrite", action="store_true")
+    sweep.add_argument("--report", action="store_true", help="also write the HTML report")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(func=cmd_toy_sweep)
 
     plugins = sub.add_parser("plugins", help="list plugins, their versions and hooks")
     plugins.set_defaults(func=cmd_plugins)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import torch
 from tqdm import tqdm
@@ -18,6 +17,7 @@ from .errors import ProbekitError
 from .graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_tapped
 from .loading import LoadedModel, LoadOptions, load_model
 from .plugins import analyses, manager, plugin_version
+from .provenance import base_attrs
 from .store import StoreWriter
 
 
@@ -100,16 +100,11 @@ def _first_forward(model, x: torch.Tensor, data: ProbeData, spec: RunSpec) -> No
 
 def provenance(run: Run, spec: RunSpec) -> dict:
     """Run-level attrs stored on the root and every node (see docs/schema.md)."""
-    from . import __version__
-
     return {
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "probekit_version": __version__,
-        "torch_version": torch.__version__,
+        **base_attrs(spec.seed),
         "model": json.dumps({"spec": spec.model, "sha256": run.model.sha256}),
         "dataset": run.data.name,
         "n_samples": run.n_samples,
-        "seed": spec.seed,
         "branch_strategy": run.branchset.strategy,
         "n_branches": len(run.branchset),
     }
@@ -136,7 +131,7 @@ def execute(spec: RunSpec) -> Run:
     branchset = discover(module, DiscoveryConfig(spec.branches))
     run = Run(spec, loaded, data, branchset, n_samples)
     attrs = provenance(run, spec)
-    writer.create({**attrs, "plugins": json.dumps(spec.plugins), "command": " ".join(sys.argv)})
+    writer.create({**attrs, "plugins": json.dumps(spec.plugins)})
     context = RunContext(branchset, data, n_samples, device, spec.seed, staging=writer.staging)
     try:
         run.analyses = {name: cls(context, options[name]) for name, cls in classes.items()}
