@@ -21,6 +21,7 @@ from .sample_arrays import SampleArray
 
 if TYPE_CHECKING:
     import xarray as xr
+    from torch import nn
 
     from .branches import BranchSet
     from .data import ProbeData
@@ -49,7 +50,8 @@ class RunContext:
 
     ``staging`` maps an analysis name to the folder of its node being
     written, or is ``None`` when no store is written (per-sample arrays then
-    stay in memory).
+    stay in memory). ``model`` is the probed module, for analyses that run
+    their own forward and backward passes (``needs_grad``).
     """
 
     branchset: BranchSet
@@ -58,6 +60,7 @@ class RunContext:
     device: torch.device
     seed: int
     staging: Callable[[str], Path] | None = None
+    model: nn.Module | None = None
 
     def sample_array(self, analysis: str, name: str, dims: tuple[str, ...], tail: tuple[int, ...], dtype,
                      attrs: dict) -> SampleArray:

@@ -35,6 +35,7 @@ class BranchLayer:
     kind: LayerKind
     branches: tuple[str, ...]
     modules: tuple[str, ...]
+    container: str | None = None  # for kind 'sum': the module path of the container that sums them
 
     def stack(self, outputs: list[torch.Tensor]) -> torch.Tensor:
         """Turn the hooked outputs into responses of shape ``[N, K, D]``."""

@@ -35,7 +35,7 @@ def summed_layers(model: nn.Module) -> list[BranchLayer]:
             continue
         prefix = f"{path}.{child}" if path else child
         names = tuple(f"{prefix}.{key}" for key, _ in container.named_children())
-        layers.append(BranchLayer(layer_name(path), "sum", names, names))
+        layers.append(BranchLayer(layer_name(path), "sum", names, names, container=path))
     return layers
 
 

@@ -132,7 +132,7 @@ def execute(spec: RunSpec) -> Run:
     run = Run(spec, loaded, data, branchset, n_samples)
     attrs = provenance(run, spec)
     writer.create({**attrs, "plugins": json.dumps(spec.plugins)})
-    context = RunContext(branchset, data, n_samples, device, spec.seed, staging=writer.staging)
+    context = RunContext(branchset, data, n_samples, device, spec.seed, staging=writer.staging, model=module)
     try:
         run.analyses = {name: cls(context, options[name]) for name, cls in classes.items()}
         manager().hook.probekit_run_start(run=run)
