@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/report.py
+	$(BIN)/python benchmarks/toy_sweep.py
 
 zoo: $(STAMP)
 	for r in toy1 toy2 digits-branched8; do $(BIN)/probekit train $$r --overwrite || exit 1; done
