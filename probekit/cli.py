@@ -113,9 +113,11 @@ def cmd_models(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .training import train_recipe
+    from .training import TrainOptions, train_recipe
 
-    train_recipe(args.recipe, out=args.out, seed=args.seed, overwrite=args.overwrite, branches=args.branches)
+    options = TrainOptions(branches=args.branches, seed=args.seed, data_root=args.data_root, epochs=args.epochs,
+                           resume=args.resume, checkpoint_dir=args.checkpoint_dir, progress=not args.quiet)
+    train_recipe(args.recipe, out=args.out, overwrite=args.overwrite, options=options)
     return 0
 
 
@@ -183,11 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     train = sub.add_parser("train", help="train a bundled model from its recipe")
-    train.add_argument("recipe", help="toy1, toy2 or digits-branched8")
+    train.add_argument("recipe", help="toy1, toy2, digits-branched8 or cifar10-branched16")
     train.add_argument("--out", help="weights file to write (default: the zoo's own file)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--branches", type=int, help="number of branches M (default: the recipe's)")
     train.add_argument("--overwrite", action="store_true")
+    train.add_argument("--data-root", help="dataset folder, for cifar10-branched16 (e.g. ../shared/data/cifar10)")
+    train.add_argument("--epochs", type=int, help="epochs (default: the recipe's)")
+    train.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    train.add_argument("--checkpoint-dir", help="where epoch checkpoints go (default: runs/<recipe>)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
     return parser
 

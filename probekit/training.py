@@ -23,11 +23,24 @@ DIGITS_BATCH = 64
 
 
 @dataclass(frozen=True)
+class TrainOptions:
+    """What ``probekit train`` was asked; recipes use the fields they need."""
+
+    branches: int | None = None
+    seed: int = 0
+    data_root: str | None = None
+    epochs: int | None = None
+    resume: bool = False
+    checkpoint_dir: str | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A training recipe: default branch count and the function that trains it."""
 
     branches: int
-    train: object  # (branches, seed) -> (model, config, metrics)
+    train: object  # (branches, options: TrainOptions) -> (model, config, metrics)
 
 
 def train_toy(name: str, branches: int, seed: int):
@@ -69,14 +82,25 @@ def train_digits(branches: int, seed: int):
     return model, {"branches": branches}, metrics
 
 
+def train_cifar10_branched(branches: int, options: TrainOptions):
+    """``cifar10-branched16``: see :mod:`probekit.cifar_training`."""
+    from .cifar_training import CifarRecipe, train_cifar
+
+    recipe = CifarRecipe(branches=branches, seed=options.seed,
+                         **({"epochs": options.epochs} if options.epochs else {}))
+    checkpoints = Path(options.checkpoint_dir or Path("runs") / f"cifar10-branched{branches}")
+    return train_cifar(recipe, options.data_root, checkpoints, options.resume, options.progress)
+
+
 RECIPES = {
-    "toy1": Recipe(10, lambda m, seed: train_toy("toy1", m, seed)),
-    "toy2": Recipe(20, lambda m, seed: train_toy("toy2", m, seed)),
-    "digits-branched8": Recipe(8, train_digits),
+    "toy1": Recipe(10, lambda m, options: train_toy("toy1", m, options.seed)),
+    "toy2": Recipe(20, lambda m, options: train_toy("toy2", m, options.seed)),
+    "digits-branched8": Recipe(8, lambda m, options: train_digits(m, options.seed)),
+    "cifar10-branched16": Recipe(16, train_cifar10_branched),
 }
 
 
-def train_recipe(name: str, out: str | None, seed: int, overwrite: bool, branches: int | None) -> Path:
+def train_recipe(name: str, out: str | None, overwrite: bool, options: TrainOptions) -> Path:
     """Train ``name`` and save ``{recipe, config, state_dict, metrics}``; refuses to overwrite unless asked."""
     if name not in RECIPES:
         raise ProbekitError(f"unknown recipe {name!r}; recipes: {', '.join(sorted(RECIPES))}")
@@ -85,8 +109,8 @@ def train_recipe(name: str, out: str | None, seed: int, overwrite: bool, branche
     if path.exists() and not overwrite:
         raise ProbekitError(f"{path} already exists; pass --overwrite to replace it")
     started = time.perf_counter()
-    model, config, metrics = recipe.train(branches or recipe.branches, seed)
-    metrics = {**metrics, "seed": seed, "wall_seconds": round(time.perf_counter() - started, 1)}
+    model, config, metrics = recipe.train(options.branches or recipe.branches, options)
+    metrics = {**metrics, "seed": options.seed, "wall_seconds": round(time.perf_counter() - started, 1)}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"recipe": name, "config": config, "state_dict": model.state_dict(), "metrics": metrics}, path)
     print(f"wrote {path}: {metrics}")

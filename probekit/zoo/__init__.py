@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..architectures import branched_perceptron, digits_branched
+from ..resnet import branched_resnet18
 from ..errors import ProbekitError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -37,6 +38,8 @@ ZOO: dict[str, ZooEntry] = {
     "toy1": ZooEntry(branched_perceptron, "paper toy 1: 10 LeakyReLU perceptron branches", "toy1"),
     "toy2": ZooEntry(branched_perceptron, "paper toy 2: 20 LeakyReLU perceptron branches", "toy2"),
     "digits-branched8": ZooEntry(digits_branched, "8 summed small-CNN branches on 8x8 digits", "digits:test"),
+    "cifar10-branched16": ZooEntry(branched_resnet18, "16 summed slim-ResNet18 branches on CIFAR-10 (paper section 6)",
+                                   "cifar10:../shared/data/cifar10"),
 }
 
 
