@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -92,6 +93,17 @@ def cmd_toy_sweep(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+    from .loading import LoadOptions
+
+    result = evaluate(args.model, args.data, LoadOptions(weights=args.weights, arch=args.arch,
+                                                         trust_pickle=args.trust_pickle),
+                      batch_size=args.batch_size, limit=args.limit, device=args.device, progress=not args.quiet)
+    print(result.table())
+    return 0
+
+
 def cmd_plugins(args) -> int:
     from .plugins import analyses, plugin_infos
 
@@ -158,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     report.set_defaults(func=cmd_report)
 
+    evaluate = sub.add_parser("evaluate", help="accuracy overall, per class and per branch alone")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--weights")
+    evaluate.add_argument("--arch")
+    evaluate.add_argument("--trust-pickle", action="store_true")
+    evaluate.add_argument("--limit", type=int)
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(func=cmd_evaluate)
+
     experiment = sub.add_parser("experiment", help="run a built-in experiment that trains its own models")
     experiments = experiment.add_subparsers(dest="experiment", required=True)
     sweep = experiments.add_parser("toy-sweep", help="the paper's toy experiments (section 4.1, Figs. 2-4)")
@@ -210,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("probekit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush quiet
+        return 0
 
 
 if __name__ == "__main__":

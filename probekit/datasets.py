@@ -126,6 +126,17 @@ def cifar10_data(argument: str) -> ProbeData:
     raise ProbekitError(f"no CIFAR-10 under {root}: expected cifar-10-batches-py/ or {split}/<class>/<image>")
 
 
+def cifar10_sample_data() -> ProbeData:
+    """The bundled class-balanced sample of 1,000 CIFAR-10 test images (``cifar10-sample``)."""
+    from .samples import load_cifar10_sample
+
+    arrays = load_cifar10_sample()
+    images = torch.from_numpy(arrays["images"]).float() / 255
+    dataset = TensorDataset(images, torch.from_numpy(arrays["labels"]))
+    return ProbeData("cifar10-sample", dataset, [str(i) for i in arrays["ids"]],
+                     classes=[str(c) for c in arrays["classes"]])
+
+
 @hookimpl
 def probekit_register_datasets(register):
     register("toy1", lambda argument, seed: toy_data("toy1"))
@@ -133,4 +144,5 @@ def probekit_register_datasets(register):
     register("digits", lambda argument, seed: digits_data(argument))
     register("random", random_data)
     register("cifar10", lambda argument, seed: cifar10_data(argument))
+    register("cifar10-sample", lambda argument, seed: cifar10_sample_data())
     register("imagefolder", lambda argument, seed: image_folder(argument, f"imagefolder:{argument}"))
