@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .branches import DiscoveryConfig, discover
+from .branches import BranchSet, DiscoveryConfig, discover
 from .capture import capture
+from .classifier import classifier_layer
 from .data import load_data
 from .errors import ProbekitError
 from .loading import LoadOptions, load_model
@@ -41,16 +42,14 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def classifier_branches(model):
-    """The summed layer at the model's root (its branches output class scores), if any."""
+def classifier_branches(model) -> BranchSet | None:
+    """The summed layer at the model's root (its branches output class scores) as a branch set, if any."""
     try:
         branchset = discover(model, DiscoveryConfig())
     except ProbekitError:
         return None
-    for layer in branchset.layers:
-        if layer.kind == "sum" and layer.container == "":
-            return type(branchset)((layer,), branchset.strategy)
-    return None
+    layer = classifier_layer(branchset)
+    return BranchSet((layer,), branchset.strategy) if layer is not None else None
 
 
 def evaluate(model_spec: str, data_spec: str, load: LoadOptions | None = None, batch_size: int = 256,
