@@ -128,7 +128,8 @@ def cmd_train(args) -> int:
     from .training import TrainOptions, train_recipe
 
     options = TrainOptions(branches=args.branches, seed=args.seed, data_root=args.data_root, epochs=args.epochs,
-                           resume=args.resume, checkpoint_dir=args.checkpoint_dir, progress=not args.quiet)
+                           resume=args.resume, checkpoint_dir=args.checkpoint_dir, scheme=args.scheme,
+                           progress=not args.quiet)
     train_recipe(args.recipe, out=args.out, overwrite=args.overwrite, options=options)
     return 0
 
@@ -217,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-root", help="dataset folder, for cifar10-branched16 (e.g. ../shared/data/cifar10)")
     train.add_argument("--epochs", type=int, help="epochs (default: the recipe's)")
     train.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    train.add_argument("--scheme", choices=("clamped", "logits"),
+                       help="cifar10-branched16 loss: the paper's clamped scheme (default) or plain logits")
     train.add_argument("--checkpoint-dir", help="where epoch checkpoints go (default: runs/<recipe>)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)

@@ -32,6 +32,7 @@ class TrainOptions:
     epochs: int | None = None
     resume: bool = False
     checkpoint_dir: str | None = None
+    scheme: str | None = None
     progress: bool = True
 
 
@@ -87,7 +88,8 @@ def train_cifar10_branched(branches: int, options: TrainOptions):
     from .cifar_training import CifarRecipe, train_cifar
 
     recipe = CifarRecipe(branches=branches, seed=options.seed,
-                         **({"epochs": options.epochs} if options.epochs else {}))
+                         **({"epochs": options.epochs} if options.epochs else {}),
+                         **({"scheme": options.scheme} if options.scheme else {}))
     checkpoints = Path(options.checkpoint_dir or Path("runs") / f"cifar10-branched{branches}")
     return train_cifar(recipe, options.data_root, checkpoints, options.resume, options.progress)
 

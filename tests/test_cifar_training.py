@@ -1,0 +1,56 @@
+"""The cifar10-branched16 recipe end to end on a few real CIFAR-10 images: train, checkpoint, resume."""
+
+import shutil
+
+import pytest
+import torch
+
+from probekit import ProbekitError
+
+from probekit.cifar_training import CifarRecipe, augment, train_cifar
+
+
+def tiny_cifar(shared_data, tmp_path, per_class=4):
+    """A real ImageFolder CIFAR-10 with ``per_class`` images per class and split."""
+    root = tmp_path / "cifar"
+    for split in ("train", "test"):
+        for folder in sorted((shared_data / "cifar10" / split).iterdir()):
+            (root / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:per_class]:
+                shutil.copy(image, root / split / folder.name / image.name)
+    return root
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(shared_data, tmp_path, monkeypatch):
+    from probekit import cifar_training
+
+    root = tiny_cifar(shared_data, tmp_path)
+    recipe = CifarRecipe(branches=2, epochs=2, batch_size=16)
+    straight, _, metrics = train_cifar(recipe, str(root), tmp_path / "a", resume=False, progress=False)
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+
+    real_accuracy, calls = cifar_training.accuracy, []
+
+    def dies_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed before epoch 2 was checkpointed
+        return real_accuracy(*args, **kwargs)
+
+    monkeypatch.setattr(cifar_training, "accuracy", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_cifar(recipe, str(root), tmp_path / "b", resume=False, progress=False)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(cifar_training, "accuracy", real_accuracy)
+    with pytest.raises(ProbekitError, match="--resume"):
+        train_cifar(recipe, str(root), tmp_path / "b", resume=False, progress=False)
+    resumed, _, again = train_cifar(recipe, str(root), tmp_path / "b", resume=True, progress=False)
+    assert [h["epoch"] for h in again["history"]] == [1, 2]
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_augment_keeps_shape_and_range():
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    out = augment(images, torch.Generator().manual_seed(0))
+    assert out.shape == (5, 3, 32, 32) and 0 <= float(out.min()) and float(out.max()) <= 1
