@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit import Analysis, Batch, hookimpl
+from probekit import Analysis, Batch
+from probekit.hookspecs import analysis_hooks
 from probekit.errors import ProbekitError
 from probekit.schema import branch_coords, class_coords, layer_coords, sample_coords
 
@@ -121,15 +122,4 @@ class Activity(Analysis):
         } | ({"layers": len(ds.layer)} if len(ds.layer) > 8 else {})
 
 
-@hookimpl
-def probekit_plot(name, node):
-    if name != Activity.name:
-        return None
-    from .activity_plot import plot_activity
-
-    return plot_activity(node)
-
-
-@hookimpl
-def probekit_register_analyses(register):
-    register(Activity)
+probekit_register_analyses, probekit_plot = analysis_hooks(Activity, "probekit_plugins.activity_plot:plot_activity")

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit import Analysis, Batch, hookimpl
+from probekit import Analysis, Batch
+from probekit.hookspecs import analysis_hooks
 from probekit.classifier import require_classifier
 from probekit.errors import ProbekitError
 from probekit.schema import class_coords
@@ -139,15 +140,5 @@ class Attribution(Analysis):
         return {"method": ds.attrs["method"], "samples attributed": int(ds.attributed.sum())}
 
 
-@hookimpl
-def probekit_plot(name, node):
-    if name != Attribution.name:
-        return None
-    from .attribution_plot import plot_attribution
-
-    return plot_attribution(node)
-
-
-@hookimpl
-def probekit_register_analyses(register):
-    register(Attribution)
+probekit_register_analyses, probekit_plot = analysis_hooks(
+    Attribution, "probekit_plugins.attribution_plot:plot_attribution")

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit import Analysis, Batch, hookimpl
+from probekit import Analysis, Batch
+from probekit.hookspecs import analysis_hooks
 from probekit.schema import branch_coords
 
 
@@ -67,15 +68,5 @@ class Covariance(Analysis):
         return {"mean |corr| off the diagonal": round(float(np.abs(off).mean()), 4) if off.size else "n/a"}
 
 
-@hookimpl
-def probekit_plot(name, node):
-    if name != Covariance.name:
-        return None
-    from .covariance_plot import plot_covariance
-
-    return plot_covariance(node)
-
-
-@hookimpl
-def probekit_register_analyses(register):
-    register(Covariance)
+probekit_register_analyses, probekit_plot = analysis_hooks(
+    Covariance, "probekit_plugins.covariance_plot:plot_covariance")

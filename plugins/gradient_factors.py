@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit import Analysis, Batch, hookimpl
+from probekit import Analysis, Batch
+from probekit.hookspecs import analysis_hooks
 from probekit.errors import ProbekitError
 from probekit.schema import sample_coords
 
@@ -204,15 +205,5 @@ class GradientFactors(Analysis):
         return out
 
 
-@hookimpl
-def probekit_plot(name, node):
-    if name != GradientFactors.name:
-        return None
-    from .gradient_factors_plot import plot_gradient_factors
-
-    return plot_gradient_factors(node)
-
-
-@hookimpl
-def probekit_register_analyses(register):
-    register(GradientFactors)
+probekit_register_analyses, probekit_plot = analysis_hooks(
+    GradientFactors, "probekit_plugins.gradient_factors_plot:plot_gradient_factors")

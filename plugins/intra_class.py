@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit import Analysis, Batch, hookimpl
+from probekit import Analysis, Batch
+from probekit.hookspecs import analysis_hooks
 from probekit.classifier import require_classifier
 from probekit.errors import ProbekitError
 from probekit.schema import class_coords
@@ -111,15 +112,5 @@ class IntraClass(Analysis):
                 "mean confidence of the kept samples": round(float(np.nanmean(ds.top_confidence.values)), 4)}
 
 
-@hookimpl
-def probekit_plot(name, node):
-    if name != IntraClass.name:
-        return None
-    from .intra_class_plot import plot_intra_class
-
-    return plot_intra_class(node)
-
-
-@hookimpl
-def probekit_register_analyses(register):
-    register(IntraClass)
+probekit_register_analyses, probekit_plot = analysis_hooks(
+    IntraClass, "probekit_plugins.intra_class_plot:plot_intra_class")

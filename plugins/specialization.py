@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit import Analysis, Batch, hookimpl
+from probekit import Analysis, Batch
+from probekit.hookspecs import analysis_hooks
 from probekit.classifier import require_classifier
 from probekit.schema import class_coords, sample_coords
 
@@ -107,15 +108,5 @@ class Specialization(Analysis):
         }
 
 
-@hookimpl
-def probekit_plot(name, node):
-    if name != Specialization.name:
-        return None
-    from .specialization_plot import plot_specialization
-
-    return plot_specialization(node)
-
-
-@hookimpl
-def probekit_register_analyses(register):
-    register(Specialization)
+probekit_register_analyses, probekit_plot = analysis_hooks(
+    Specialization, "probekit_plugins.specialization_plot:plot_specialization")

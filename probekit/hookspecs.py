@@ -65,3 +65,27 @@ def probekit_plot(name, node):
     pyplot) and give each a label (``fig.set_label``: its file name) and a
     ``suptitle`` (its caption).
     """
+
+
+def analysis_hooks(analysis, plot: str | None = None):
+    """The two hook implementations of a plugin module that provides one analysis.
+
+    ``plot`` names the drawing function as ``"module:function"``; it is
+    imported only when a report draws this analysis. Use as
+    ``probekit_register_analyses, probekit_plot = analysis_hooks(MyAnalysis, "my_plugin.plots:draw")``.
+    """
+
+    @hookimpl
+    def probekit_register_analyses(register):
+        register(analysis)
+
+    @hookimpl
+    def probekit_plot(name, node):
+        if name != analysis.name or plot is None:
+            return None
+        from importlib import import_module
+
+        module, _, function = plot.partition(":")
+        return getattr(import_module(module), function)(node)
+
+    return probekit_register_analyses, probekit_plot
