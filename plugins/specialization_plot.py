@@ -6,7 +6,8 @@ import numpy as np
 import xarray as xr
 from matplotlib import colormaps
 
-from probekit.plotting import axis_label, new_figure
+from probekit.plotting import (MAX_PANELS, axis_label, branch_ticks, layers_of, new_figure, panel_caption,
+                               short_names)
 
 
 def _heatmap(fig, ax, values, ds, label, cmap, vmin=None, vmax=None):
@@ -16,7 +17,27 @@ def _heatmap(fig, ax, values, ds, label, cmap, vmin=None, vmax=None):
     fig.colorbar(image, ax=ax, label=label)
 
 
+def response_profiles(ds: xr.Dataset):
+    """Responses mode: per layer, each class's mean response norm per branch, relative to the class's largest."""
+    layers = layers_of(ds)
+    fig, axes = new_figure("profiles", panel_caption("Mean response norm per class, relative to the class's "
+                                                     "largest branch", len(layers)), min(len(layers), MAX_PANELS),
+                           panel_size=(4.8, 3.6))
+    for ax, layer in zip(axes, layers[:MAX_PANELS], strict=True):
+        index = np.flatnonzero(ds.branch_layer.values == layer)
+        block = ds.class_score.values[index].T  # [cls, branch]
+        relative = block / np.maximum(block.max(1, keepdims=True), 1e-12)
+        image = ax.imshow(relative, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(layer, fontsize=9)
+        ax.set_yticks(np.arange(ds.sizes["cls"]), [str(c) for c in ds.class_name.values], fontsize=7)
+        branch_ticks(ax, "x", short_names(ds.branch.values[index], layer))
+        fig.colorbar(image, ax=ax, label="response / class's largest [1]")
+    return [fig]
+
+
 def plot_specialization(ds: xr.Dataset) -> list:
+    if ds.attrs.get("mode") == "responses":
+        return response_profiles(ds)
     order = np.argsort(-ds.specialization.values, kind="stable")
     ordered = ds.isel(branch=order)
     profiles, panels = new_figure("profiles", "Class profiles of the branches, most specialized first", 2,

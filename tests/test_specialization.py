@@ -22,14 +22,29 @@ def test_profiles_match_a_direct_computation(tmp_path):
                                    rtol=1e-5)
     true_score = v[torch.arange(len(y)), :, y]
     np.testing.assert_allclose(ds.contribution.values, true_score.numpy(), rtol=1e-5)
-    np.testing.assert_array_equal(ds.top_branch.values, true_score.argmax(1).numpy())
+    np.testing.assert_array_equal(ds.top_branch.values[:, 0], true_score.argmax(1).numpy())
+    assert ds.attrs["mode"] == "classifier"
     np.testing.assert_allclose(ds.top_fraction.sum("branch").values, 1.0)
     assert ((ds.specialization >= 0) & (ds.specialization <= 1)).all()
     assert int(ds.class_count.sum()) == 360
 
 
-def test_needs_a_summed_classifier(tmp_path):
+def test_grouped_conv_branches_are_scored_by_their_response_norms(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 6, 3, groups=2), torch.nn.Flatten())
     path = tmp_path / "g.pt"
-    torch.save(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, groups=1), torch.nn.Conv2d(4, 4, 3, groups=2)), path)
-    with pytest.raises(ProbekitError, match="needs a classifier made of summed branches"):
-        run_analyses(tmp_path, path, "digits:test", ["specialization"], limit=4)
+    torch.save(model, path)
+    ds = run_analyses(tmp_path, path, "digits:test", ["specialization"], limit=40, batch_size=16)["specialization"]
+    assert ds.attrs["mode"] == "responses" and "alone_confidence" not in ds
+    data = load_data("digits:test")
+    x = torch.stack([data.dataset[i][0] for i in range(40)])
+    y = np.array([int(data.dataset[i][1]) for i in range(40)])
+    with torch.no_grad():
+        out = model[1](model[0](x)).reshape(40, 2, -1).norm(dim=2).numpy()  # [N, groups]
+    for c in np.unique(y)[:3]:
+        np.testing.assert_allclose(ds.class_score.sel(cls=c).values, out[y == c].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(ds.top_fraction.sum("branch").sel(cls=np.unique(y)).values, 1.0)
+
+
+def test_needs_classes(tmp_path):
+    with pytest.raises(ProbekitError, match="needs data with classes"):
+        run_analyses(tmp_path, "toy1", "toy1", ["specialization"])
