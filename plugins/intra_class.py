@@ -1,7 +1,9 @@
 """``intra-class``: which samples of a class each branch is most confident about (paper Fig. 8).
 
 Per (branch, class), over the samples of that class: the top ``top_percent``
-percent by the branch's confidence when it acts alone (softmax(v_k(x))[y]),
+percent by the branch's confidence when it acts alone (softmax(v_k(x))[y];
+for branches that are not classifiers, e.g. grouped convs, by the norm of the
+branch's response: ``attrs['mode'] == 'responses'``),
 as sample positions, ids and confidences, plus the input images of the best
 ``thumbnails`` of them for the report. Streaming: a running top-k per
 (branch, class), merged batch by batch with ``torch.topk``.
@@ -18,7 +20,7 @@ import xarray as xr
 
 from probekit import Analysis, Batch
 from probekit.hookspecs import analysis_hooks
-from probekit.classifier import require_classifier
+from probekit.classifier import BranchScores
 from probekit.errors import ProbekitError
 from probekit.schema import class_coords
 
@@ -42,8 +44,8 @@ class IntraClass(Analysis):
 
     def __init__(self, context, options):
         super().__init__(context, options)
-        self.layer = require_classifier(context.branchset, context.data.classes, self.name)
-        b, c = len(self.layer.branches), len(context.data.classes)
+        self.scores = BranchScores(context.branchset, context.data.classes, self.name)
+        b, c = len(self.scores.names), len(context.data.classes)
         self.k = max(1, math.ceil(options.top_percent / 100 * context.n_samples))  # an upper bound per class
         self.best = torch.full((b, c, self.k), -math.inf, dtype=torch.float64)
         self.best_index = torch.full((b, c, self.k), -1, dtype=torch.long)
@@ -53,9 +55,8 @@ class IntraClass(Analysis):
     def update(self, batch: Batch) -> None:
         if batch.targets is None:
             return
-        v = batch.responses[self.layer.name]  # [N, K, C]
         y = batch.targets.long()
-        confidence = v.softmax(2).gather(2, y.view(-1, 1, 1).expand(-1, v.shape[1], 1)).squeeze(2)  # [N, K]
+        _, confidence = self.scores(batch, y)  # [N, B]
         confidence, y, index, x = confidence.double().cpu(), y.cpu(), batch.index.cpu(), batch.inputs.detach().cpu()
         if self.thumbs is None and self.options.thumbnails:
             self.thumbs = torch.zeros(*self.best.shape[:2], self.options.thumbnails, *x.shape[1:])
@@ -91,13 +92,12 @@ class IntraClass(Analysis):
                     "long_name": "sample position of the rank-th most confident sample (-1: none)"}),
                 "top_sample_id": (("branch", "cls", "rank"), sample_id.astype(object), {
                     "long_name": "dataset id of that sample"}),
-                "top_confidence": (("branch", "cls", "rank"), confidence, {
-                    "long_name": "confidence in the true class, branch alone", "units": "probability"}),
+                "top_score": (("branch", "cls", "rank"), confidence, self._score_attrs()),
                 "top_count": ("cls", per_class, {"long_name": "samples kept per branch", "units": "samples"}),
             },
-            coords={"branch": ("branch", np.array(self.layer.branches, dtype=object)), "rank": ("rank", rank),
+            coords={"branch": ("branch", np.array(self.scores.names, dtype=object)), "rank": ("rank", rank),
                     **class_coords(self.context)},
-            attrs={"top_percent": self.options.top_percent},
+            attrs={"top_percent": self.options.top_percent, "mode": self.scores.mode},
         )
         if self.thumbs is not None:
             dims = ("branch", "cls", "thumb", *("channel", "y", "x")[-(self.thumbs.dim() - 3):])
@@ -106,10 +106,16 @@ class IntraClass(Analysis):
             ds = ds.assign_coords(thumb=("thumb", np.arange(self.thumbs.shape[2])))
         return ds
 
+    def _score_attrs(self) -> dict:
+        if self.scores.mode == "classifier":
+            return {"long_name": "confidence in the true class, branch alone", "units": "probability"}
+        return {"long_name": "branch response norm", "units": "output units"}
+
     def summary(self, ds: xr.Dataset) -> dict:
         return {"kept per (branch, class)": f"top {ds.attrs['top_percent']:g}% "
                 f"({int(ds.top_count.min())}-{int(ds.top_count.max())} samples)",
-                "mean confidence of the kept samples": round(float(np.nanmean(ds.top_confidence.values)), 4)}
+                f"mean {ds.top_score.attrs['long_name']} of the kept samples":
+                    round(float(np.nanmean(ds.top_score.values)), 4)}
 
 
 probekit_register_analyses, probekit_plot = analysis_hooks(

@@ -20,17 +20,17 @@ def _as_image(values: np.ndarray) -> np.ndarray:
 
 def class_figure(ds: xr.Dataset, c: int):
     name = str(ds.class_name.values[c])
-    mean_confidence = np.nanmean(ds.top_confidence.values[:, c], axis=1)
+    mean_confidence = np.nanmean(ds.top_score.values[:, c], axis=1)
     leaders = np.argsort(-np.nan_to_num(mean_confidence, nan=-1))[:BRANCH_ROWS]
     thumbs = ds.sizes["thumb"]
-    fig, axes = new_figure(f"class-{c}", f"Class {name}: the samples its {len(leaders)} most confident branches "
-                           "are surest about", len(leaders) * thumbs, panel_size=(1.1, 1.2), max_cols=thumbs)
+    fig, axes = new_figure(f"class-{c}", f"Class {name}: the samples its {len(leaders)} leading branches score "
+                           "highest", len(leaders) * thumbs, panel_size=(1.1, 1.2), max_cols=thumbs)
     for row, k in enumerate(leaders):
         for t in range(thumbs):
             ax = axes[row * thumbs + t]
             ax.set_xticks([])
             ax.set_yticks([])
-            confidence = ds.top_confidence.values[k, c, t] if t < ds.sizes["rank"] else np.nan
+            confidence = ds.top_score.values[k, c, t] if t < ds.sizes["rank"] else np.nan
             if np.isnan(confidence):
                 ax.set_axis_off()
                 continue

@@ -23,7 +23,7 @@ def test_top_lists_and_thumbnails_match_a_direct_ranking(tmp_path):
         kept = int(ds.top_count.sel(cls=c))
         assert kept == len(expected)
         np.testing.assert_array_equal(ds.top_sample.values[k, c, :kept], expected)
-        np.testing.assert_allclose(ds.top_confidence.values[k, c, :kept], confidence[expected, k], rtol=1e-6)
+        np.testing.assert_allclose(ds.top_score.values[k, c, :kept], confidence[expected, k], rtol=1e-6)
         assert (ds.top_sample.values[k, c, kept:] == -1).all()
         np.testing.assert_allclose(ds.thumbnail.values[k, c], x[expected[:3]].numpy())
         assert ds.top_sample_id.values[k, c, 0] == data.sample_ids[expected[0]]
