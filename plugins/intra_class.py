@@ -4,9 +4,10 @@ Per (branch, class), over the samples of that class: the top ``top_percent``
 percent by the branch's confidence when it acts alone (softmax(v_k(x))[y];
 for branches that are not classifiers, e.g. grouped convs, by the norm of the
 branch's response: ``attrs['mode'] == 'responses'``),
-as sample positions, ids and confidences, plus the input images of the best
-``thumbnails`` of them for the report. Streaming: a running top-k per
-(branch, class), merged batch by batch with ``torch.topk``.
+as sample positions, ids and scores. Streaming: a running top-k of sample
+positions per (branch, class), merged batch by batch with ``torch.topk``. At
+the end the best ``thumbnails`` of each list are read back from the data, once
+per distinct sample and shrunk to at most 64 px, for the report.
 """
 
 from __future__ import annotations
@@ -23,6 +24,18 @@ from probekit.hookspecs import analysis_hooks
 from probekit.classifier import BranchScores
 from probekit.errors import ProbekitError
 from probekit.schema import class_coords
+
+
+THUMB_SIZE = 64
+
+
+def _shrink(image: torch.Tensor) -> np.ndarray:
+    """An input image ``[C, H, W]`` scaled down (antialiased) so that neither side exceeds ``THUMB_SIZE``."""
+    if image.dim() != 3 or max(image.shape[1:]) <= THUMB_SIZE:
+        return image.numpy()
+    scale = THUMB_SIZE / max(image.shape[1:])
+    size = [max(1, round(side * scale)) for side in image.shape[1:]]
+    return torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0].numpy()
 
 
 @dataclass
@@ -50,33 +63,37 @@ class IntraClass(Analysis):
         self.best = torch.full((b, c, self.k), -math.inf, dtype=torch.float64)
         self.best_index = torch.full((b, c, self.k), -1, dtype=torch.long)
         self.count = torch.zeros(c, dtype=torch.long)
-        self.thumbs = None  # [B, C, T, *input shape], made at the first batch
 
     def update(self, batch: Batch) -> None:
         if batch.targets is None:
             return
         y = batch.targets.long()
         _, confidence = self.scores(batch, y)  # [N, B]
-        confidence, y, index, x = confidence.double().cpu(), y.cpu(), batch.index.cpu(), batch.inputs.detach().cpu()
-        if self.thumbs is None and self.options.thumbnails:
-            self.thumbs = torch.zeros(*self.best.shape[:2], self.options.thumbnails, *x.shape[1:])
+        confidence, y, index = confidence.double().cpu(), y.cpu(), batch.index.cpu()
         for c in y.unique().tolist():
             members = y == c
             self.count[c] += int(members.sum())
-            self._merge(c, confidence[members].T, index[members], x[members])
+            self._merge(c, confidence[members].T, index[members])
 
-    def _merge(self, c: int, confidence: torch.Tensor, index: torch.Tensor, images: torch.Tensor) -> None:
+    def _merge(self, c: int, confidence: torch.Tensor, index: torch.Tensor) -> None:
         """Fold one class's new candidates (``confidence`` ``[K, n]``) into the running top-k lists."""
-        k = self.best.shape[2]
         pool = torch.cat([self.best[:, c], confidence], 1)  # [K, k + n]
         pool_index = torch.cat([self.best_index[:, c], index.expand(pool.shape[0], -1)], 1)
-        top = pool.topk(k, dim=1)
-        if self.thumbs is not None:
-            t = self.thumbs.shape[2]
-            candidates = torch.cat([self.thumbs[:, c], images.expand(pool.shape[0], *images.shape)], 1)
-            order = torch.cat([self.best[:, c, :t], confidence], 1).topk(t, dim=1).indices
-            self.thumbs[:, c] = candidates[torch.arange(pool.shape[0])[:, None], order]
+        top = pool.topk(self.best.shape[2], dim=1)
         self.best[:, c], self.best_index[:, c] = top.values, pool_index.gather(1, top.indices)
+
+    def _thumbnails(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The distinct samples among the best ``thumbnails`` of each list, read back from the data.
+
+        Returns their positions, their images ``[S, *input]`` (at most ``THUMB_SIZE`` pixels a side) and,
+        per (branch, class, thumb), the row of its image (-1 for none).
+        """
+        shown = index[:, :, : min(self.options.thumbnails, index.shape[2])]
+        positions = np.unique(shown[shown >= 0])
+        images = [torch.as_tensor(self.context.data.dataset[int(i)][0]).float() for i in positions]
+        images = [_shrink(image) for image in images]
+        rows = np.where(shown >= 0, np.searchsorted(positions, np.maximum(shown, 0)), -1)
+        return positions, np.stack(images) if images else np.zeros((0, 1, 1, 1), np.float32), rows
 
     def finalize(self) -> xr.Dataset:
         per_class = np.maximum(1, np.ceil(self.options.top_percent / 100 * self.count.numpy())).astype(int)
@@ -99,11 +116,14 @@ class IntraClass(Analysis):
                     **class_coords(self.context)},
             attrs={"top_percent": self.options.top_percent, "mode": self.scores.mode},
         )
-        if self.thumbs is not None:
-            dims = ("branch", "cls", "thumb", *("channel", "y", "x")[-(self.thumbs.dim() - 3):])
-            ds["thumbnail"] = (dims, self.thumbs.numpy().astype(np.float32), {
-                "long_name": "input of the thumb-th most confident sample", "units": "input units"})
-            ds = ds.assign_coords(thumb=("thumb", np.arange(self.thumbs.shape[2])))
+        if self.options.thumbnails:
+            positions, images, rows = self._thumbnails(index)
+            dims = ("thumb_sample", *("channel", "y", "x")[-(images.ndim - 1):])
+            ds = ds.assign_coords(thumb=("thumb", np.arange(rows.shape[2])), thumb_sample=("thumb_sample", positions))
+            ds["thumbnail"] = (dims, images.astype(np.float32), {
+                "long_name": "input of a listed sample, shrunk to at most 64 px a side", "units": "input units"})
+            ds["thumbnail_row"] = (("branch", "cls", "thumb"), rows, {
+                "long_name": "row of thumbnail showing the thumb-th listed sample (-1: none)"})
         return ds
 
     def _score_attrs(self) -> dict:

@@ -31,10 +31,11 @@ def class_figure(ds: xr.Dataset, c: int):
             ax.set_xticks([])
             ax.set_yticks([])
             confidence = ds.top_score.values[k, c, t] if t < ds.sizes["rank"] else np.nan
-            if np.isnan(confidence):
+            if np.isnan(confidence) or ds.thumbnail_row.values[k, c, t] < 0:
                 ax.set_axis_off()
                 continue
-            ax.imshow(_as_image(ds.thumbnail.values[k, c, t]), cmap="gray", interpolation="nearest")
+            ax.imshow(_as_image(ds.thumbnail.values[ds.thumbnail_row.values[k, c, t]]), cmap="gray",
+                      interpolation="nearest")
             ax.set_title(f"{confidence:.2f}", fontsize=7)
             if t == 0:
                 ax.set_ylabel(str(ds.branch.values[k]), fontsize=7)

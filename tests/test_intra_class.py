@@ -25,5 +25,13 @@ def test_top_lists_and_thumbnails_match_a_direct_ranking(tmp_path):
         np.testing.assert_array_equal(ds.top_sample.values[k, c, :kept], expected)
         np.testing.assert_allclose(ds.top_score.values[k, c, :kept], confidence[expected, k], rtol=1e-6)
         assert (ds.top_sample.values[k, c, kept:] == -1).all()
-        np.testing.assert_allclose(ds.thumbnail.values[k, c], x[expected[:3]].numpy())
+        rows = ds.thumbnail_row.values[k, c]
+        np.testing.assert_array_equal(ds.thumb_sample.values[rows], expected[:3])
+        np.testing.assert_allclose(ds.thumbnail.values[rows], x[expected[:3]].numpy())
         assert ds.top_sample_id.values[k, c, 0] == data.sample_ids[expected[0]]
+
+
+def test_more_thumbnails_than_list_entries(tmp_path):
+    ds = run_analyses(tmp_path, "digits-branched8", "digits:test", ["intra-class"], limit=30, batch_size=7,
+                      options={"intra-class": {"top_percent": "2", "thumbnails": "8"}})["intra-class"]
+    assert ds.sizes["thumb"] == 1 and (ds.top_count == 1).all()
