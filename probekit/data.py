@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .errors import ProbekitError
@@ -77,8 +76,3 @@ def load_data(spec: str, seed: int = 0) -> ProbeData:
         raise ProbekitError(f"data {spec!r} holds no samples")
     return data
 
-
-def sample_shape(data: ProbeData) -> tuple[int, ...]:
-    """Shape of one input (no batch dim)."""
-    x, _ = data.dataset[0]
-    return tuple(torch.as_tensor(x).shape)
