@@ -24,6 +24,7 @@ same batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -54,10 +55,15 @@ class CifarRecipe:
     scheme: str = "clamped"  # or "logits"
     seed: int = 0
     widths: tuple[int, ...] = WIDTHS
+    train_limit: int | None = None  # train on a fixed random subset of this many images (reduced budgets)
 
 
+@functools.lru_cache(maxsize=2)
 def load_split(root: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split as ``uint8 [N, 3, 32, 32]`` and ``int64 [N]`` labels, via probekit's cifar10 data source."""
+    """One split as ``uint8 [N, 3, 32, 32]`` and ``int64 [N]`` labels, via probekit's cifar10 data source.
+
+    Cached (one train and one test split), so a sweep over M decodes them once; treat the tensors as read-only.
+    """
     from .datasets import cifar10_data
 
     data = cifar10_data(f"{root}:{split}")
@@ -123,6 +129,9 @@ def train_cifar(recipe: CifarRecipe, data_root: str, checkpoint_dir: Path, resum
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.max_lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, nesterov=True)
     train_x, train_y = load_split(data_root, "train")
+    if recipe.train_limit is not None:
+        keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(recipe.seed))[:recipe.train_limit]
+        train_x, train_y = train_x[keep], train_y[keep]
     test_x, test_y = load_split(data_root, "test")
     steps_per_epoch = (len(train_x) + recipe.batch_size - 1) // recipe.batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.max_lr, epochs=recipe.epochs,
@@ -130,7 +139,8 @@ def train_cifar(recipe: CifarRecipe, data_root: str, checkpoint_dir: Path, resum
     history, start_epoch = [], 0
     if resume and last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True)
-        if json.loads(state["recipe"]) != _recipe_json(recipe):
+        stored = {"train_limit": None, **json.loads(state["recipe"])}  # checkpoints from before train_limit
+        if stored != _recipe_json(recipe):
             raise ProbekitError(f"{last} was made with other settings: {state['recipe']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

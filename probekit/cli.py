@@ -84,12 +84,12 @@ def cmd_show(args) -> int:
     return 0
 
 
-def cmd_toy_sweep(args) -> int:
-    from .experiments import toy_sweep
+def cmd_experiment(args) -> int:
+    from . import experiments
 
     if args.report:
         _check_report_target(args.out, args.overwrite)
-    _print_store(toy_sweep(args), args.report)
+    _print_store(getattr(experiments, args.experiment.replace("-", "_"))(args), args.report)
     return 0
 
 
@@ -201,7 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--overwrite", action="store_true")
     sweep.add_argument("--report", action="store_true", help="also write the HTML report")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
-    sweep.set_defaults(func=cmd_toy_sweep)
+    sweep.set_defaults(func=cmd_experiment)
+
+    count = experiments.add_parser("branch-count", help="active and silent branches against M on CIFAR-10 "
+                                   "(Fig. 5 left): trains one branched-resnet18 per M")
+    count.add_argument("--data-root", help="CIFAR-10 folder (e.g. ../shared/data/cifar10)")
+    count.add_argument("--branches", default="2,4,8,16,32", help="branch counts M: 2,4,8 or 2:8")
+    count.add_argument("--epochs", type=int, default=3, help="epochs per model (the reduced budget)")
+    count.add_argument("--train-limit", type=int, default=10_000,
+                       help="train on a fixed random subset of this many images (0: all 50,000)")
+    count.add_argument("--probe-data", default="cifar10-sample", help="data the activity analysis probes")
+    count.add_argument("--checkpoint-dir", default="runs/branch-count",
+                       help="epoch checkpoints and models, one folder per M; a rerun resumes from them")
+    count.add_argument("--seed", type=int, default=0)
+    count.add_argument("--out", required=True, help="results store to create")
+    count.add_argument("--overwrite", action="store_true")
+    count.add_argument("--report", action="store_true", help="also write the HTML report")
+    count.add_argument("--quiet", action="store_true", help="no progress bars")
+    count.set_defaults(func=cmd_experiment)
 
     plugins = sub.add_parser("plugins", help="list plugins, their versions and hooks")
     plugins.set_defaults(func=cmd_plugins)

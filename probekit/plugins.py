@@ -19,7 +19,8 @@ from . import hookspecs
 from .errors import ProbekitError
 
 ENTRY_POINT_GROUP = "probekit"
-_BUILTIN_MODULES = ("probekit.datasets", "probekit.loading", "probekit.discovery", "probekit.toy_sweep_plot")
+_BUILTIN_MODULES = ("probekit.datasets", "probekit.loading", "probekit.discovery", "probekit.toy_sweep_plot",
+                    "probekit.branch_count_plot")
 
 
 @dataclass(frozen=True)
