@@ -37,6 +37,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/report.py
 	$(BIN)/python benchmarks/toy_sweep.py
+	$(BIN)/python benchmarks/resnet_fused.py
+	$(BIN)/python benchmarks/classifier_run.py
 
 zoo: $(STAMP)
 	for r in toy1 toy2 digits-branched8; do $(BIN)/probekit train $$r --overwrite || exit 1; done

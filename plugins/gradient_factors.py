@@ -27,15 +27,15 @@ import xarray as xr
 from probekit import Analysis, Batch
 from probekit.hookspecs import analysis_hooks
 from probekit.errors import ProbekitError
+from probekit.losses import resolve_loss, summed_loss
 from probekit.schema import sample_coords
 
 CAUSES = ("neither", "collaborative", "distributive", "both")  # code = collaborative + 2 * distributive
-LOSSES = ("auto", "mse", "ce")
 
 
 @dataclass
 class GradientFactorsOptions:
-    """``loss``: auto (ce with classes, else mse), mse (1/2 |f - y|^2) or ce (cross-entropy);
+    """``loss``: auto, mse, ce or clamped (see :mod:`probekit.losses`);
     ``distributive_tol`` (relative), ``collaborative_tol`` (absolute): when a factor counts as zero;
     ``chunk``: samples per vectorised Jacobian (lower it to save memory)."""
 
@@ -45,8 +45,6 @@ class GradientFactorsOptions:
     chunk: int = 16
 
     def check(self):
-        if self.loss not in LOSSES:
-            raise ProbekitError(f"gradient-factors.loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if not 0 <= self.distributive_tol <= 1 or self.collaborative_tol < 0 or self.chunk < 1:
             raise ProbekitError("gradient-factors: distributive_tol must be in [0, 1], collaborative_tol >= 0 "
                                 "and chunk >= 1")
@@ -84,7 +82,7 @@ class GradientFactors(Analysis):
             raise ProbekitError(
                 f"gradient-factors needs summed branches (probekit.SummedBranches or a probekit_branches "
                 f"container); this model's branches were found by {context.branchset.strategy}")
-        self.loss = options.loss if options.loss != "auto" else ("ce" if context.data.classes else "mse")
+        self.loss = resolve_loss(options.loss, context.model, bool(context.data.classes), self.name)
         self.names = [name for layer in self.layers for name in layer.branches]
         b = len(self.names)
 
@@ -104,17 +102,6 @@ class GradientFactors(Analysis):
             "flag_meanings": " ".join(CAUSES)})
         self.counts = np.zeros((b, len(CAUSES)), dtype=np.int64)
 
-    def _loss(self, outputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-        if targets is None:
-            raise ProbekitError("gradient-factors needs data with targets (the loss needs them)")
-        if self.loss == "ce":
-            return torch.nn.functional.cross_entropy(outputs, targets.long(), reduction="sum")
-        if targets.numel() != outputs.numel():
-            raise ProbekitError(f"gradient-factors: mse needs one target per output value; outputs "
-                                f"{tuple(outputs.shape)}, targets {tuple(targets.shape)} (try --option "
-                                "gradient-factors.loss=ce)")
-        return 0.5 * (outputs - targets.reshape(outputs.shape).to(outputs.dtype)).pow(2).sum()
-
     def _forward_backward(self, batch: Batch):
         """Container outputs' gradients ``dL/df`` and each branch's input, from one forward and backward."""
         model = self.context.model
@@ -132,7 +119,7 @@ class GradientFactors(Analysis):
                 for path in layer.modules:
                     handles.append(model.get_submodule(path).register_forward_pre_hook(keep_input(path)))
             with torch.enable_grad():
-                loss = self._loss(model(batch.inputs), batch.targets)
+                loss = summed_loss(self.loss, model(batch.inputs), batch.targets, self.name)
                 grads = torch.autograd.grad(loss, [outputs[layer.name] for layer in self.layers])
         finally:
             for handle in handles:

@@ -1,0 +1,109 @@
+"""The ``hessian`` analysis: exact against a naive double-backward Hessian, and through the CLI."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from probekit import open_results
+from probekit.branch_hessian import MemoryPlan, generic_hessian, naive_hessian, summed_hessian
+from probekit.branched import SummedBranches
+from probekit.branches import DiscoveryConfig, discover
+from probekit.datasets import TOY_POINTS
+from probekit.losses import summed_loss
+from probekit.param_selection import select_params
+from probekit.resnet import branched_resnet18
+from probekit.zoo import load_zoo_model
+
+PLAN = MemoryPlan(2 ** 30)
+
+
+def relative_error(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def check_summed(model, x, y, loss, pattern=None):
+    branchset = discover(model, DiscoveryConfig())
+    blocks = select_params(model, branchset, pattern)
+    reference = naive_hessian(lambda m: summed_loss(loss, m(x), y, "t"), model, blocks)
+    parts = summed_hessian(model, branchset.layers[0], blocks, x, lambda o: summed_loss(loss, o, y, "t"), PLAN)
+    assert reference.norm() > 0
+    assert relative_error(parts.hessian, reference) <= 1e-4
+    return parts
+
+
+def test_toy_model_matches_the_naive_hessian():
+    model = load_zoo_model("toy2").double()
+    xs, ys = TOY_POINTS["toy2"]
+    x, y = torch.tensor(xs, dtype=torch.float64)[:, None], torch.tensor(ys, dtype=torch.float64)
+    parts = check_summed(model, x, y, "mse")
+    assert parts.hessian.shape == (40, 40)  # weight and bias of 20 perceptrons
+
+
+def small_cnn_branch():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.BatchNorm2d(4), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+
+
+@pytest.mark.parametrize("pattern", [None, "branches.*.3.weight", "branches.*.*.weight"])
+def test_cnn_with_batchnorm_matches_the_naive_hessian(pattern):
+    torch.manual_seed(0)
+    model = SummedBranches([small_cnn_branch() for _ in range(4)]).double()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):  # non-trivial running statistics, used in eval mode
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (6,))
+    parts = check_summed(model, x, y, "ce", pattern)
+    assert parts.distributive_sq.shape == parts.collaborative_sq.shape == (4,)
+
+
+def test_clamped_branched_resnet_matches_the_naive_hessian():
+    torch.manual_seed(0)
+    model = branched_resnet18(3, widths=(2, 2, 2, 2)).double().eval()  # clamp after the sum, inside the model
+    x, y = torch.rand(5, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (5,))
+    check_summed(model, x, y, "clamped")
+
+
+def test_generic_method_on_a_grouped_conv_matches_and_blocks_are_groups():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=4), nn.BatchNorm2d(8),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).double().eval()
+    x, y = torch.randn(4, 3, 9, 9, dtype=torch.float64), torch.randint(0, 3, (4,))
+    blocks = select_params(model, discover(model, DiscoveryConfig()))
+    assert [b.branch for b in blocks][:2] == ["2[g=0]", "2[g=0]"]  # weight rows then bias of group 0
+    assert len({b.branch for b in blocks}) == 4
+
+    def loss(m):
+        return summed_loss("ce", m(x), y, "t")
+
+    reference = naive_hessian(loss, model, blocks)
+    assert relative_error(generic_hessian(loss, model, blocks, PLAN, 10_000, 4), reference) <= 1e-4
+
+
+def test_cli_run_with_init_comparison_and_report(cli, tmp_path):
+    out = tmp_path / "h.zarr"
+    code, stdout, err = cli("run", "--model", "toy2", "--data", "toy2", "--plugins", "hessian", "--out", out,
+                            "--option", "hessian.compare_init=true", "--quiet", "--report")
+    assert code == 0, err
+    node = open_results(out)["hessian"]
+    assert list(node.state.values) == ["trained", "init"]
+    assert node.attrs["method"].startswith("summed")
+    h = node.hessian.sel(state="trained").values
+    np.testing.assert_allclose(h, h.T, atol=1e-6)
+    share = node.off_block_share.values
+    assert ((0 <= share) & (share <= 1)).all() and share[0] != share[1]
+    assert node.param_branch.values[0] == "branches.0" and node.sizes["param"] == 40
+    assert (tmp_path / "h-report" / "hessian-magnitude.png").is_file()
+
+
+def test_bad_selection_and_tiny_budget_are_clear_errors(cli, tmp_path):
+    code, _, err = cli("run", "--model", "toy2", "--data", "toy2", "--plugins", "hessian", "--out",
+                       tmp_path / "a.zarr", "--option", "hessian.params=nothing.*", "--quiet")
+    assert code == 2 and "matches no parameter" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("run", "--model", "digits-branched8", "--data", "digits:test", "--plugins",
+                       "hessian,activity", "--out", tmp_path / "b.zarr", "--limit", "32",
+                       "--option", "hessian.max_memory=1KiB", "--quiet")
+    assert code == 1 and "raise hessian.max_memory" in err
+    assert "activity" in open_results(tmp_path / "b.zarr").children  # the other analysis is kept
