@@ -1,0 +1,66 @@
+"""The ``hessian`` summed method against the naive double-backward loop, on the first layer of every branch.
+
+Naive: one ``torch.autograd.grad`` of one gradient element per row through
+the whole model; timed on ``--naive-rows`` evenly spaced rows and extrapolated
+to all rows (the output says so). Summed: :func:`probekit.branch_hessian.summed_hessian`
+for all rows. The rows the naive loop computed are compared with the summed
+method's. Peak RSS of the process is printed against the memory budget.
+
+    python benchmarks/hessian.py [--model cifar10-branched16] [--batch-size 128] [--naive-rows 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from probekit.branch_hessian import MemoryPlan, gib, naive_hessian, parse_bytes, summed_hessian
+from probekit.branches import DiscoveryConfig, discover
+from probekit.data import load_data
+from probekit.loading import load_model
+from probekit.losses import resolve_loss, summed_loss
+from probekit.param_selection import select_params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="cifar10-branched16")
+    parser.add_argument("--data", default="cifar10-sample")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--naive-rows", type=int, default=8)
+    parser.add_argument("--max-memory", default="4GiB")
+    args = parser.parse_args()
+    model = load_model(args.model).module.eval()
+    _, x, y = next(iter(load_data(args.data).loader(args.batch_size, args.batch_size)))
+    branchset = discover(model, DiscoveryConfig())
+    blocks = select_params(model, branchset)
+    total = sum(b.size for b in blocks)
+    loss_name = resolve_loss("auto", model, True, "hessian")
+
+    def loss_of_outputs(outputs):
+        return summed_loss(loss_name, outputs, y, "hessian")
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model}, {len(branchset)} branches, "
+          f"{total} first-layer parameters, batch {len(x)}, loss {loss_name}")
+    start = time.perf_counter()
+    parts = summed_hessian(model, branchset.layers[0], blocks, x, loss_of_outputs,
+                           MemoryPlan(parse_bytes(args.max_memory)), progress=True)
+    summed_s = time.perf_counter() - start
+    step = max(1, total // args.naive_rows)
+    rows = range(0, total, step)
+    start = time.perf_counter()
+    reference = naive_hessian(lambda m: loss_of_outputs(m(x)), model, blocks, rows)
+    naive_s = (time.perf_counter() - start) / len(rows) * total
+    error = float((parts.hessian[rows.start:rows.stop:rows.step] - reference).norm() / reference.norm())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"summed method (all {total} rows)       {summed_s:9.1f} s")
+    print(f"naive double-backward                  {naive_s:9.1f} s  (EXTRAPOLATED from {len(rows)} rows)")
+    print(f"speedup {naive_s / summed_s:.1f}x   relative error on the compared rows {error:.2e}")
+    print(f"peak RSS {gib(peak)} (budget {args.max_memory})")
+
+
+if __name__ == "__main__":
+    main()
