@@ -37,14 +37,17 @@ from .param_selection import ParamBlock, block_slices
 MAX_HEAD_OUTPUTS = 1024  # the summed method takes dim(s) backward passes through the head; beyond this, generic
 
 
-def flat_selected(grads: dict[str, torch.Tensor | None], blocks: tuple[ParamBlock, ...],
+def flat_selected(grads: dict[str, torch.Tensor | None], blocks: tuple[ParamBlock, ...], like: torch.Tensor,
                   lead: tuple[int, ...] = ()) -> torch.Tensor:
-    """The selected elements of per-parameter tensors ``[*lead, *param.shape]`` as ``[*lead, P]`` (None: zeros)."""
+    """The selected elements of per-parameter tensors ``[*lead, *param.shape]`` as ``[*lead, P]``.
+
+    None (a parameter the output does not depend on) gives zeros of ``like``'s dtype and device.
+    """
     parts = []
     for block in blocks:
         g = grads[block.name]
         if g is None:
-            parts.append(torch.zeros(*lead, block.size))
+            parts.append(like.new_zeros(*lead, block.size))
         else:
             parts.append(g.reshape(*lead, -1)[..., block.start:block.stop])
     return torch.cat(parts, dim=-1)
@@ -133,11 +136,11 @@ def naive_hessian(loss_of: Callable[[nn.Module], torch.Tensor], model: nn.Module
     params = dict(model.named_parameters())
     names = list(dict.fromkeys(b.name for b in blocks))
     grads = torch.autograd.grad(loss_of(model), [params[n] for n in names], create_graph=True)
-    g = flat_selected(dict(zip(names, grads, strict=True)), blocks)
+    g = flat_selected(dict(zip(names, grads, strict=True)), blocks, grads[0])
     out = []
     for i in rows if rows is not None else range(g.numel()):
         row = torch.autograd.grad(g[i], [params[n] for n in names], retain_graph=True, allow_unused=True)
-        out.append(flat_selected(dict(zip(names, row, strict=True)), blocks))
+        out.append(flat_selected(dict(zip(names, row, strict=True)), blocks, g))
     return torch.stack(out)
 
 
@@ -151,7 +154,7 @@ def generic_hessian(loss_of: Callable[[nn.Module], torch.Tensor], model: nn.Modu
         itemsize = params[0].element_size()
         chunk = plan.hessian_rows(per_sample_bytes, n, 2 * total * total * itemsize, total)
         g = flat_selected(dict(zip(names, torch.autograd.grad(loss_of(model), params, create_graph=True),
-                                   strict=True)), blocks)
+                                   strict=True)), blocks, params[0])
         rows = []
         starts = range(0, total, chunk)
         for start in tqdm(starts, desc="hessian rows", unit="chunk", disable=not progress, leave=False):
@@ -160,7 +163,7 @@ def generic_hessian(loss_of: Callable[[nn.Module], torch.Tensor], model: nn.Modu
             basis[torch.arange(stop - start), torch.arange(start, stop)] = 1
             batched = torch.autograd.grad(g, params, grad_outputs=basis, retain_graph=True, allow_unused=True,
                                           is_grads_batched=True)
-            rows.append(flat_selected(dict(zip(names, batched, strict=True)), blocks, (stop - start,)).detach())
+            rows.append(flat_selected(dict(zip(names, batched, strict=True)), blocks, g, (stop - start,)).detach())
     return torch.cat(rows)
 
 
@@ -212,8 +215,8 @@ def head_hessian(loss: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, tor
     return flat.detach(), torch.stack(rows, dim=1).detach()
 
 
-def _branch_functions(module: nn.Module, names: list[str]):
-    """``(selected params, fixed tensors, out(w, x))`` of one branch, ``out``: ``[N, ...] -> [N, D]``."""
+def _branch_function(module: nn.Module, names: list[str]):
+    """``(selected params, out(w, x))`` of one branch, ``out``: ``[N, ...] -> [N, D]`` with the others fixed."""
     selected = {n: p.detach() for n, p in module.named_parameters() if n in names}
     fixed = {n: t.detach() for n, t in (*module.named_parameters(), *module.named_buffers()) if n not in names}
 
@@ -225,29 +228,29 @@ def _branch_functions(module: nn.Module, names: list[str]):
 
 def branch_parts(module: nn.Module, path: str, blocks: tuple[ParamBlock, ...], u: torch.Tensor, g: torch.Tensor,
                  plan: MemoryPlan, fixed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One branch: per-sample Jacobians ``J`` ``[N, D, P_k]`` and ``R_k`` ``[P_k, P_k]``, running branch k alone."""
-    local = tuple(ParamBlock(b.name[len(path) + 1:], b.branch, b.layer, b.start, b.stop) for b in blocks)
-    names = list(dict.fromkeys(b.name for b in local))
-    selected, out = _branch_functions(module, names)
+    """One branch: per-sample Jacobians ``J`` ``[N, D, P_k]`` and ``R_k`` ``[P_k, P_k]``, running branch k alone.
+
+    ``blocks`` are whole parameter tensors of the branch at ``path``, as :func:`select_params` makes them for
+    summed branches.
+    """
+    names = [b.name[len(path) + 1:] for b in blocks]
+    selected, out = _branch_function(module, names)
     n, d = g.shape
     trial = {k: v.clone().requires_grad_() for k, v in selected.items()}
     per_sample = saved_bytes(lambda: out(trial, u[:1]))
     samples = plan.jacobian_samples(per_sample, d, fixed, n)
     jac = vmap(jacrev(lambda w, x: out(w, x.unsqueeze(0)).squeeze(0)), in_dims=(None, 0), chunk_size=samples)(
         selected, u)
-    jacobian = flat_selected(jac, local, (n, d))
+    jacobian = torch.cat([jac[a].reshape(n, d, -1) for a in names], dim=2)
     rows = plan.hessian_rows(per_sample, n, fixed, jacobian.shape[-1])
 
     def linearised(w):  # g . v_k(w), g fixed
         return (out(w, u) * g).sum()
 
     second = jacrev(grad(linearised), chunk_size=rows)(selected)  # {a: {b: [*a.shape, *b.shape]}}
-    p_of = {b.name: selected[b.name].numel() for b in local}
-    r = torch.cat([flat_selected({b: second[a][b].reshape(p_of[a], -1) for b in names}, local, (p_of[a],))
+    r = torch.cat([torch.cat([second[a][b].reshape(selected[a].numel(), -1) for b in names], dim=1)
                    for a in names])
-    rows_of = torch.cat([torch.arange(b.start, b.stop) + sum(p_of[a] for a in names[:names.index(b.name)])
-                         for b in local])
-    return jacobian.detach(), r[rows_of].detach()
+    return jacobian.detach(), r.detach()
 
 
 def summed_hessian(model: nn.Module, layer: BranchLayer, blocks: tuple[ParamBlock, ...], x: torch.Tensor,
