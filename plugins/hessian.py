@@ -18,8 +18,8 @@ import torch
 import xarray as xr
 
 from probekit import Analysis, Batch
-from probekit.branch_hessian import (MAX_HEAD_OUTPUTS, MemoryPlan, generic_hessian, parse_bytes, saved_bytes,
-                                     summed_hessian, summed_layer_of)
+from probekit.branch_hessian import (MAX_HEAD_OUTPUTS, WITHIN, ZERO_PROBES, MemoryPlan, generic_hessian, parse_bytes,
+                                     saved_bytes, summed_hessian, summed_layer_of)
 from probekit.errors import ProbekitError
 from probekit.hookspecs import analysis_hooks
 from probekit.losses import resolve_loss, summed_loss
@@ -35,7 +35,9 @@ class HessianOptions:
     """``params``: glob over parameter names (empty: first layer of every branch); ``batches``: how many
     batches of the run to average over; ``loss``: auto, mse, ce or clamped; ``max_memory``: chunking budget
     (e.g. 4GiB); ``method``: auto, summed or generic; ``eigenvalues``: top eigenvalues kept per block;
-    ``compare_init``: also compute everything at initialisation (PyTorch's default init, seeded by --seed)."""
+    ``compare_init``: also compute everything at initialisation (PyTorch's default init, seeded by --seed);
+    ``within_branch`` (summed method): auto skips a branch's second-order term R_k when random HVP probes show
+    it is identically zero, full computes every R_k row by row."""
 
     params: str = ""
     batches: int = 1
@@ -44,12 +46,16 @@ class HessianOptions:
     method: str = "auto"
     eigenvalues: int = 10
     compare_init: bool = False
+    within_branch: str = "auto"
 
     def check(self):
         if self.batches < 1 or self.eigenvalues < 1:
             raise ProbekitError("hessian.batches and hessian.eigenvalues must be at least 1")
         if self.method not in METHODS:
             raise ProbekitError(f"hessian.method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.within_branch not in WITHIN:
+            raise ProbekitError(f"hessian.within_branch must be one of {', '.join(WITHIN)}, "
+                                f"not {self.within_branch!r}")
         parse_bytes(self.max_memory)
 
 
@@ -85,6 +91,7 @@ class Hessian(Analysis):
             self.models["init"] = initialised_copy(context.model, context.seed)
         self.sums: dict[str, dict[str, torch.Tensor]] = {state: {} for state in self.models}
         self.samples = self.batches = 0
+        self.zero_within: set[tuple[str, str]] = set()
 
     def _choose_method(self, batch: Batch) -> str:
         """auto: summed, unless the container output is so wide that H_s (one backward per output) costs more."""
@@ -92,12 +99,14 @@ class Hessian(Analysis):
             return self.method
         return "summed" if batch.responses[self.layer.name].shape[2] <= MAX_HEAD_OUTPUTS else "generic"
 
-    def _one_batch(self, model, batch: Batch) -> dict[str, torch.Tensor]:
+    def _one_batch(self, state: str, model, batch: Batch) -> dict[str, torch.Tensor]:
         def loss(outputs):
             return summed_loss(self.loss, outputs, batch.targets, self.name)
 
         if self.method == "summed":
-            parts = summed_hessian(model, self.layer, self.blocks, batch.inputs, loss, self.plan, progress=True)
+            parts = summed_hessian(model, self.layer, self.blocks, batch.inputs, loss, self.plan, progress=True,
+                                   within=self.options.within_branch)
+            self.zero_within.update((state, b) for b in parts.zero_within)
             return {"hessian": parts.hessian, "distributive": parts.distributive_sq,
                     "collaborative": parts.collaborative_sq}
         per_sample = saved_bytes(lambda: model(batch.inputs[:1]))
@@ -111,7 +120,7 @@ class Hessian(Analysis):
         if not self.batches:
             self.method = self._choose_method(batch)
         for state, model in self.models.items():
-            for key, value in self._one_batch(model, batch).items():
+            for key, value in self._one_batch(state, model, batch).items():
                 self.sums[state][key] = self.sums[state].get(key, 0) + value.double()
         self.samples += len(batch.inputs)
         self.batches += 1
@@ -152,8 +161,18 @@ class Hessian(Analysis):
         return xr.Dataset(variables, coords=coords, attrs={
             "method": SUMMED if self.method == "summed" else GENERIC, "loss": self.loss,
             "batches": self.batches, "samples": self.samples, "params": self.options.params or "first layer",
+            "within_branch": self._within_note(len(branches)),
             "init": f"PyTorch default init (reset_parameters), seed {self.context.seed}" if "init" in states
             else "not computed"})
+
+    def _within_note(self, branches: int) -> str:
+        """How the within-branch terms R_k were obtained (summed method only)."""
+        if self.method != "summed":
+            return "not separate (generic method)"
+        if not self.zero_within:
+            return f"R_k computed row by row for all {branches} branches"
+        return (f"R_k identically zero (all {ZERO_PROBES} random HVP probes exactly 0) for {len(self.zero_within)} "
+                f"of {branches} branches x states; computed row by row for the rest")
 
     def summary(self, ds: xr.Dataset) -> dict:
         out = {"parameters": ds.sizes["param"], "branches": ds.sizes["branch"], "method": ds.attrs["method"]}

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import functional_call, grad, jacrev, vjp, vmap
 from tqdm import tqdm
 
 from .branches import BranchLayer
@@ -35,6 +35,8 @@ from .errors import ProbekitError
 from .param_selection import ParamBlock, block_slices
 
 MAX_HEAD_OUTPUTS = 1024  # the summed method takes dim(s) backward passes through the head; beyond this, generic
+ZERO_PROBES = 2  # random HVPs that must all be exactly zero before R_k is taken as identically zero
+WITHIN = ("auto", "full")
 
 
 def flat_selected(grads: dict[str, torch.Tensor | None], blocks: tuple[ParamBlock, ...], like: torch.Tensor,
@@ -172,12 +174,14 @@ class SummedParts:
     """The summed method's results for one batch (sums over its samples).
 
     ``hessian`` ``[P, P]``; per branch (selection order) ``distributive_sq`` = sum_n |J_k,n|_F^2 and
-    ``collaborative_sq`` = sum_n |H_s,n J_k,n|_F^2, the squared norms of Eq. 14's two factors.
+    ``collaborative_sq`` = sum_n |H_s,n J_k,n|_F^2, the squared norms of Eq. 14's two factors;
+    ``zero_within`` the branches whose ``R_k`` was found identically zero (not computed row by row).
     """
 
     hessian: torch.Tensor
     distributive_sq: torch.Tensor
     collaborative_sq: torch.Tensor
+    zero_within: tuple[str, ...] = ()
 
 
 def _container_io(model: nn.Module, layer: BranchLayer, x: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
@@ -226,12 +230,29 @@ def _branch_function(module: nn.Module, names: list[str]):
     return selected, out
 
 
+def within_is_zero(gradient: Callable, selected: dict[str, torch.Tensor], probes: int = ZERO_PROBES) -> bool:
+    """Whether ``R_k``, the Jacobian of ``gradient`` at ``selected``, is identically zero: ``probes`` HVPs
+    with seeded Gaussian directions all exactly 0.0.
+
+    A nonzero matrix maps a random direction to exactly zero with probability 0, so this is exact but for a
+    measure-zero event. It is the common case: a ReLU branch is piecewise linear in any one linear layer's
+    weights (BatchNorm in eval mode, pooling and residual sums included), so that layer's ``R_k`` is 0.
+    """
+    gen = torch.Generator().manual_seed(0)
+    directions = {k: torch.randn((probes, *v.shape), generator=gen, dtype=v.dtype).to(v.device)
+                  for k, v in selected.items()}
+    _, hvp = vjp(gradient, selected)  # H is symmetric, so v^T H = (H v)^T
+    products = vmap(hvp)(directions)[0]
+    return all(bool((t == 0).all()) for t in products.values())
+
+
 def branch_parts(module: nn.Module, path: str, blocks: tuple[ParamBlock, ...], u: torch.Tensor, g: torch.Tensor,
-                 plan: MemoryPlan, fixed: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 plan: MemoryPlan, fixed: int, within: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
     """One branch: per-sample Jacobians ``J`` ``[N, D, P_k]`` and ``R_k`` ``[P_k, P_k]``, running branch k alone.
 
-    ``blocks`` are whole parameter tensors of the branch at ``path``, as :func:`select_params` makes them for
-    summed branches.
+    ``R_k`` is None when ``within="auto"`` and :func:`within_is_zero` finds it identically zero; ``"full"``
+    always computes it, one HVP per selected parameter. ``blocks`` are whole parameter tensors of the branch at
+    ``path``, as :func:`select_params` makes them for summed branches.
     """
     names = [b.name[len(path) + 1:] for b in blocks]
     selected, out = _branch_function(module, names)
@@ -241,22 +262,25 @@ def branch_parts(module: nn.Module, path: str, blocks: tuple[ParamBlock, ...], u
     samples = plan.jacobian_samples(per_sample, d, fixed, n)
     jac = vmap(jacrev(lambda w, x: out(w, x.unsqueeze(0)).squeeze(0)), in_dims=(None, 0), chunk_size=samples)(
         selected, u)
-    jacobian = torch.cat([jac[a].reshape(n, d, -1) for a in names], dim=2)
-    rows = plan.hessian_rows(per_sample, n, fixed, jacobian.shape[-1])
+    jacobian = torch.cat([jac[a].reshape(n, d, -1) for a in names], dim=2).detach()
 
     def linearised(w):  # g . v_k(w), g fixed
         return (out(w, u) * g).sum()
 
+    if within == "auto" and within_is_zero(grad(linearised), selected):
+        return jacobian, None
+    rows = plan.hessian_rows(per_sample, n, fixed, jacobian.shape[-1])
     second = jacrev(grad(linearised), chunk_size=rows)(selected)  # {a: {b: [*a.shape, *b.shape]}}
     r = torch.cat([torch.cat([second[a][b].reshape(selected[a].numel(), -1) for b in names], dim=1)
                    for a in names])
-    return jacobian.detach(), r.detach()
+    return jacobian, r.detach()
 
 
 def summed_hessian(model: nn.Module, layer: BranchLayer, blocks: tuple[ParamBlock, ...], x: torch.Tensor,
                    loss_of_outputs: Callable[[torch.Tensor], torch.Tensor], plan: MemoryPlan,
-                   progress: bool = False) -> SummedParts:
-    """``J^T H_s J + blockdiag(R_k)`` over ``blocks`` (all in branches of the summed ``layer``); see the module doc."""
+                   progress: bool = False, within: str = "auto") -> SummedParts:
+    """``J^T H_s J + blockdiag(R_k)`` over ``blocks`` (all in branches of the summed ``layer``); see the module doc.
+    ``within``: ``"auto"`` skips an ``R_k`` that HVP probes show is zero, ``"full"`` computes every one."""
     inputs, s, outputs = _container_io(model, layer, x)
     with torch.enable_grad():
         g, h_s = head_hessian(loss_of_outputs(outputs), s)
@@ -265,22 +289,24 @@ def summed_hessian(model: nn.Module, layer: BranchLayer, blocks: tuple[ParamBloc
     total = sum(b.size for b in blocks)
     itemsize = g.element_size()
     fixed = total * total * itemsize + 2 * n * d * total * itemsize
-    jacobians, within = [], []
+    jacobians, within_terms = [], []
     branches = [(path, branch) for path, branch in zip(layer.modules, layer.branches, strict=True)
                 if branch in slices]
     for path, branch in tqdm(branches, desc="hessian branches", unit="branch", disable=not progress, leave=False):
         own = tuple(b for b in blocks if b.branch == branch)
-        jacobian, r = branch_parts(model.get_submodule(path), path, own, inputs[path], g, plan, fixed)
+        jacobian, r = branch_parts(model.get_submodule(path), path, own, inputs[path], g, plan, fixed, within)
         jacobians.append(jacobian)
-        within.append(r)
+        within_terms.append(r)
     jac = torch.cat(jacobians, dim=2)  # [N, D, P]
     collaborative = torch.bmm(h_s, jac)  # H_s J: d/dw [dL/ds], [N, D, P]
     hessian = jac.reshape(n * d, total).T @ collaborative.reshape(n * d, total)
-    for (_, branch), r in zip(branches, within, strict=True):
-        hessian[slices[branch], slices[branch]] += r
+    for (_, branch), r in zip(branches, within_terms, strict=True):
+        if r is not None:
+            hessian[slices[branch], slices[branch]] += r
     dist = torch.stack([jac[..., slices[b]].pow(2).sum() for _, b in branches])
     collab = torch.stack([collaborative[..., slices[b]].pow(2).sum() for _, b in branches])
-    return SummedParts(hessian, dist, collab)
+    zero = tuple(b for (_, b), r in zip(branches, within_terms, strict=True) if r is None)
+    return SummedParts(hessian, dist, collab, zero)
 
 
 def summed_layer_of(blocks: tuple[ParamBlock, ...], layers: tuple[BranchLayer, ...]) -> BranchLayer | None:

@@ -26,10 +26,13 @@ def check_summed(model, x, y, loss, pattern=None):
     branchset = discover(model, DiscoveryConfig())
     blocks = select_params(model, branchset, pattern)
     reference = naive_hessian(lambda m: summed_loss(loss, m(x), y, "t"), model, blocks)
-    parts = summed_hessian(model, branchset.layers[0], blocks, x, lambda o: summed_loss(loss, o, y, "t"), PLAN)
     assert reference.norm() > 0
-    assert relative_error(parts.hessian, reference) <= 1e-4
-    return parts
+    parts = {within: summed_hessian(model, branchset.layers[0], blocks, x, lambda o: summed_loss(loss, o, y, "t"),
+                                    PLAN, within=within) for within in ("auto", "full")}
+    for result in parts.values():
+        assert relative_error(result.hessian, reference) <= 1e-4
+    assert parts["full"].zero_within == ()
+    return parts["auto"]
 
 
 def test_toy_model_matches_the_naive_hessian():
@@ -57,13 +60,23 @@ def test_cnn_with_batchnorm_matches_the_naive_hessian(pattern):
     x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (6,))
     parts = check_summed(model, x, y, "ce", pattern)
     assert parts.distributive_sq.shape == parts.collaborative_sq.shape == (4,)
+    assert parts.zero_within == ()  # a Tanh after the selected layers makes every R_k nonzero
+
+
+def test_relu_branches_first_layer_has_zero_within_branch_term_and_two_layers_do_not():
+    torch.manual_seed(0)
+    model = SummedBranches([nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+                            for _ in range(3)]).double().eval()
+    x, y = torch.randn(7, 3, dtype=torch.float64), torch.randint(0, 2, (7,))
+    assert check_summed(model, x, y, "ce").zero_within == ("branches.0", "branches.1", "branches.2")
+    assert check_summed(model, x, y, "ce", "branches.*.*.weight").zero_within == ()  # bilinear cross terms
 
 
 def test_clamped_branched_resnet_matches_the_naive_hessian():
     torch.manual_seed(0)
     model = branched_resnet18(3, widths=(2, 2, 2, 2)).double().eval()  # clamp after the sum, inside the model
     x, y = torch.rand(5, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (5,))
-    check_summed(model, x, y, "clamped")
+    assert len(check_summed(model, x, y, "clamped").zero_within) == 3  # ReLU branches: piecewise linear
 
 
 def test_generic_method_on_a_grouped_conv_matches_and_blocks_are_groups():
