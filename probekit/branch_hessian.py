@@ -151,7 +151,7 @@ def generic_hessian(loss_of: Callable[[nn.Module], torch.Tensor], model: nn.Modu
     """The full ``[P, P]`` Hessian, rows in chunks of batched double-backward passes through the whole model."""
     names = list(dict.fromkeys(b.name for b in blocks))
     total = sum(b.size for b in blocks)
-    with grad_only_for(model, set(names)) as chosen:
+    with grad_only_for(model, set(names)) as chosen, torch.enable_grad():  # the run probes under no_grad
         params = [chosen[n] for n in names]
         itemsize = params[0].element_size()
         chunk = plan.hessian_rows(per_sample_bytes, n, 2 * total * total * itemsize, total)

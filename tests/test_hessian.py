@@ -109,6 +109,12 @@ def test_cli_run_with_init_comparison_and_report(cli, tmp_path):
     assert ((0 <= share) & (share <= 1)).all() and share[0] != share[1]
     assert node.param_branch.values[0] == "branches.0" and node.sizes["param"] == 40
     assert (tmp_path / "h-report" / "hessian-magnitude.png").is_file()
+    code, _, err = cli("run", "--model", "toy2", "--data", "toy2", "--plugins", "hessian", "--out",
+                       tmp_path / "g.zarr", "--option", "hessian.method=generic", "--quiet")
+    assert code == 0, err
+    generic = open_results(tmp_path / "g.zarr")["hessian"]
+    assert generic.attrs["method"].startswith("generic")
+    np.testing.assert_allclose(generic.hessian.sel(state="trained").values, h, rtol=1e-4, atol=1e-6)
 
 
 def test_bad_selection_and_tiny_budget_are_clear_errors(cli, tmp_path):
