@@ -10,7 +10,6 @@ in eval mode, so BatchNorm uses its running statistics.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +21,7 @@ from probekit.branch_hessian import (MAX_HEAD_OUTPUTS, WITHIN, ZERO_PROBES, Memo
                                      saved_bytes, summed_hessian, summed_layer_of)
 from probekit.errors import ProbekitError
 from probekit.hookspecs import analysis_hooks
+from probekit.initial_state import init_note, model_states
 from probekit.losses import resolve_loss, summed_loss
 from probekit.param_selection import block_slices, param_coords, select_params
 
@@ -59,16 +59,6 @@ class HessianOptions:
         parse_bytes(self.max_memory)
 
 
-def initialised_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """A copy of ``model`` with every module's ``reset_parameters()`` rerun under ``seed`` (eval mode)."""
-    fresh = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    for module in fresh.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    return fresh.eval()
-
-
 class Hessian(Analysis):
     name = "hessian"
     description = "exact loss Hessian over chosen parameters, blocked by branch (paper section 5, Fig. 5)"
@@ -76,8 +66,7 @@ class Hessian(Analysis):
 
     def __init__(self, context, options):
         super().__init__(context, options)
-        if context.model is None:
-            raise ProbekitError("hessian needs the model itself (not just its recorded responses)")
+        self.models = model_states(context.model, self.name, options.compare_init, context.seed)
         self.blocks = select_params(context.model, context.branchset, options.params or None)
         self.loss = resolve_loss(options.loss, context.model, bool(context.data.classes), self.name)
         self.plan = MemoryPlan(parse_bytes(options.max_memory))
@@ -86,9 +75,6 @@ class Hessian(Analysis):
             raise ProbekitError("hessian.method=summed needs every selected parameter inside the branches of one "
                                 "summed container; use method=generic")
         self.method = "generic" if self.layer is None else options.method
-        self.models = {"trained": context.model}
-        if options.compare_init:
-            self.models["init"] = initialised_copy(context.model, context.seed)
         self.sums: dict[str, dict[str, torch.Tensor]] = {state: {} for state in self.models}
         self.samples = self.batches = 0
         self.zero_within: set[tuple[str, str]] = set()
@@ -162,8 +148,7 @@ class Hessian(Analysis):
             "method": SUMMED if self.method == "summed" else GENERIC, "loss": self.loss,
             "batches": self.batches, "samples": self.samples, "params": self.options.params or "first layer",
             "within_branch": self._within_note(len(branches)),
-            "init": f"PyTorch default init (reset_parameters), seed {self.context.seed}" if "init" in states
-            else "not computed"})
+            "init": init_note(states, self.context.seed)})
 
     def _within_note(self, branches: int) -> str:
         """How the within-branch terms R_k were obtained (summed method only)."""
