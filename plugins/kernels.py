@@ -17,7 +17,8 @@ import xarray as xr
 from tqdm import tqdm
 
 from probekit import Analysis, Batch
-from probekit.cluster_scores import CLUSTERINGS, SCORES, UmapSettings, cluster, label_agreement, umap_embedding
+from probekit.cluster_scores import (CLUSTERINGS, SCORES, ScoreSet, UmapSettings, cluster, label_agreement,
+                                     umap_embedding)
 from probekit.errors import ProbekitError
 from probekit.hookspecs import analysis_hooks
 from probekit.initial_state import init_note, model_states
@@ -64,6 +65,21 @@ class StateResult:
     p_value: np.ndarray
 
 
+def score_layer(layer: LayerKernels, options: KernelsOptions, seed: int
+                ) -> tuple[np.ndarray, np.ndarray, list[ScoreSet]]:
+    """One layer: UMAP embedding ``[n, 2]``, cluster ids ``[space, clustering, n]``, and a
+    :class:`ScoreSet` per space (:data:`SPACES`)."""
+    raw = normalise(layer.flat, options.normalise)
+    _, codes = np.unique(layer.branch.astype(str), return_inverse=True)
+    embedded = umap_embedding(raw, seed, UmapSettings(options.n_neighbors, options.min_dist))
+    ids, scores = [], []
+    for points in (embedded, raw):
+        clusters = cluster(points, int(codes.max()) + 1, seed)
+        ids.append([clusters[c] for c in CLUSTERINGS])
+        scores.append(label_agreement(points, codes, clusters, options.permutations, options.silhouette_sample, seed))
+    return embedded, np.array(ids), scores
+
+
 class Kernels(Analysis):
     name = "kernels"
     description = "UMAP clustering of conv kernels by branch, with permutation-tested ARI, NMI and silhouette"
@@ -79,21 +95,12 @@ class Kernels(Analysis):
         """The data are not used: kernels are read from the weights."""
 
     def _score_state(self, layers: list[LayerKernels], bar: tqdm) -> StateResult:
-        seed, settings = self.context.seed, UmapSettings(self.options.n_neighbors, self.options.min_dist)
         embeddings, clusters, scores = [], [], []
         for layer in layers:
-            raw = normalise(layer.flat, self.options.normalise)
-            _, codes = np.unique(layer.branch.astype(str), return_inverse=True)
-            embedded = umap_embedding(raw, seed, settings)
-            per_space, per_score = [], []
-            for points in (embedded, raw):
-                ids = cluster(points, int(codes.max()) + 1, seed)
-                per_space.append([ids[c] for c in CLUSTERINGS])
-                per_score.append(label_agreement(points, codes, ids, self.options.permutations,
-                                                 self.options.silhouette_sample, seed))
+            embedded, ids, per_space = score_layer(layer, self.options, self.context.seed)
             embeddings.append(embedded)
-            clusters.append(np.array(per_space))
-            scores.append(per_score)
+            clusters.append(ids)
+            scores.append(per_space)
             bar.update()
         return StateResult(np.concatenate(embeddings), np.concatenate(clusters, axis=2),
                            *(np.array([[getattr(s, f) for s in layer] for layer in scores])
