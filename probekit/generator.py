@@ -96,7 +96,8 @@ class SlimGenerator(nn.Module):
         super().__init__()
         self.from_rgb = nn.Conv2d(3, widths[0], 3, 1, 1)
         pairs = list(zip(widths[:-1], widths[1:], strict=True))
-        self.encode = nn.ModuleList([ResBlock(a, b, True) for a, b in pairs] + [ResBlock(widths[-1], widths[-1], False)])
+        self.encode = nn.ModuleList([ResBlock(a, b, True) for a, b in pairs]
+                                    + [ResBlock(widths[-1], widths[-1], False)])
         self.decode = nn.ModuleList([AdaINResBlock(widths[-1], widths[-1], style, False)]
                                     + [AdaINResBlock(b, a, style, True) for a, b in reversed(pairs)])
         self.to_rgb = nn.Sequential(nn.InstanceNorm2d(widths[0], affine=True), nn.LeakyReLU(0.2),
