@@ -1,0 +1,133 @@
+"""``chan-vese``: cat-eye segmentation on a generator's branch components (paper appendix F, Fig. 12).
+
+See :mod:`probekit.eye_segmentation` for the procedure. Roles are chosen
+automatically on the first batch (``init=auto``, ``segment=auto``) or given
+as branch indices (``--option chan-vese.init=3,5``), and are the same for
+every sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from probekit import Analysis, Batch
+from probekit.errors import ProbekitError
+from probekit.eye_segmentation import PairRule, choose_roles, segment_eyes, value_images
+from probekit.hookspecs import analysis_hooks
+from probekit.image_components import components, image_layer
+from probekit.schema import sample_coords
+
+
+@dataclass
+class ChanVeseOptions:
+    """``init`` / ``segment``: ``auto`` or comma-separated branch indices; ``init_count`` / ``segment_count``:
+    how many components auto picks for each role; ``init_quantile``: share of pixels the level set starts
+    positive on; ``mu``: Chan-Vese's length weight; ``iterations``: its most iterations."""
+
+    init: str = "auto"
+    segment: str = "auto"
+    init_count: int = 2
+    segment_count: int = 2
+    init_quantile: float = 0.1
+    mu: float = 0.25
+    iterations: int = 200
+
+    def check(self):
+        for key in ("init", "segment"):
+            text = getattr(self, key)
+            if text != "auto" and not all(part.strip().isdigit() for part in text.split(",")):
+                raise ProbekitError(f"chan-vese.{key} must be auto or branch indices like 3,5, not {text!r}")
+        if self.init_count < 1 or self.segment_count < 1 or not 0 < self.init_quantile < 1 or self.iterations < 1:
+            raise ProbekitError("chan-vese: init_count, segment_count and iterations must be >= 1, "
+                                "init_quantile in (0, 1)")
+
+
+def _indices(text: str, k: int, key: str) -> list[int]:
+    values = [int(part) for part in text.split(",")]
+    if any(v >= k for v in values):
+        raise ProbekitError(f"chan-vese.{key}={text!r}: the model has branches 0..{k - 1}")
+    return values
+
+
+class ChanVese(Analysis):
+    name = "chan-vese"
+    description = "cat-eye segmentation with Chan-Vese on generator components (appendix F)"
+    Options = ChanVeseOptions
+
+    def __init__(self, context, options):
+        super().__init__(context, options)
+        self.layer = None
+        self.roles: tuple[list[int], list[int]] | None = None
+        self.rule = PairRule()
+        self.arrays: dict = {}
+        self.found = np.zeros(context.n_samples, dtype=bool)
+        self.centroids = np.full((context.n_samples, 2, 2), np.nan)
+
+    def _start(self, batch: Batch, values: np.ndarray) -> None:
+        k = values.shape[1]
+        auto = choose_roles(values, self.options.init_count, self.options.segment_count)
+        init = auto[0] if self.options.init == "auto" else _indices(self.options.init, k, "init")
+        segment = auto[1] if self.options.segment == "auto" else _indices(self.options.segment, k, "segment")
+        if set(init) & set(segment):
+            raise ProbekitError(f"chan-vese: branches {sorted(set(init) & set(segment))} are both init and segment")
+        self.roles = (init, segment)
+        image = tuple(batch.outputs.shape[1:])
+        self.arrays = {
+            "output": self.context.sample_array(self.name, "output", ("sample", "channel", "y", "x"), image,
+                                                np.float32, {"long_name": "model output f(x)",
+                                                             "units": "image units"}),
+            "region": self.context.sample_array(self.name, "region", ("sample", "y", "x"), image[1:], np.bool_,
+                                                {"long_name": "Chan-Vese region (its smaller side)"}),
+            "eyes": self.context.sample_array(self.name, "eyes", ("sample", "y", "x"), image[1:], np.bool_,
+                                              {"long_name": "the kept horizontal pair of regions"}),
+        }
+
+    def update(self, batch: Batch) -> None:
+        if self.layer is None:
+            self.layer = image_layer(self.context.branchset, batch.outputs, self.name)
+        parts = components(batch, self.layer, self.name).float().cpu().numpy()
+        values = np.stack([value_images(p) for p in parts])  # [N, K, H, W]
+        if self.roles is None:
+            self._start(batch, values)
+        init, segment = self.roles
+        results = [segment_eyes(v, init, segment, self.options.init_quantile, self.rule, self.options.mu,
+                                self.options.iterations) for v in values]
+        start = int(batch.index[0])
+        self.arrays["output"].write(start, batch.outputs.float().cpu().numpy())
+        self.arrays["region"].write(start, np.stack([r.region for r in results]))
+        self.arrays["eyes"].write(start, np.stack([r.eyes for r in results]))
+        for i, r in enumerate(results):
+            self.centroids[start + i] = r.centroids
+            self.found[start + i] = bool(np.isfinite(r.centroids).all())
+
+    def finalize(self) -> xr.Dataset:
+        if self.roles is None:
+            raise ProbekitError("chan-vese saw no batch")
+        init, segment = self.roles
+        roles = np.array(["init" if k in init else "segment" if k in segment else "unused"
+                          for k in range(len(self.layer.branches))], dtype=object)
+        ds = xr.Dataset({
+            "found": ("sample", self.found, {"long_name": "a horizontal pair of eye candidates was found"}),
+            "eye_centroid": (("sample", "eye", "coord"), self.centroids, {
+                "long_name": "eye-candidate centroids (left first)", "units": "pixels"}),
+            "role": ("branch", roles, {"long_name": "role of the component in the segmentation"}),
+        }, coords={"branch": ("branch", np.array(self.layer.branches, dtype=object)),
+                   "eye": ("eye", np.array(["left", "right"], dtype=object)),
+                   "coord": ("coord", np.array(["y", "x"], dtype=object)), **sample_coords(self.context)},
+            attrs={"init": ",".join(map(str, init)), "segment": ",".join(map(str, segment)),
+                   "roles_chosen": "auto (first batch)" if "auto" in (self.options.init, self.options.segment)
+                   else "given", "mu": self.options.mu, "init_quantile": self.options.init_quantile})
+        for array in self.arrays.values():
+            if array.in_memory:
+                ds[array.name] = (array.dims, array.values(), array.attrs)
+        return ds
+
+    def summary(self, ds: xr.Dataset) -> dict:
+        return {"samples with an eye pair": f"{int(ds.found.sum())}/{ds.sizes['sample']}",
+                "init components": ds.attrs["init"], "segment components": ds.attrs["segment"]}
+
+
+probekit_register_analyses, probekit_plot = analysis_hooks(ChanVese, "probekit_plugins.chan_vese_plot:plot_chan_vese")

@@ -1,0 +1,110 @@
+"""The branched generator, the decomposition and chan-vese analyses (paper section 7, appendices E-F)."""
+
+import numpy as np
+import pytest
+import torch
+
+from probekit import open_results
+from probekit.branches import DiscoveryConfig, discover
+from probekit.eye_segmentation import PairRule, choose_roles, segment_eyes, value_images
+from probekit.generator import BranchedGenerator, gaussian_blur
+
+
+def test_learnt_diffusion_reconstructs_the_input_exactly():
+    torch.manual_seed(0)
+    model = BranchedGenerator(branches=4, widths=(4, 8), preprocessing="diffusion", resolution=16).double()
+    x = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    r, phis = model.decompose_input(x)
+    assert len(phis) == 4 and not torch.allclose(phis[0], phis[1])
+    torch.testing.assert_close(r + sum(phis), x, rtol=0, atol=1e-12)
+
+
+def test_gaussian_preprocessing_blurs_and_feeds_every_branch_the_input():
+    model = BranchedGenerator(branches=3, widths=(4, 8), sigma=1.5, resolution=16)
+    x = torch.rand(2, 3, 16, 16)
+    r, phis = model.decompose_input(x)
+    assert all(phi is x for phi in phis)
+    torch.testing.assert_close(r, gaussian_blur(x, 1.5))
+    assert float(r.std()) < float(x.std())  # smoother
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, 2.0), flat)  # the kernel sums to one
+
+
+def test_generator_is_found_as_summed_branches_and_resizes_inputs():
+    model = BranchedGenerator(branches=9, widths=(4, 8), resolution=16)
+    (layer,) = discover(model, DiscoveryConfig()).layers
+    assert layer.kind == "sum" and len(layer.branches) == 9
+    assert model(torch.rand(2, 3, 40, 40)).shape == (2, 3, 16, 16)
+    target = model(torch.rand(2, 3, 16, 16), target=torch.tensor([0, 0]))
+    assert target.shape == (2, 3, 16, 16)
+
+
+def disk(h, centre, radius):
+    yy, xx = np.mgrid[:h, :h]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+
+
+def synthetic_components(seed):
+    """Three grey components of a 64x64 face: blobs on the eyes and nose (init), a textured image that is
+    flat and dark on the eyes (segment), and noise."""
+    rng = np.random.default_rng(seed)
+    eyes = disk(64, (24, 20), 4) | disk(64, (25, 44), 4)
+    nose = disk(64, (42, 32), 3)
+    blobs = 0.05 * rng.random((64, 64)) + 1.0 * (eyes | nose)
+    flat = np.where(eyes, 0.1, 0.5 + 0.5 * rng.random((64, 64)))
+    noise = rng.random((64, 64))
+    return np.stack([np.repeat(c[None], 3, axis=0) for c in (noise, blobs, flat)])
+
+
+def test_roles_and_eye_pair_on_synthetic_components():
+    values = np.stack([value_images(synthetic_components(seed)) for seed in range(3)])
+    init, segment = choose_roles(values, 1, 1)
+    assert (init, segment) == ([1], [2])
+    result = segment_eyes(values[0], init, segment, 0.1, PairRule())
+    np.testing.assert_allclose(result.centroids, [[24, 20], [25, 44]], atol=1.0)
+    assert result.eyes.sum() == pytest.approx(2 * 49, abs=12)
+
+
+def test_no_pair_when_the_region_has_one_blob():
+    mask = disk(64, (30, 30), 5)
+    from probekit.eye_segmentation import horizontal_pair
+
+    eyes, centroids = horizontal_pair(mask, PairRule())
+    assert not eyes.any() and np.isnan(centroids).all()
+
+
+@pytest.fixture()
+def tiny_generator(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "gen.pt"
+    torch.save(BranchedGenerator(branches=4, widths=(4, 8), resolution=16).eval(), path)
+    return path
+
+
+def test_decomposition_and_chan_vese_through_the_cli(cli, tmp_path, tiny_generator):
+    out = tmp_path / "d.zarr"
+    code, _, err = cli("run", "--model", tiny_generator, "--data", "random:3,24,24", "--limit", "5",
+                       "--batch-size", "2", "--plugins", "decomposition,chan-vese", "--out", out, "--quiet",
+                       "--report")
+    assert code == 0, err
+    tree = open_results(out)
+    node = tree["decomposition"]
+    np.testing.assert_allclose(float(node.energy_share.sum()), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(node.component.sum("branch") + node.residual, node.output, atol=1e-5)
+    np.testing.assert_allclose(np.diag(node.correlation.values), 1.0, atol=1e-6)
+    assert node.input.shape == (5, 3, 16, 16) and np.isfinite(node.psnr.values).all()
+    segmentation = tree["chan-vese"]
+    assert segmentation.region.shape == (5, 16, 16) and set(segmentation.role.values) <= {"init", "segment",
+                                                                                          "unused"}
+    report = tmp_path / "d-report"
+    assert {"decomposition-components.png", "decomposition-added.png", "chan-vese-overlays.png"} <= {
+        p.name for p in report.glob("*.png")}
+
+
+def test_bad_roles_and_non_image_models_are_clear_errors(cli, tmp_path, tiny_generator):
+    code, _, err = cli("run", "--model", tiny_generator, "--data", "random:3,16,16", "--limit", "2", "--plugins",
+                       "chan-vese", "--option", "chan-vese.init=eyes", "--out", tmp_path / "a.zarr", "--quiet")
+    assert code == 2 and "chan-vese.init must be auto or branch indices" in err
+    code, _, err = cli("run", "--model", "digits-branched8", "--data", "digits:test", "--limit", "4", "--plugins",
+                       "decomposition", "--out", tmp_path / "b.zarr", "--quiet")
+    assert code == 1 and "decomposition needs a model that outputs images" in err
