@@ -120,7 +120,8 @@ def cmd_models(args) -> int:
     from .zoo import ZOO
 
     for name, entry in sorted(ZOO.items()):
-        print(f"{name:20s} {entry.description} (data: {entry.data})")
+        missing = "" if entry.weights_path(name).is_file() else f"  [weights not bundled: probekit train {name}]"
+        print(f"{name:20s} {entry.description} (data: {entry.data}){missing}")
     return 0
 
 
@@ -129,7 +130,7 @@ def cmd_train(args) -> int:
 
     options = TrainOptions(branches=args.branches, seed=args.seed, data_root=args.data_root, epochs=args.epochs,
                            resume=args.resume, checkpoint_dir=args.checkpoint_dir, scheme=args.scheme,
-                           progress=not args.quiet)
+                           iterations=args.iterations, progress=not args.quiet)
     train_recipe(args.recipe, out=args.out, overwrite=args.overwrite, options=options)
     return 0
 
@@ -227,13 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     train = sub.add_parser("train", help="train a bundled model from its recipe")
-    train.add_argument("recipe", help="toy1, toy2, digits-branched8 or cifar10-branched16")
+    train.add_argument("recipe", help="toy1, toy2, digits-branched8, cifar10-branched16, afhq-cat-branched9 or "
+                       "celeba-branched9")
     train.add_argument("--out", help="weights file to write (default: the zoo's own file)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--branches", type=int, help="number of branches M (default: the recipe's)")
     train.add_argument("--overwrite", action="store_true")
-    train.add_argument("--data-root", help="dataset folder, for cifar10-branched16 (e.g. ../shared/data/cifar10)")
+    train.add_argument("--data-root", help="dataset folder: ../shared/data/cifar10 for cifar10-branched16, "
+                       "../shared/data for the generators")
     train.add_argument("--epochs", type=int, help="epochs (default: the recipe's)")
+    train.add_argument("--iterations", type=int, help="generator recipes: training iterations (default: the "
+                       "recipe's)")
     train.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
     train.add_argument("--scheme", choices=("clamped", "logits"),
                        help="cifar10-branched16 loss: the paper's clamped scheme (default) or plain logits")

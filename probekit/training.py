@@ -33,6 +33,7 @@ class TrainOptions:
     resume: bool = False
     checkpoint_dir: str | None = None
     scheme: str | None = None
+    iterations: int | None = None
     progress: bool = True
 
 
@@ -94,11 +95,28 @@ def train_cifar10_branched(branches: int, options: TrainOptions):
     return train_cifar(recipe, options.data_root, checkpoints, options.resume, options.progress)
 
 
+GENERATORS = {
+    "afhq-cat-branched9": dict(train="afhq-cat-128/train", held_out="samples/afhq"),
+    "celeba-branched9": dict(train="celeba-64/train", held_out="celeba-64/test"),
+}
+
+
+def train_generator(name: str, branches: int, options: TrainOptions):
+    """``afhq-cat-branched9`` and ``celeba-branched9``: see :mod:`probekit.gan_training`."""
+    from .gan_training import GanRecipe, train_gan
+
+    recipe = GanRecipe(**GENERATORS[name], branches=branches, seed=options.seed,
+                       **({"iterations": options.iterations} if options.iterations else {}))
+    checkpoints = Path(options.checkpoint_dir or Path("runs") / name)
+    return train_gan(recipe, options.data_root, checkpoints, options.resume, options.progress)
+
+
 RECIPES = {
     "toy1": Recipe(10, lambda m, options: train_toy("toy1", m, options.seed)),
     "toy2": Recipe(20, lambda m, options: train_toy("toy2", m, options.seed)),
     "digits-branched8": Recipe(8, lambda m, options: train_digits(m, options.seed)),
     "cifar10-branched16": Recipe(16, train_cifar10_branched),
+    **{name: Recipe(9, lambda m, options, name=name: train_generator(name, m, options)) for name in GENERATORS},
 }
 
 

@@ -52,7 +52,10 @@ def test_show_and_plugins_and_models(cli, tmp_path):
     code, stdout, _ = cli("plugins")
     assert code == 0 and "activity 0.1.0" in stdout and "probekit_register_analyses" in stdout
     code, stdout, _ = cli("models")
-    assert "digits-branched8" in stdout
+    listed = {line.split()[0]: line for line in stdout.splitlines()}
+    assert "weights not bundled" not in listed["digits-branched8"]
+    assert set(listed) >= {"toy1", "toy2", "digits-branched8", "cifar10-branched16", "afhq-cat-branched9",
+                           "celeba-branched9"}
 
 
 def _one_line_error(code, stdout, stderr, expected):

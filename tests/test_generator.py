@@ -108,3 +108,49 @@ def test_bad_roles_and_non_image_models_are_clear_errors(cli, tmp_path, tiny_gen
     code, _, err = cli("run", "--model", "digits-branched8", "--data", "digits:test", "--limit", "4", "--plugins",
                        "decomposition", "--out", tmp_path / "b.zarr", "--quiet")
     assert code == 1 and "decomposition needs a model that outputs images" in err
+
+
+def image_tree(root, classes, per_class, size=20, seed=0, prefix=""):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{prefix}{c}{i}.png")
+
+
+def test_gan_training_resumes_to_the_same_weights_and_reports_fidelity(tmp_path, monkeypatch):
+    from probekit import gan_training
+    from probekit.gan_training import GanRecipe, train_gan
+
+    image_tree(tmp_path / "data" / "train", ["female", "male"], 4)
+    image_tree(tmp_path / "data" / "test", ["female", "male", "other"], 2, seed=1, prefix="t")
+    image_tree(tmp_path / "data" / "test-dup", ["female"], 1)  # same file name as a training image
+    recipe = GanRecipe(train="train", held_out="test", branches=2, resolution=16, widths=(4, 8), iterations=4,
+                       batch_size=4, checkpoint_every=2)
+    straight, config, metrics = train_gan(recipe, str(tmp_path / "data"), tmp_path / "a", resume=False,
+                                          progress=False)
+    assert config["classes"] == 2 and metrics["held_out_images"] == 4  # "other" is not a training class
+    assert np.isfinite(metrics["psnr_db"]) and len(metrics["history"]) == 2
+    assert (tmp_path / "a" / "samples-000004.png").is_file()
+    with pytest.raises(Exception, match="no images of classes"):
+        gan_training.held_out_set(GanRecipe(train="train", held_out="test-dup"), tmp_path / "data", ["female"])
+
+    calls, step = [], gan_training.gan_step
+
+    def crash_after_three(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return step(*args)
+
+    monkeypatch.setattr(gan_training, "gan_step", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        train_gan(recipe, str(tmp_path / "data"), tmp_path / "b", resume=False, progress=False)
+    monkeypatch.setattr(gan_training, "gan_step", step)
+    with pytest.raises(Exception, match="pass --resume"):
+        train_gan(recipe, str(tmp_path / "data"), tmp_path / "b", resume=False, progress=False)
+    resumed, _, _ = train_gan(recipe, str(tmp_path / "data"), tmp_path / "b", resume=True, progress=False)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

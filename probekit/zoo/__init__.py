@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..architectures import branched_perceptron, digits_branched
+from ..generator import branched_generator
 from ..resnet import branched_resnet18
 from ..errors import ProbekitError
 
@@ -40,6 +41,10 @@ ZOO: dict[str, ZooEntry] = {
     "digits-branched8": ZooEntry(digits_branched, "8 summed small-CNN branches on 8x8 digits", "digits:test"),
     "cifar10-branched16": ZooEntry(branched_resnet18, "16 summed slim-ResNet18 branches on CIFAR-10 (paper section 6)",
                                    "cifar10:../shared/data/cifar10"),
+    "afhq-cat-branched9": ZooEntry(branched_generator, "9-branch generator re-generating AFHQ cats (paper section 7)",
+                                   "imagefolder:../shared/data/samples/afhq"),
+    "celeba-branched9": ZooEntry(branched_generator, "9-branch generator, CelebA female<->male (paper section 7)",
+                                 "imagefolder:../shared/data/celeba-64/test"),
 }
 
 
