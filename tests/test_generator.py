@@ -117,7 +117,8 @@ def image_tree(root, classes, per_class, size=20, seed=0, prefix=""):
     for c in classes:
         (root / c).mkdir(parents=True)
         for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{prefix}{c}{i}.png")
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{prefix}{c}{i}.png")
 
 
 def test_gan_training_resumes_to_the_same_weights_and_reports_fidelity(tmp_path, monkeypatch):
