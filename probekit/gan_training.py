@@ -237,4 +237,4 @@ def gan_step(generator, discriminator, opt_g, opt_d, x, y, target, r1: float) ->
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
-    return np.array([float(loss_d), float(loss_g), float(penalty)])
+    return np.array([loss_d.item(), loss_g.item(), penalty.item()])
