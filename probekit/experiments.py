@@ -9,7 +9,7 @@ import xarray as xr
 
 from . import __version__
 from .provenance import base_attrs
-from .store import StoreWriter
+from .store import store_writer
 
 TOY_SWEEP_NODE = "toy-sweep"
 BRANCH_COUNT_NODE = "branch-count"
@@ -17,7 +17,7 @@ BRANCH_COUNT_NODE = "branch-count"
 
 def _write_experiment(args, node: str, attrs: dict, build: Callable[[], xr.Dataset], summary) -> str:
     """Create the store, build the node, write it with provenance; nothing is left behind on failure."""
-    writer = StoreWriter(args.out, overwrite=args.overwrite)
+    writer = store_writer(args.out, overwrite=args.overwrite)
     attrs = {**base_attrs(args.seed), **attrs}
     writer.create({**attrs, "plugins": json.dumps([node])})
     try:

@@ -18,13 +18,16 @@ import jinja2
 
 from .errors import ProbekitError
 from .store import STATUS_ATTR, open_results
+from .store_location import is_url, local_path, name_of
 
 DPI = 100
 
 
 def default_report_dir(store: str | Path) -> Path:
-    """``runs/x.zarr`` -> ``runs/x-report``."""
-    store = Path(store)
+    """``runs/x.zarr`` -> ``runs/x-report``; a store at a URL -> ``x-report`` in the working folder."""
+    if is_url(store):
+        return Path(f"{Path(name_of(store)).stem}-report")
+    store = local_path(store)
     return store.with_name(f"{store.stem}-report")
 
 
@@ -101,7 +104,7 @@ def write_report(store: str | Path, out: str | Path | None = None, overwrite: bo
     try:
         nodes = [_node_entry(name, node, building) for name, node in tree.children.items()]
         page = _template().render(
-            store_name=Path(store).name,
+            store_name=name_of(store),
             status=tree.attrs.get(STATUS_ATTR, "unknown"),
             errors=json.loads(tree.attrs.get("errors", "{}") or "{}"),
             provenance=_provenance(tree.attrs),

@@ -18,7 +18,7 @@ from .graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_tappe
 from .loading import LoadedModel, LoadOptions, load_model
 from .plugins import analyses, manager, plugin_version
 from .provenance import base_attrs
-from .store import StoreWriter
+from .store import StoreWriter, store_writer
 
 
 @dataclass
@@ -114,7 +114,7 @@ def execute(spec: RunSpec) -> Run:
     """Do the run; return it with any per-analysis errors (the store is written either way)."""
     classes = _analysis_classes(spec)
     options = {name: parse_options(cls, spec.options.get(name, {})) for name, cls in classes.items()}
-    writer = StoreWriter(spec.out, overwrite=spec.overwrite)
+    writer = store_writer(spec.out, overwrite=spec.overwrite)
     if spec.batch_size <= 0 or (spec.limit is not None and spec.limit <= 0):
         raise ProbekitError("--batch-size and --limit must be positive")
     device = resolve_device(spec.device)

@@ -10,6 +10,9 @@ older store):
   errors), and metadata are consolidated;
 * with ``overwrite`` the new store is built at ``<store>.new`` and swapped in
   only when complete, so a crash keeps the old store.
+
+A store at an fsspec URL is built locally by the same protocol, in a
+temporary folder, and uploaded when complete (:mod:`probekit.store_location`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ import xarray as xr
 import zarr
 
 from .errors import ProbekitError
+from .store_location import exists, is_url, local_path, name_of, upload
 
 STATUS_ATTR = "probekit_status"
 
@@ -43,7 +48,7 @@ class StoreWriter:
     """Writes one run's store following the protocol in the module docstring."""
 
     def __init__(self, path: str | Path, overwrite: bool = False):
-        self.path = Path(path)
+        self.path = local_path(path)
         if self.path.exists() and not overwrite:
             raise ProbekitError(f"output store {self.path} already exists; pass --overwrite to replace it")
         self.replacing = self.path.exists()
@@ -99,6 +104,36 @@ class StoreWriter:
             shutil.rmtree(old)
 
 
+class RemoteStoreWriter(StoreWriter):
+    """A :class:`StoreWriter` for an fsspec URL: builds the store in a local temporary folder, uploads it at
+    :meth:`finish`."""
+
+    def __init__(self, url: str, overwrite: bool = False):
+        self.url = url
+        self.replace_remote = exists(url)
+        if self.replace_remote and not overwrite:
+            raise ProbekitError(f"output store {url} already exists; pass --overwrite to replace it")
+        self.scratch = Path(tempfile.mkdtemp(prefix="probekit-store-"))
+        super().__init__(self.scratch / name_of(url))
+
+    def discard(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def finish(self, errors: dict[str, str]) -> None:
+        super().finish(errors)
+        try:
+            upload(self.path, self.url, self.replace_remote)
+        except OSError as exc:
+            raise ProbekitError(f"uploading the results to {self.url} failed: {exc}; the complete store is kept "
+                                f"at {self.path}") from exc
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def store_writer(location: str | Path, overwrite: bool = False) -> StoreWriter:
+    """The writer for a local path or an fsspec URL."""
+    return RemoteStoreWriter(str(location), overwrite) if is_url(location) else StoreWriter(location, overwrite)
+
+
 def store_status(path: str | Path) -> str:
     """The root's ``probekit_status``: ``complete``, ``failed`` or ``incomplete``."""
     try:
@@ -108,17 +143,20 @@ def store_status(path: str | Path) -> str:
     return str(group.attrs.get(STATUS_ATTR, "unknown"))
 
 
-def open_results(path: str | Path) -> xr.DataTree:
-    """Open a results store as an ``xarray.DataTree`` (lazily; one node per analysis).
+def open_results(path: str | Path, chunks: dict | None = None) -> xr.DataTree:
+    """Open a results store (a path or an fsspec URL) as an ``xarray.DataTree``, one node per analysis.
 
-    An incomplete store (a run that was interrupted) still opens, with a warning.
+    Variables load on access. ``chunks={}`` makes them dask arrays in the store's own chunks (per-sample
+    arrays are chunked along ``sample``), for out-of-core or dask.distributed analysis. An incomplete store
+    (a run that was interrupted) still opens, with a warning.
     """
-    if not Path(path).exists():
+    if not exists(path):
         raise ProbekitError(f"results store not found: {path}")
-    status = store_status(path)
+    location = str(path) if is_url(path) else str(local_path(path))
+    status = store_status(location)
     if status == "incomplete":
         warnings.warn(f"{path} is incomplete: its run did not finish", stacklevel=2)
-    return xr.open_datatree(str(path), engine="zarr", consolidated=status != "incomplete")
+    return xr.open_datatree(location, engine="zarr", consolidated=status != "incomplete", chunks=chunks)
 
 
 def describe(tree: xr.DataTree) -> str:
