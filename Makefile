@@ -39,6 +39,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/toy_sweep.py
 	$(BIN)/python benchmarks/resnet_fused.py
 	$(BIN)/python benchmarks/classifier_run.py
+	$(BIN)/python benchmarks/hessian.py
+	$(BIN)/python benchmarks/kernels.py
+	$(BIN)/python benchmarks/distributed.py
 
 zoo: $(STAMP)
 	for r in toy1 toy2 digits-branched8; do $(BIN)/probekit train $$r --overwrite || exit 1; done

@@ -33,6 +33,7 @@ class ActivityOptions:
 
 class Activity(Analysis):
     name = "activity"
+    merge_rules = {"total_sq": "sum", "class_sq": "sum", "targets": "rows"}
     description = "per-branch response norms; active/silent by the paper's 10% rule"
     Options = ActivityOptions
 

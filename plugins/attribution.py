@@ -58,6 +58,7 @@ def attribute(branch: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tens
 
 class Attribution(Analysis):
     name = "attribution"
+    merge_rules = {"sums": "sum", "count": "sum", "kept": "custom"}
     description = "per-branch captum attributions of the true-class output, averaged per class"
     Options = AttributionOptions
     needs_grad = True
@@ -70,7 +71,7 @@ class Attribution(Analysis):
         self.stride = max(1, context.n_samples // options.max_samples)
         self.sums = None  # [K, C, H, W]: sum over samples of |attribution| summed over channels
         self.count = torch.zeros(len(context.data.classes), dtype=torch.long)
-        self.kept, self.kept_targets, self.kept_index = [], [], []
+        self.kept = None  # the first `store` attributed samples: {"maps", "targets", "index"}, by position
 
     def _branch_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """What each branch module receives for ``x`` (one forward pass with pre-hooks)."""
@@ -106,11 +107,14 @@ class Attribution(Analysis):
         yc = y.cpu()
         self.sums.index_add_(1, yc, heat.transpose(0, 1).double())
         self.count += torch.bincount(yc, minlength=len(self.count))
-        room = self.options.store - sum(len(k) for k in self.kept)
-        if room > 0:
-            self.kept.append(maps[:room].float())
-            self.kept_targets.append(yc[:room])
-            self.kept_index.append(batch.index[chosen.cpu()][:room])
+        new = {"maps": maps.float(), "targets": yc, "index": batch.index[chosen.cpu()]}
+        self.kept = new if self.kept is None else self.merge_kept(self.kept, new)
+
+    def merge_kept(self, mine: dict, theirs: dict) -> dict:
+        """The first ``store`` samples (by position) of both sets."""
+        joined = {key: torch.cat([mine[key], theirs[key]]) for key in mine}
+        order = torch.argsort(joined["index"])[: self.options.store]
+        return {key: value[order] for key, value in joined.items()}
 
     def finalize(self) -> xr.Dataset:
         if self.sums is None:
@@ -126,12 +130,12 @@ class Attribution(Analysis):
             attrs={"method": self.options.method, "steps": self.options.steps,
                    "input": "each branch's own input (for cifar10-branched16: the normalised image)"},
         )
-        if self.kept:
-            maps = torch.cat(self.kept).numpy()
-            positions = torch.cat(self.kept_index).numpy()
+        if self.kept is not None and len(self.kept["index"]):
+            maps = self.kept["maps"].numpy()
+            positions = self.kept["index"].numpy()
             ids = np.asarray([self.context.data.sample_ids[i] for i in positions], dtype=object)
             ds = ds.assign_coords(sample=("sample", positions), sample_id=("sample", ids),
-                                  target=("sample", torch.cat(self.kept_targets).numpy()))
+                                  target=("sample", self.kept["targets"].numpy()))
             ds["attribution"] = (("sample", "branch", "channel", "y", "x"), maps, {
                 "long_name": f"{self.options.method} attribution of the true-class output", "units": "attribution"})
         return ds

@@ -54,6 +54,7 @@ def _indices(text: str, k: int, key: str) -> list[int]:
 
 class ChanVese(Analysis):
     name = "chan-vese"
+    merge_rules = {"found": "rows", "centroids": "rows", "roles": "custom"}
     description = "cat-eye segmentation with Chan-Vese on generator components (appendix F)"
     Options = ChanVeseOptions
 
@@ -102,6 +103,12 @@ class ChanVese(Analysis):
         for i, r in enumerate(results):
             self.centroids[start + i] = r.centroids
             self.found[start + i] = bool(np.isfinite(r.centroids).all())
+
+    def merge_roles(self, mine, theirs):
+        if mine != theirs:
+            raise ProbekitError(f"chan-vese chose roles {mine} and {theirs} on different processes; pass "
+                                "chan-vese.init and chan-vese.segment explicitly for a distributed run")
+        return mine
 
     def finalize(self) -> xr.Dataset:
         if self.roles is None:

@@ -20,6 +20,7 @@ from probekit.schema import branch_coords
 
 class Covariance(Analysis):
     name = "covariance"
+    merge_rules = {"gram": "sum", "count": "sum"}
     description = "streaming F F^T between branch responses, and their correlation"
 
     def __init__(self, context, options):

@@ -47,6 +47,7 @@ def fidelity(outputs: np.ndarray, inputs: np.ndarray) -> tuple[np.ndarray, np.nd
 
 class Decomposition(Analysis):
     name = "decomposition"
+    merge_rules = {"energy": "sum", "corr": "sum", "abs_corr": "sum", "fidelity_sums": "sum", "targets": "rows"}
     description = "generator branch outputs as image components: energy shares, correlation, fidelity"
     Options = DecompositionOptions
 

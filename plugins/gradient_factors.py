@@ -71,6 +71,7 @@ def branch_factors(module, x: torch.Tensor, g: torch.Tensor, chunk: int) -> tupl
 
 class GradientFactors(Analysis):
     name = "gradient-factors"
+    merge_rules = {"counts": "sum"}
     description = "collaborative and distributive gradient factors per sample and branch (paper section 5)"
     Options = GradientFactorsOptions
     needs_grad = True

@@ -61,6 +61,7 @@ class HessianOptions:
 
 class Hessian(Analysis):
     name = "hessian"
+    merge_rules = {"sums": "sum", "samples": "sum", "batches": "sum", "zero_within": "custom"}
     description = "exact loss Hessian over chosen parameters, blocked by branch (paper section 5, Fig. 5)"
     Options = HessianOptions
 
@@ -149,6 +150,9 @@ class Hessian(Analysis):
             "batches": self.batches, "samples": self.samples, "params": self.options.params or "first layer",
             "within_branch": self._within_note(len(branches)),
             "init": init_note(states, self.context.seed)})
+
+    def merge_zero_within(self, mine: set, theirs: set) -> set:
+        return mine | theirs
 
     def _within_note(self, branches: int) -> str:
         """How the within-branch terms R_k were obtained (summed method only)."""

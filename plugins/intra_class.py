@@ -50,8 +50,18 @@ class IntraClassOptions:
             raise ProbekitError("intra-class.top_percent must be in (0, 100] and intra-class.thumbnails >= 0")
 
 
+def ranked(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest ``values`` along the last dim with their ``index``, ties broken by the smaller index, so
+    the result does not depend on the order samples arrived in: ``[..., m] -> [..., k]``."""
+    by_index = torch.argsort(index, dim=-1, stable=True)
+    values, index = values.gather(-1, by_index), index.gather(-1, by_index)
+    by_value = torch.argsort(values, dim=-1, descending=True, stable=True)[..., :k]
+    return values.gather(-1, by_value), index.gather(-1, by_value)
+
+
 class IntraClass(Analysis):
     name = "intra-class"
+    merge_rules = {"leaders": "custom", "count": "sum"}
     description = "per branch and class, the samples the branch alone is most confident about"
     Options = IntraClassOptions
 
@@ -60,8 +70,9 @@ class IntraClass(Analysis):
         self.scores = BranchScores(context.branchset, context.data.classes, self.name)
         b, c = len(self.scores.names), len(context.data.classes)
         self.k = max(1, math.ceil(options.top_percent / 100 * context.n_samples))  # an upper bound per class
-        self.best = torch.full((b, c, self.k), -math.inf, dtype=torch.float64)
-        self.best_index = torch.full((b, c, self.k), -1, dtype=torch.long)
+        # per (branch, class): the k best confidences so far, descending, and their sample positions (-1: none)
+        self.leaders = (torch.full((b, c, self.k), -math.inf, dtype=torch.float64),
+                        torch.full((b, c, self.k), -1, dtype=torch.long))
         self.count = torch.zeros(c, dtype=torch.long)
 
     def update(self, batch: Batch) -> None:
@@ -77,10 +88,14 @@ class IntraClass(Analysis):
 
     def _merge(self, c: int, confidence: torch.Tensor, index: torch.Tensor) -> None:
         """Fold one class's new candidates (``confidence`` ``[K, n]``) into the running top-k lists."""
-        pool = torch.cat([self.best[:, c], confidence], 1)  # [K, k + n]
-        pool_index = torch.cat([self.best_index[:, c], index.expand(pool.shape[0], -1)], 1)
-        top = pool.topk(self.best.shape[2], dim=1)
-        self.best[:, c], self.best_index[:, c] = top.values, pool_index.gather(1, top.indices)
+        best, best_index = self.leaders
+        pool = torch.cat([best[:, c], confidence], 1)  # [K, k + n]
+        pool_index = torch.cat([best_index[:, c], index.expand(pool.shape[0], -1)], 1)
+        best[:, c], best_index[:, c] = ranked(pool, pool_index, self.k)
+
+    def merge_leaders(self, mine, theirs):
+        """Two shards' top-k lists: the top k of their union (same order as one pass over all samples)."""
+        return ranked(torch.cat([mine[0], theirs[0]], -1), torch.cat([mine[1], theirs[1]], -1), self.k)
 
     def _thumbnails(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The distinct samples among the best ``thumbnails`` of each list, read back from the data.
@@ -97,10 +112,11 @@ class IntraClass(Analysis):
 
     def finalize(self) -> xr.Dataset:
         per_class = np.maximum(1, np.ceil(self.options.top_percent / 100 * self.count.numpy())).astype(int)
-        rank = np.arange(self.best.shape[2])
-        keep = (rank[None, :] < per_class[:, None])[None] & (self.best_index.numpy() >= 0)  # [K, C, k]
-        index = np.where(keep, self.best_index.numpy(), -1)
-        confidence = np.where(keep, self.best.numpy(), np.nan)
+        best, best_index = (t.numpy() for t in self.leaders)
+        rank = np.arange(best.shape[2])
+        keep = (rank[None, :] < per_class[:, None])[None] & (best_index >= 0)  # [K, C, k]
+        index = np.where(keep, best_index, -1)
+        confidence = np.where(keep, best, np.nan)
         ids = np.asarray(self.context.data.sample_ids[: self.context.n_samples], dtype=object)
         sample_id = np.where(index >= 0, ids[np.maximum(index, 0)], "")
         ds = xr.Dataset(

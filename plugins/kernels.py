@@ -82,6 +82,7 @@ def score_layer(layer: LayerKernels, options: KernelsOptions, seed: int
 
 class Kernels(Analysis):
     name = "kernels"
+    merge_rules = {}  # reads the weights at finalize; no streaming state
     description = "UMAP clustering of conv kernels by branch, with permutation-tested ARI, NMI and silhouette"
     Options = KernelsOptions
 

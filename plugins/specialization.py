@@ -35,6 +35,7 @@ from probekit.schema import class_coords, sample_coords
 
 class Specialization(Analysis):
     name = "specialization"
+    merge_rules = {name: "sum" for name in ("score", "confidence", "share", "top", "count")}
     description = "per branch and class: confidence alone, share of the true-class score; specialization index"
 
     def __init__(self, context, options):

@@ -61,12 +61,20 @@ class RunContext:
     seed: int
     staging: Callable[[str], Path] | None = None
     model: nn.Module | None = None
+    shard: range | None = None  # the sample positions this process probes (all by default)
+    align: int | None = None  # shards start at multiples of this; per-sample chunks must divide it
+
+    @property
+    def rows(self) -> range:
+        """The sample positions this process probes."""
+        return self.shard if self.shard is not None else range(self.n_samples)
 
     def sample_array(self, analysis: str, name: str, dims: tuple[str, ...], tail: tuple[int, ...], dtype,
                      attrs: dict) -> SampleArray:
-        """A ``[n_samples, *tail]`` per-sample variable of ``analysis``'s node, streamed to disk."""
+        """A ``[n_samples, *tail]`` per-sample variable of ``analysis``'s node, streamed to disk (this
+        process writes the rows of its shard)."""
         group = self.staging(analysis) if self.staging is not None else None
-        return SampleArray(group, name, dims, (self.n_samples, *tail), dtype, attrs)
+        return SampleArray(group, name, dims, (self.n_samples, *tail), dtype, attrs, self.rows, self.align)
 
 
 @dataclass
@@ -75,12 +83,18 @@ class NoOptions:
 
 
 class Analysis:
-    """Base class for analyses; subclass it and register it from a plugin."""
+    """Base class for analyses; subclass it and register it from a plugin.
+
+    ``merge_rules`` names the attributes that hold streaming state and how two shards' values combine
+    (:mod:`probekit.merging`); ``{}`` means no streaming state, ``None`` (the default) that it is not
+    declared, and such an analysis cannot run on several processes.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     needs_grad: ClassVar[bool] = False
+    merge_rules: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, context: RunContext, options: Any):
         self.context = context
@@ -95,6 +109,18 @@ class Analysis:
     def summary(self, ds: xr.Dataset) -> dict[str, Any]:
         """Key numbers of a finalized result, shown by ``probekit show`` (JSON-able)."""
         return {}
+
+    def state(self) -> dict[str, Any]:
+        """The streaming state named by ``merge_rules``."""
+        return {name: getattr(self, name) for name in self.merge_rules or {}}
+
+    def merge(self, other: dict[str, Any], rows: range) -> None:
+        """Fold in ``other``, the :meth:`state` of the same analysis over sample positions ``rows``."""
+        from .merging import merge_value
+
+        for name, rule in (self.merge_rules or {}).items():
+            custom = getattr(self, f"merge_{name}", None)
+            setattr(self, name, merge_value(rule, getattr(self, name), other[name], rows, custom))
 
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -39,11 +39,36 @@ def cmd_run(args) -> int:
     )
     if args.report:
         _check_report_target(args.out, args.overwrite)
+    if args.nproc < 1:
+        raise ProbekitError("--nproc must be at least 1")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from .distributed import launch
+        from .runner import check_launch
+
+        check_launch(spec)
+        return launch(args.nproc, _without_nproc(args.argv))
     run = execute(spec)
+    from .distributed import is_secondary_process
+
+    if is_secondary_process():
+        return 0  # rank 0 reports
     _print_store(args.out, args.report)
     for name, message in run.errors.items():
         print(f"probekit: error: analysis {name} failed: {message}", file=sys.stderr)
     return 1 if run.errors else 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus ``--nproc N`` / ``--nproc=N``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def _print_store(store: str, report: bool) -> None:
@@ -155,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--branches", metavar="GLOB", help="name the branch modules by module path")
     run.add_argument("--limit", type=int, help="probe only the first N samples")
     run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--nproc", type=int, default=1,
+                     help="probe with N processes (data parallel, launched through torchrun)")
     run.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--overwrite", action="store_true", help="replace an existing store (once the run is done)")
@@ -251,10 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         return args.func(args)
     except ProbekitError as exc:
-        print(f"probekit: error: {exc}", file=sys.stderr)
+        from .distributed import is_secondary_process
+
+        if not is_secondary_process():  # in a torchrun launch, rank 0 speaks for all
+            print(f"probekit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("probekit: interrupted", file=sys.stderr)

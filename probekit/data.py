@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from .errors import ProbekitError
 
@@ -30,11 +30,16 @@ class ProbeData:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def loader(self, batch_size: int, limit: int | None) -> DataLoader:
-        """Batches of ``(index, x, target)`` over the first ``limit`` samples, in order."""
-        n = len(self) if limit is None else min(limit, len(self))
+    def count(self, limit: int | None) -> int:
+        """How many samples a run with ``--limit limit`` probes."""
+        return len(self) if limit is None else min(limit, len(self))
+
+    def loader(self, batch_size: int, limit: int | None, shard: range | None = None) -> DataLoader:
+        """Batches of ``(index, x, target)`` over the first ``limit`` samples (or the positions ``shard``
+        among them), in order; ``index`` is the position in the data."""
+        positions = shard if shard is not None else range(self.count(limit))
         return DataLoader(
-            _Indexed(Subset(self.dataset, range(n))),
+            _Indexed(self.dataset, positions),
             batch_size=batch_size,
             shuffle=False,
             num_workers=self.num_workers,
@@ -42,17 +47,18 @@ class ProbeData:
 
 
 class _Indexed(Dataset):
-    """Adds each sample's position to what the wrapped dataset returns."""
+    """The samples at ``positions`` of a dataset, each with its position."""
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, positions: range):
+        self.dataset, self.positions = dataset, positions
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.positions)
 
     def __getitem__(self, i: int):
-        x, target = self.dataset[i]
-        return i, x, target
+        position = self.positions[i]
+        x, target = self.dataset[position]
+        return position, x, target
 
 
 def parse_data_spec(spec: str) -> tuple[str, str]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .analysis import Batch, RunContext, options_json, parse_options
 from .branches import BranchSet, DiscoveryConfig, discover
 from .capture import capture
@@ -111,19 +113,97 @@ def provenance(run: Run, spec: RunSpec) -> dict:
 
 
 def execute(spec: RunSpec) -> Run:
-    """Do the run; return it with any per-analysis errors (the store is written either way)."""
+    """Do the run; return it with any per-analysis errors (the store is written either way).
+
+    Launched by torchrun with several processes, each probes its shard and rank 0 writes the store
+    (:mod:`probekit.distributed`).
+    """
+    ranks = distributed.from_env(spec.device)
+    try:
+        return _execute(spec, ranks)
+    finally:
+        if ranks is not None:
+            distributed.finish()
+
+
+def _check_mergeable(classes: dict, ranks: distributed.Ranks | None) -> None:
+    undeclared = [name for name, cls in classes.items() if cls.merge_rules is None]
+    if ranks is not None and undeclared:
+        raise ProbekitError(f"analysis {undeclared[0]!r} does not declare how its state merges (merge_rules), so "
+                            "it cannot run on several processes; run it without --nproc")
+
+
+def check_launch(spec: RunSpec) -> None:
+    """What ``--nproc`` can check before launching processes: plugins, options, mergeability, the store."""
+    from .store_location import exists
+
     classes = _analysis_classes(spec)
+    _check_mergeable(classes, distributed.Ranks(0, 2, 0))
+    for name, cls in classes.items():
+        parse_options(cls, spec.options.get(name, {}))
+    if exists(spec.out) and not spec.overwrite:
+        raise ProbekitError(f"output store {spec.out} already exists; pass --overwrite to replace it")
+
+
+def _open_staging(writer: StoreWriter | None, attrs: dict, ranks: distributed.Ranks | None):
+    """Rank 0 (or a single process) creates the store; every rank gets its staging-folder function."""
+    if ranks is None:
+        writer.create(attrs)
+        return writer.staging
+    failure = tmp = None
+    if ranks.is_main:
+        try:
+            writer.create(attrs)
+            tmp = str(writer.tmp)
+        except ProbekitError as exc:
+            failure = str(exc)
+    failure, tmp = distributed.broadcast((failure, tmp))
+    if failure:
+        raise ProbekitError(failure)
+    return lambda name: Path(tmp) / name
+
+
+def _create_analyses(classes: dict, context: RunContext, options: dict, ranks: distributed.Ranks | None) -> dict:
+    """The analyses; rank 0 first, so it creates the shared per-sample arrays the other ranks open."""
+    if ranks is None:
+        return {name: cls(context, options[name]) for name, cls in classes.items()}
+    made = {name: cls(context, options[name]) for name, cls in classes.items()} if ranks.is_main else None
+    distributed.barrier()
+    if not ranks.is_main:
+        made = {name: cls(context, options[name]) for name, cls in classes.items()}
+    return made
+
+
+def _merge_ranks(run: Run, shard: range, ranks: distributed.Ranks) -> None:
+    """Gather every rank's streaming state and errors on rank 0 and merge them there, in rank order."""
+    states = {name: analysis.state() for name, analysis in run.analyses.items()}
+    gathered = distributed.gather((shard, states, run.errors), ranks)
+    if not ranks.is_main:
+        return
+    for rows, other, errors in gathered[1:]:
+        run.errors.update(errors)
+        for name in list(run.analyses):
+            if name in run.errors:
+                del run.analyses[name]
+            else:
+                run.analyses[name].merge(other[name], rows)
+
+
+def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
+    classes = _analysis_classes(spec)
+    _check_mergeable(classes, ranks)
     options = {name: parse_options(cls, spec.options.get(name, {})) for name, cls in classes.items()}
-    writer = store_writer(spec.out, overwrite=spec.overwrite)
+    main = ranks is None or ranks.is_main
+    writer = store_writer(spec.out, overwrite=spec.overwrite) if main else None
     if spec.batch_size <= 0 or (spec.limit is not None and spec.limit <= 0):
         raise ProbekitError("--batch-size and --limit must be positive")
-    device = resolve_device(spec.device)
+    device = resolve_device(distributed.device_for(spec.device, ranks))
     torch.manual_seed(spec.seed)
     data = load_data(spec.data, spec.seed)
     loaded = load_model(spec.model, spec.load)
-    loader = data.loader(spec.batch_size, spec.limit)
-    n_samples = len(loader.dataset)
-    first_batch = next(iter(loader))
+    n_samples = data.count(spec.limit)
+    shard = distributed.shard_of(n_samples, ranks) if ranks is not None else None
+    first_batch = next(iter(data.loader(spec.batch_size, spec.limit)))
     module = loaded.module.to(device)
     _first_forward(module, first_batch[1].to(device), data, spec)
     if is_torchscript(module):
@@ -131,20 +211,30 @@ def execute(spec: RunSpec) -> Run:
     branchset = discover(module, DiscoveryConfig(spec.branches))
     run = Run(spec, loaded, data, branchset, n_samples)
     attrs = provenance(run, spec)
-    writer.create({**attrs, "plugins": json.dumps(spec.plugins)})
-    context = RunContext(branchset, data, n_samples, device, spec.seed, staging=writer.staging, model=module)
+    staging = _open_staging(writer, {**attrs, "plugins": json.dumps(spec.plugins)}, ranks)
+    context = RunContext(branchset, data, n_samples, device, spec.seed, staging=staging, model=module, shard=shard,
+                         align=distributed.SHARD_ALIGN if ranks is not None else None)
     try:
-        run.analyses = {name: cls(context, options[name]) for name, cls in classes.items()}
-        manager().hook.probekit_run_start(run=run)
-        _stream(module, loader, run, device, spec)
+        run.analyses = _create_analyses(classes, context, options, ranks)
+        if main:
+            manager().hook.probekit_run_start(run=run)
+        _stream(module, data.loader(spec.batch_size, spec.limit, shard), run, device, spec if main else
+                replace(spec, progress=False))
+        if ranks is not None:
+            _merge_ranks(run, shard, ranks)
     except BaseException:
-        writer.discard()  # nothing was finalized yet: leave no half-made store behind
+        if writer is not None:
+            writer.discard()  # nothing was finalized yet: leave no half-made store behind
         raise
-    _finalize(run, writer, attrs, classes, options)
-    writer.finish(run.errors)
-    from .store import open_results
+    if main:
+        _finalize(run, writer, attrs, classes, options)
+        writer.finish(run.errors)
+    if ranks is not None:
+        distributed.barrier()  # the other ranks return once the store is complete
+    if main:
+        from .store import open_results
 
-    manager().hook.probekit_run_finish(run=run, tree=open_results(spec.out))
+        manager().hook.probekit_run_finish(run=run, tree=open_results(spec.out))
     return run
 
 

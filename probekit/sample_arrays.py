@@ -9,6 +9,7 @@ array then appears in the node as a variable like any other.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,34 +18,50 @@ import zarr
 CHUNK_BYTES = 4 << 20  # about 4 MiB per chunk
 
 
+def chunk_rows(shape: tuple[int, ...], itemsize: int, align: int | None) -> int:
+    """Rows per chunk: about :data:`CHUNK_BYTES`; with ``align``, a power of two that divides it (so every
+    shard of a distributed run starts on a chunk boundary and owns whole chunks)."""
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
+    rows = max(1, min(shape[0], CHUNK_BYTES // row_bytes))
+    if align is None:
+        return rows
+    return math.gcd(2 ** int(math.log2(rows)), align)
+
+
 class SampleArray:
-    """A ``[N, *tail]`` array filled batch by batch, in sample order.
+    """A ``[N, *tail]`` array filled batch by batch, in sample order, over the positions ``rows``.
 
     ``group`` is the staging zarr group of the node, or ``None`` to keep the
     array in memory (when no store is being written, e.g. in benchmarks).
+    In a distributed run each process writes the rows of its own shard into
+    the same zarr array (created by the first process, opened by the others).
     """
 
     def __init__(self, group: Path | None, name: str, dims: tuple[str, ...], shape: tuple[int, ...],
-                 dtype, attrs: dict):
+                 dtype, attrs: dict, rows: range | None = None, align: int | None = None):
         self.name, self.dims, self.shape, self.attrs = name, dims, shape, attrs
         self.dtype = np.dtype(dtype)
-        row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize)
-        self.chunk_rows = max(1, min(shape[0], CHUNK_BYTES // row_bytes))
-        self._next = 0
+        self.rows = rows if rows is not None else range(shape[0])
+        self.chunk_rows = chunk_rows(shape, self.dtype.itemsize, align)
+        self._next = self.rows.start
         self._buffer = np.zeros((self.chunk_rows, *shape[1:]), dtype=self.dtype)
         if group is None:
             self._array = np.zeros(shape, dtype=self.dtype)
         else:
             root = zarr.open_group(str(group), mode="a", zarr_format=3)
-            self._array = root.create_array(name, shape=shape, dtype=self.dtype,
-                                            chunks=(self.chunk_rows, *shape[1:]), dimension_names=dims,
-                                            attributes=attrs, fill_value=0)
+            if name in root:
+                self._array = root[name]
+            else:
+                self._array = root.create_array(name, shape=shape, dtype=self.dtype,
+                                                chunks=(self.chunk_rows, *shape[1:]), dimension_names=dims,
+                                                attributes=attrs, fill_value=0)
         self.in_memory = group is None
 
     def write(self, start: int, rows: np.ndarray) -> None:
         """Write ``rows`` for samples ``start .. start + len(rows) - 1`` (must follow the previous write)."""
-        if start != self._next:
-            raise ValueError(f"{self.name}: samples must arrive in order (expected {self._next}, got {start})")
+        if start != self._next or start + len(rows) > self.rows.stop:
+            raise ValueError(f"{self.name}: samples must arrive in order within {self.rows} (expected "
+                             f"{self._next}, got {start}..{start + len(rows) - 1})")
         done = 0
         while done < len(rows):
             offset = self._next % self.chunk_rows
@@ -52,7 +69,7 @@ class SampleArray:
             self._buffer[offset:offset + take] = rows[done:done + take]
             self._next += take
             done += take
-            if self._next % self.chunk_rows == 0 or self._next == self.shape[0]:
+            if self._next % self.chunk_rows == 0 or self._next == self.rows.stop:
                 self._flush()
 
     def _flush(self) -> None:

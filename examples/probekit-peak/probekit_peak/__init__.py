@@ -23,6 +23,7 @@ class PeakOptions:
 
 class Peak(Analysis):
     name = "peak"
+    merge_rules = {"peaks": "max"}
     description = "largest absolute branch response over all samples"
     Options = PeakOptions
 
