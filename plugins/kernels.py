@@ -68,16 +68,23 @@ class StateResult:
 def score_layer(layer: LayerKernels, options: KernelsOptions, seed: int
                 ) -> tuple[np.ndarray, np.ndarray, list[ScoreSet]]:
     """One layer: UMAP embedding ``[n, 2]``, cluster ids ``[space, clustering, n]``, and a
-    :class:`ScoreSet` per space (:data:`SPACES`)."""
-    raw = normalise(layer.flat, options.normalise)
-    _, codes = np.unique(layer.branch.astype(str), return_inverse=True)
+    :class:`ScoreSet` per space (:data:`SPACES`).
+
+    The kernels go through UMAP and the clusterings in a seeded random order (results are returned in the
+    layer's order): kernels are stored branch by branch, and any dependence of those algorithms on the input
+    order (initialisation, tie-breaking) must not pass for branch structure.
+    """
+    order = np.random.default_rng(seed).permutation(len(layer.weights))
+    raw = normalise(layer.flat, options.normalise)[order]
+    codes = np.unique(layer.branch.astype(str), return_inverse=True)[1][order]
     embedded = umap_embedding(raw, seed, UmapSettings(options.n_neighbors, options.min_dist))
     ids, scores = [], []
     for points in (embedded, raw):
         clusters = cluster(points, int(codes.max()) + 1, seed)
         ids.append([clusters[c] for c in CLUSTERINGS])
         scores.append(label_agreement(points, codes, clusters, options.permutations, options.silhouette_sample, seed))
-    return embedded, np.array(ids), scores
+    inverse = np.argsort(order)
+    return embedded[inverse], np.array(ids)[..., inverse], scores
 
 
 class Kernels(Analysis):
