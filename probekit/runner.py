@@ -53,6 +53,7 @@ class Run:
     n_samples: int
     analyses: dict = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    nonfinite: list[int] = field(default_factory=list)  # positions of samples with NaN/Inf outputs or responses
 
 
 def resolve_device(name: str) -> torch.device:
@@ -177,11 +178,12 @@ def _create_analyses(classes: dict, context: RunContext, options: dict, ranks: d
 def _merge_ranks(run: Run, shard: range, ranks: distributed.Ranks) -> None:
     """Gather every rank's streaming state and errors on rank 0 and merge them there, in rank order."""
     states = {name: analysis.state() for name, analysis in run.analyses.items()}
-    gathered = distributed.gather((shard, states, run.errors), ranks)
+    gathered = distributed.gather((shard, states, run.errors, run.nonfinite), ranks)
     if not ranks.is_main:
         return
-    for rows, other, errors in gathered[1:]:
+    for rows, other, errors, nonfinite in gathered[1:]:
         run.errors.update(errors)
+        run.nonfinite += nonfinite
         for name in list(run.analyses):
             if name in run.errors:
                 del run.analyses[name]
@@ -228,7 +230,7 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
         raise
     if main:
         _finalize(run, writer, attrs, classes, options)
-        writer.finish(run.errors)
+        writer.finish(run.errors, nonfinite_attrs(run))
     if ranks is not None:
         distributed.barrier()  # the other ranks return once the store is complete
     if main:
@@ -247,12 +249,27 @@ def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec) -> No
             outputs = _forward(module, x)
             batch = Batch(index, x, target.to(device) if run.data.has_targets else None, outputs,
                           recorder.take(x.shape[0]))
+            run.nonfinite += nonfinite_positions(batch)
             for name, analysis in list(run.analyses.items()):
                 try:
                     analysis.update(batch)
                 except Exception as exc:
                     run.errors[name] = f"{type(exc).__name__}: {exc}"
                     del run.analyses[name]
+
+
+def nonfinite_positions(batch: Batch) -> list[int]:
+    """Positions of the batch's samples whose output or any branch response holds NaN or Inf."""
+    bad = ~torch.isfinite(batch.outputs.detach().flatten(1)).all(1)
+    for responses in batch.responses.values():
+        bad |= ~torch.isfinite(responses.detach().flatten(1)).all(1)
+    return batch.index[bad.cpu()].tolist()
+
+
+def nonfinite_attrs(run: Run) -> dict:
+    """Root attrs that flag samples with NaN/Inf: their count and the first 20 ids."""
+    ids = [str(run.data.sample_ids[i]) for i in sorted(run.nonfinite)[:20]]
+    return {"nonfinite_samples": len(run.nonfinite), "nonfinite_sample_ids": json.dumps(ids)}
 
 
 def _finalize(run: Run, writer: StoreWriter, attrs: dict, classes: dict, options: dict) -> None:

@@ -88,10 +88,11 @@ class StoreWriter:
             if path.exists():
                 shutil.rmtree(path)
 
-    def finish(self, errors: dict[str, str]) -> None:
-        """Mark the store complete (or failed), consolidate, and swap it in."""
+    def finish(self, errors: dict[str, str], attrs: dict | None = None) -> None:
+        """Mark the store complete (or failed), add ``attrs`` to the root, consolidate, and swap it in."""
         group = zarr.open_group(str(self.target), mode="r+")
-        group.attrs.update({STATUS_ATTR: "failed" if errors else "complete", "errors": json.dumps(errors)})
+        group.attrs.update({**(attrs or {}), STATUS_ATTR: "failed" if errors else "complete",
+                            "errors": json.dumps(errors)})
         with warnings.catch_warnings():  # zarr 3 warns that consolidation is not in its v3 spec yet
             warnings.simplefilter("ignore", UserWarning)
             zarr.consolidate_metadata(str(self.target))
@@ -119,8 +120,8 @@ class RemoteStoreWriter(StoreWriter):
     def discard(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def finish(self, errors: dict[str, str]) -> None:
-        super().finish(errors)
+    def finish(self, errors: dict[str, str], attrs: dict | None = None) -> None:
+        super().finish(errors, attrs)
         try:
             upload(self.path, self.url, self.replace_remote)
         except OSError as exc:
@@ -173,6 +174,10 @@ def describe(tree: xr.DataTree) -> str:
     errors = json.loads(root.get("errors", "{}") or "{}")
     for name, message in errors.items():
         lines.append(f"FAILED {name}: {message}")
+    if int(root.get("nonfinite_samples", 0)):
+        ids = ", ".join(json.loads(root.get("nonfinite_sample_ids", "[]")))
+        lines.append(f"WARNING: {root['nonfinite_samples']} samples gave NaN or Inf outputs or branch responses "
+                     f"(first: {ids}); statistics that include them are NaN, not averages")
     for name, node in tree.children.items():
         ds = node.to_dataset()
         dims = ", ".join(f"{d}={n}" for d, n in ds.sizes.items())

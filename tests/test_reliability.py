@@ -1,0 +1,40 @@
+"""Faults and bad input (docs/reliability.md): each test backs one row of its table."""
+
+import json
+
+import numpy as np
+import torch
+from torch import nn
+
+from probekit import SummedBranches, open_results
+
+
+class SqrtBranch(nn.Module):
+    """``sqrt`` of the first input feature: NaN for the samples where it is negative."""
+
+    def forward(self, x):
+        return x[:, :2].sqrt()
+
+
+def test_nan_outputs_are_flagged_not_averaged(cli, tmp_path):
+    path = tmp_path / "nan.pt"
+    torch.save(SummedBranches([nn.Linear(4, 2), SqrtBranch()]), path)
+    out = tmp_path / "nan.zarr"
+    code, stdout, err = cli("run", "--model", path, "--trust-pickle", "--data", "random:4", "--limit", "20",
+                            "--plugins", "activity,covariance", "--out", out, "--quiet")
+    assert code == 0, err
+    x = torch.stack([torch.randn(4, generator=torch.Generator().manual_seed(i)) for i in range(20)])
+    expected = int((x[:, :2] < 0).any(1).sum())
+    tree = open_results(out)
+    assert 0 < expected < 20 and tree.attrs["nonfinite_samples"] == expected
+    first = json.loads(tree.attrs["nonfinite_sample_ids"])[0]
+    assert first == str(int(np.flatnonzero((x[:, :2] < 0).any(1).numpy())[0]))
+    assert np.isnan(tree["activity"].norm.values[1])  # the NaN branch's statistic is NaN, not a partial average
+    assert f"WARNING: {expected} samples gave NaN or Inf" in stdout
+
+
+def test_finite_runs_say_so(cli, tmp_path):
+    out = tmp_path / "ok.zarr"
+    code, stdout, _ = cli("run", "--model", "toy2", "--data", "toy2", "--plugins", "activity", "--out", out,
+                          "--quiet")
+    assert code == 0 and open_results(out).attrs["nonfinite_samples"] == 0 and "WARNING" not in stdout
