@@ -9,6 +9,7 @@ string: none), which is handy in tests.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -93,8 +94,19 @@ def _collect(hook_name: str) -> dict:
 
 
 def analyses() -> dict:
-    """``{analysis name: (Analysis class, plugin name)}``."""
-    return _collect("probekit_register_analyses")
+    """``{analysis name: (Analysis class, plugin name)}``; names that could not be a store node (see
+    :func:`probekit.store.check_node_name`) are left out with a warning."""
+    from .store import check_node_name
+
+    found = {}
+    for name, (cls, plugin) in _collect("probekit_register_analyses").items():
+        try:
+            check_node_name(name)
+        except ProbekitError as exc:
+            warnings.warn(f"plugin {plugin!r}: {exc}; the analysis is ignored", stacklevel=2)
+            continue
+        found[name] = (cls, plugin)
+    return found
 
 
 def datasets() -> dict:

@@ -20,7 +20,7 @@ from .graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_tappe
 from .loading import LoadedModel, LoadOptions, load_model
 from .plugins import analyses, manager, plugin_version
 from .provenance import base_attrs
-from .store import StoreWriter, store_writer
+from .store import StoreWriter, check_node_name, store_writer
 
 
 @dataclass
@@ -161,7 +161,7 @@ def _open_staging(writer: StoreWriter | None, attrs: dict, ranks: distributed.Ra
     failure, tmp = distributed.broadcast((failure, tmp))
     if failure:
         raise ProbekitError(failure)
-    return lambda name: Path(tmp) / name
+    return lambda name: Path(tmp) / check_node_name(name)
 
 
 def _create_analyses(classes: dict, context: RunContext, options: dict, ranks: distributed.Ranks | None) -> dict:

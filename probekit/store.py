@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -32,6 +33,16 @@ from .errors import ProbekitError
 from .store_location import exists, is_url, local_path, name_of, upload
 
 STATUS_ATTR = "probekit_status"
+NODE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+
+
+def check_node_name(name: str) -> str:
+    """``name`` if it is a safe node (and analysis) name: lowercase letters, digits, ``-`` and ``_``, starting
+    with a letter, at most 64 characters; so no path separators, ``..`` or hidden files."""
+    if not isinstance(name, str) or not NODE_NAME.fullmatch(name):
+        raise ProbekitError(f"{name!r} is not a valid analysis or node name (lowercase letters, digits, - and _, "
+                            "starting with a letter)")
+    return name
 
 
 def _plain_strings(ds: xr.Dataset) -> xr.Dataset:
@@ -69,11 +80,11 @@ class StoreWriter:
 
     def staging(self, name: str) -> Path:
         """The folder where node ``name`` is assembled (per-sample arrays stream into it)."""
-        return self.tmp / name
+        return self.tmp / check_node_name(name)
 
     def write_node(self, name: str, ds: xr.Dataset) -> None:
         """Write one analysis node atomically, next to any per-sample arrays already streamed."""
-        staging = self.staging(name)
+        staging = self.staging(name)  # checks the name
         mode = "a" if staging.exists() else "w-"
         self.tmp.mkdir(exist_ok=True)
         _plain_strings(ds).to_zarr(str(staging), mode=mode, consolidated=False, zarr_format=3)

@@ -3,10 +3,16 @@
 import json
 
 import numpy as np
+import pytest
 import torch
+import xarray as xr
 from torch import nn
 
-from probekit import SummedBranches, open_results
+from probekit import Analysis, SummedBranches, open_results
+from probekit.errors import ProbekitError
+from probekit.hookspecs import hookimpl
+from probekit.plugins import analyses, manager
+from probekit.store import StoreWriter
 
 
 class SqrtBranch(nn.Module):
@@ -38,3 +44,39 @@ def test_finite_runs_say_so(cli, tmp_path):
     code, stdout, _ = cli("run", "--model", "toy2", "--data", "toy2", "--plugins", "activity", "--out", out,
                           "--quiet")
     assert code == 0 and open_results(out).attrs["nonfinite_samples"] == 0 and "WARNING" not in stdout
+
+
+class Escape(Analysis):
+    name = "../../escaped"
+    merge_rules = {}
+
+    def update(self, batch):
+        pass
+
+    def finalize(self):
+        return xr.Dataset()
+
+
+class EscapePlugin:
+    @hookimpl
+    def probekit_register_analyses(register):
+        register(Escape)
+
+
+def test_path_traversal_names_are_rejected(cli, tmp_path):
+    pm = manager()
+    pm.register(EscapePlugin, name="escape-test")
+    try:
+        with pytest.warns(UserWarning, match="not a valid analysis or node name"):
+            assert "../../escaped" not in analyses()
+        with pytest.warns(UserWarning):
+            code, _, err = cli("run", "--model", "toy2", "--data", "toy2", "--plugins", "../../escaped",
+                               "--out", tmp_path / "deep" / "s.zarr", "--quiet")
+        assert code == 2 and "unknown plugin" in err
+    finally:
+        pm.unregister(name="escape-test")
+    writer = StoreWriter(tmp_path / "w.zarr")
+    for bad in ("../x", "a/b", ".hidden", "", "A"):
+        with pytest.raises(ProbekitError, match="not a valid analysis or node name"):
+            writer.staging(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
