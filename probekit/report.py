@@ -17,7 +17,7 @@ from pathlib import Path
 import jinja2
 
 from .errors import ProbekitError
-from .store import STATUS_ATTR, open_results
+from .store import DAMAGED_ATTR, STATUS_ATTR, open_results
 from .store_location import is_url, local_path, name_of
 
 DPI = 100
@@ -106,7 +106,9 @@ def write_report(store: str | Path, out: str | Path | None = None, overwrite: bo
         page = _template().render(
             store_name=name_of(store),
             status=tree.attrs.get(STATUS_ATTR, "unknown"),
-            errors=json.loads(tree.attrs.get("errors", "{}") or "{}"),
+            errors={**json.loads(tree.attrs.get("errors", "{}") or "{}"),
+                    **{name: f"damaged, left out: {problem}"
+                       for name, problem in json.loads(tree.attrs.get(DAMAGED_ATTR, "{}") or "{}").items()}},
             provenance=_provenance(tree.attrs),
             nodes=nodes,
         )

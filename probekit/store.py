@@ -31,8 +31,11 @@ import zarr
 
 from .errors import ProbekitError
 from .store_location import exists, is_url, local_path, name_of, upload
+from .store_manifest import damage, manifest
 
 STATUS_ATTR = "probekit_status"
+MANIFESTS_ATTR = "manifests"
+DAMAGED_ATTR = "damaged_nodes"
 NODE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
@@ -63,6 +66,7 @@ class StoreWriter:
         if self.path.exists() and not overwrite:
             raise ProbekitError(f"output store {self.path} already exists; pass --overwrite to replace it")
         self.replacing = self.path.exists()
+        self.manifests: dict[str, dict[str, int]] = {}
         self.target = self.path.with_name(self.path.name + ".new") if self.replacing else self.path
         self.tmp = self.path.with_name(self.path.name + ".tmp")
 
@@ -92,6 +96,7 @@ class StoreWriter:
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
+        self.manifests[name] = manifest(final)
 
     def discard(self) -> None:
         """Remove this run's unfinished store (never an older store being replaced)."""
@@ -103,7 +108,7 @@ class StoreWriter:
         """Mark the store complete (or failed), add ``attrs`` to the root, consolidate, and swap it in."""
         group = zarr.open_group(str(self.target), mode="r+")
         group.attrs.update({**(attrs or {}), STATUS_ATTR: "failed" if errors else "complete",
-                            "errors": json.dumps(errors)})
+                            "errors": json.dumps(errors), MANIFESTS_ATTR: json.dumps(self.manifests)})
         with warnings.catch_warnings():  # zarr 3 warns that consolidation is not in its v3 spec yet
             warnings.simplefilter("ignore", UserWarning)
             zarr.consolidate_metadata(str(self.target))
@@ -160,7 +165,9 @@ def open_results(path: str | Path, chunks: dict | None = None) -> xr.DataTree:
 
     Variables load on access. ``chunks={}`` makes them dask arrays in the store's own chunks (per-sample
     arrays are chunked along ``sample``), for out-of-core or dask.distributed analysis. An incomplete store
-    (a run that was interrupted) still opens, with a warning.
+    (a run that was interrupted) still opens, with a warning. In a local store, a node whose files differ
+    from the manifest written with it is left out of the tree, with a warning naming what is wrong, and
+    listed in the root attr ``damaged_nodes``; the other nodes stay readable.
     """
     if not exists(path):
         raise ProbekitError(f"results store not found: {path}")
@@ -168,7 +175,20 @@ def open_results(path: str | Path, chunks: dict | None = None) -> xr.DataTree:
     status = store_status(location)
     if status == "incomplete":
         warnings.warn(f"{path} is incomplete: its run did not finish", stacklevel=2)
-    return xr.open_datatree(location, engine="zarr", consolidated=status != "incomplete", chunks=chunks)
+    tree = xr.open_datatree(location, engine="zarr", consolidated=status != "incomplete", chunks=chunks)
+    damaged = {} if is_url(path) else _damaged_nodes(Path(location), tree.attrs)
+    for name, problem in damaged.items():
+        warnings.warn(f"{path}: node {name!r} is damaged and left out: {problem}", stacklevel=2)
+    if damaged:
+        tree = tree.drop_nodes([n for n in damaged if n in tree.children])
+        tree.attrs[DAMAGED_ATTR] = json.dumps(damaged)
+    return tree
+
+
+def _damaged_nodes(root: Path, attrs: dict) -> dict[str, str]:
+    expected = json.loads(attrs.get(MANIFESTS_ATTR, "{}") or "{}")
+    found = {name: damage(root / name, files) for name, files in expected.items()}
+    return {name: problem for name, problem in found.items() if problem}
 
 
 def describe(tree: xr.DataTree) -> str:
@@ -185,6 +205,8 @@ def describe(tree: xr.DataTree) -> str:
     errors = json.loads(root.get("errors", "{}") or "{}")
     for name, message in errors.items():
         lines.append(f"FAILED {name}: {message}")
+    for name, problem in json.loads(root.get(DAMAGED_ATTR, "{}") or "{}").items():
+        lines.append(f"DAMAGED {name}: {problem} (left out; the other nodes are intact)")
     if int(root.get("nonfinite_samples", 0)):
         ids = ", ".join(json.loads(root.get("nonfinite_sample_ids", "[]")))
         lines.append(f"WARNING: {root['nonfinite_samples']} samples gave NaN or Inf outputs or branch responses "

@@ -1,6 +1,7 @@
 """Faults and bad input (docs/reliability.md): each test backs one row of its table."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -80,3 +81,37 @@ def test_path_traversal_names_are_rejected(cli, tmp_path):
         with pytest.raises(ProbekitError, match="not a valid analysis or node name"):
             writer.staging(bad)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.fixture()
+def digits_store(cli, tmp_path):
+    out = tmp_path / "s.zarr"
+    code, _, err = cli("run", "--model", "digits-branched8", "--data", "digits:test", "--plugins",
+                       "activity,covariance", "--out", out, "--quiet")
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("damage", ["garbage chunk", "deleted chunk", "deleted node"])
+def test_a_damaged_node_is_named_and_the_others_stay_readable(cli, digits_store, damage):
+    expected = open_results(digits_store)["covariance"].cov.values
+    node = digits_store / "activity"
+    if damage == "garbage chunk":
+        (node / "norm" / "c" / "0").write_bytes(b"garbage")
+    elif damage == "deleted chunk":
+        (node / "response_norm" / "c" / "0" / "0").unlink()
+    else:
+        shutil.rmtree(node)
+    with pytest.warns(UserWarning, match="node 'activity' is damaged and left out"):
+        tree = open_results(digits_store)
+    assert "activity" not in tree.children
+    np.testing.assert_array_equal(tree["covariance"].cov.values, expected)
+    code, stdout, _ = cli("show", digits_store)
+    assert code == 0 and "DAMAGED activity:" in stdout and "[covariance]" in stdout
+
+
+def test_a_truncated_root_is_one_clear_error(cli, digits_store):
+    root = digits_store / "zarr.json"
+    root.write_bytes(root.read_bytes()[:100])
+    code, _, err = cli("show", digits_store)
+    assert code == 2 and "is not a probekit results store" in err and len(err.strip().splitlines()) == 1
