@@ -293,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush quiet
         return 0
+    except OSError as exc:  # disk full, file too large, permissions: one line, not a traceback
+        print(f"probekit: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

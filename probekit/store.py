@@ -175,7 +175,9 @@ def open_results(path: str | Path, chunks: dict | None = None) -> xr.DataTree:
     status = store_status(location)
     if status == "incomplete":
         warnings.warn(f"{path} is incomplete: its run did not finish", stacklevel=2)
-    tree = xr.open_datatree(location, engine="zarr", consolidated=status != "incomplete", chunks=chunks)
+    # consolidated metadata when present (a run that died while finishing may have none)
+    tree = xr.open_datatree(location, engine="zarr", consolidated=None if status != "incomplete" else False,
+                            chunks=chunks)
     damaged = {} if is_url(path) else _damaged_nodes(Path(location), tree.attrs)
     for name, problem in damaged.items():
         warnings.warn(f"{path}: node {name!r} is damaged and left out: {problem}", stacklevel=2)

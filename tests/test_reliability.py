@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -115,3 +117,29 @@ def test_a_truncated_root_is_one_clear_error(cli, digits_store):
     root.write_bytes(root.read_bytes()[:100])
     code, _, err = cli("show", digits_store)
     assert code == 2 and "is not a probekit results store" in err and len(err.strip().splitlines()) == 1
+
+
+FILE_LIMIT_RUN = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+from probekit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_fails_clearly_and_keeps_what_was_written(cli, tmp_path, digits_store):
+    """The disk "fills" (every file is capped at 3 KB) while the run writes its store."""
+    out = tmp_path / "full.zarr"
+    result = subprocess.run([sys.executable, "-c", FILE_LIMIT_RUN.format(limit=3000), "run", "--model",
+                             "digits-branched8", "--data", "digits:test", "--plugins", "covariance,activity",
+                             "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("probekit: error:")]
+    assert errors and all("File too large" in line for line in errors), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert open_results(digits_store)["activity"].sizes["sample"] == 360  # an earlier store is untouched
+    with pytest.warns(RuntimeWarning, match="consolidated"):  # the run died before consolidating
+        tree = open_results(out)  # the new store opens: the node that fit is intact, the other is named as failed
+    assert tree.attrs["probekit_status"] == "failed" and "activity" in json.loads(tree.attrs["errors"])
+    assert tree["covariance"].cov.shape == (8, 8)
