@@ -146,7 +146,7 @@ def parse_options(analysis: type[Analysis], pairs: dict[str, str]):
     for key, text in pairs.items():
         if key not in fields:
             valid = ", ".join(sorted(fields)) or "none"
-            raise ProbekitError(f"unknown option {analysis.name}.{key} (options of {analysis.name}: {valid})")
+            raise ProbekitError(f"unknown option {key!r} of {analysis.name} (its options: {valid})")
         values[key] = _convert(text, hints[key], f"{analysis.name}.{key}")
     options = analysis.Options(**values)
     check = getattr(options, "check", None)
