@@ -67,14 +67,16 @@ class ChanVese(Analysis):
         self.found = np.zeros(context.n_samples, dtype=bool)
         self.centroids = np.full((context.n_samples, 2, 2), np.nan)
 
-    def _start(self, batch: Batch, values: np.ndarray) -> None:
+    def _choose_roles(self, values: np.ndarray) -> tuple[list[int], list[int]]:
         k = values.shape[1]
         auto = choose_roles(values, self.options.init_count, self.options.segment_count)
         init = auto[0] if self.options.init == "auto" else _indices(self.options.init, k, "init")
         segment = auto[1] if self.options.segment == "auto" else _indices(self.options.segment, k, "segment")
         if set(init) & set(segment):
             raise ProbekitError(f"chan-vese: branches {sorted(set(init) & set(segment))} are both init and segment")
-        self.roles = (init, segment)
+        return init, segment
+
+    def _make_arrays(self, batch: Batch) -> None:
         image = tuple(batch.outputs.shape[1:])
         self.arrays = {
             "output": self.context.sample_array(self.name, "output", ("sample", "channel", "y", "x"), image,
@@ -91,8 +93,10 @@ class ChanVese(Analysis):
             self.layer = image_layer(self.context.branchset, batch.outputs, self.name)
         parts = components(batch, self.layer, self.name).float().cpu().numpy()
         values = np.stack([value_images(p) for p in parts])  # [N, K, H, W]
-        if self.roles is None:
-            self._start(batch, values)
+        if self.roles is None:  # (restored before the first batch of a resumed run)
+            self.roles = self._choose_roles(values)
+        if not self.arrays:
+            self._make_arrays(batch)
         init, segment = self.roles
         results = [segment_eyes(v, init, segment, self.options.init_quantile, self.rule, self.options.mu,
                                 self.options.iterations) for v in values]

@@ -76,8 +76,9 @@ class Decomposition(Analysis):
         self.arrays = {name: self.context.sample_array(self.name, name, dims, tail, np.float32, {
             "long_name": long_name, "units": units.get(name, "image units")})
             for name, (dims, tail, long_name) in spec.items()}
-        self.energy = torch.zeros(k, dtype=torch.float64)
-        self.corr = torch.zeros(k, k, dtype=torch.float64)
+        if self.energy is None:  # (a resumed run restores it before its first batch)
+            self.energy = torch.zeros(k, dtype=torch.float64)
+            self.corr = torch.zeros(k, k, dtype=torch.float64)
 
     def update(self, batch: Batch) -> None:
         if self.layer is None:

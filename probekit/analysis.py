@@ -63,6 +63,8 @@ class RunContext:
     model: nn.Module | None = None
     shard: range | None = None  # the sample positions this process probes (all by default)
     align: int | None = None  # shards start at multiples of this; per-sample chunks must divide it
+    resume_from: int = 0  # a resumed run: rows before this position are already on disk
+    arrays: list = dataclasses.field(default_factory=list)  # every SampleArray made, for checkpoints
 
     @property
     def rows(self) -> range:
@@ -74,7 +76,10 @@ class RunContext:
         """A ``[n_samples, *tail]`` per-sample variable of ``analysis``'s node, streamed to disk (this
         process writes the rows of its shard)."""
         group = self.staging(analysis) if self.staging is not None else None
-        return SampleArray(group, name, dims, (self.n_samples, *tail), dtype, attrs, self.rows, self.align)
+        array = SampleArray(group, name, dims, (self.n_samples, *tail), dtype, attrs, self.rows, self.align,
+                            self.resume_from)
+        self.arrays.append(array)
+        return array
 
 
 @dataclass

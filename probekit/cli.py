@@ -35,7 +35,8 @@ def cmd_run(args) -> int:
         model=args.model, data=args.data, plugins=plugins, out=args.out, options=options,
         load=LoadOptions(weights=args.weights, arch=args.arch, trust_pickle=args.trust_pickle),
         branches=args.branches, limit=args.limit, batch_size=args.batch_size, device=args.device,
-        seed=args.seed, overwrite=args.overwrite, progress=not args.quiet,
+        seed=args.seed, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
     )
     if args.report:
         _check_report_target(args.out, args.overwrite)
@@ -180,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--branches", metavar="GLOB", help="name the branch modules by module path")
     run.add_argument("--limit", type=int, help="probe only the first N samples")
     run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run of the same command from its last checkpoint")
+    run.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
+                     help="checkpoint the run every N batches, for --resume (0: never; default 100)")
     run.add_argument("--nproc", type=int, default=1,
                      help="probe with N processes (data parallel, launched through torchrun)")
     run.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, run_checkpoint
 from .analysis import Batch, RunContext, options_json, parse_options
 from .branches import BranchSet, DiscoveryConfig, discover
 from .capture import capture
@@ -21,6 +21,9 @@ from .loading import LoadedModel, LoadOptions, load_model
 from .plugins import analyses, manager, plugin_version
 from .provenance import base_attrs
 from .store import StoreWriter, check_node_name, store_writer
+
+
+CHECKPOINT_EVERY = 100
 
 
 @dataclass
@@ -40,6 +43,8 @@ class RunSpec:
     seed: int = 0
     overwrite: bool = False
     progress: bool = True
+    resume: bool = False
+    checkpoint_every: int = CHECKPOINT_EVERY  # batches; 0: no checkpoints
 
 
 @dataclass
@@ -196,9 +201,11 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
     _check_mergeable(classes, ranks)
     options = {name: parse_options(cls, spec.options.get(name, {})) for name, cls in classes.items()}
     main = ranks is None or ranks.is_main
-    writer = store_writer(spec.out, overwrite=spec.overwrite) if main else None
-    if spec.batch_size <= 0 or (spec.limit is not None and spec.limit <= 0):
-        raise ProbekitError("--batch-size and --limit must be positive")
+    if spec.resume and ranks is not None:
+        raise ProbekitError("--resume does not combine with --nproc; resume the run in one process")
+    writer = store_writer(spec.out, overwrite=spec.overwrite, resume=spec.resume) if main else None
+    if spec.batch_size <= 0 or (spec.limit is not None and spec.limit <= 0) or spec.checkpoint_every < 0:
+        raise ProbekitError("--batch-size and --limit must be positive, --checkpoint-every at least 0")
     device = resolve_device(distributed.device_for(spec.device, ranks))
     torch.manual_seed(spec.seed)
     data = load_data(spec.data, spec.seed)
@@ -213,20 +220,36 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
     branchset = discover(module, DiscoveryConfig(spec.branches))
     run = Run(spec, loaded, data, branchset, n_samples)
     attrs = provenance(run, spec)
-    staging = _open_staging(writer, {**attrs, "plugins": json.dumps(spec.plugins)}, ranks)
+    settings = run_checkpoint.fingerprint({**asdict(replace(spec, overwrite=False, progress=True, resume=False,
+                                                            checkpoint_every=0)),
+                                           "sha256": loaded.sha256, "n_samples": n_samples})
+    saved = None
+    if spec.resume:
+        writer.reopen()
+        saved = run_checkpoint.load(writer.tmp, settings)
+        staging = writer.staging
+    else:
+        staging = _open_staging(writer, {**attrs, "plugins": json.dumps(spec.plugins)}, ranks)
+    start = saved["position"] if saved else 0
     context = RunContext(branchset, data, n_samples, device, spec.seed, staging=staging, model=module, shard=shard,
-                         align=distributed.SHARD_ALIGN if ranks is not None else None)
+                         align=distributed.SHARD_ALIGN if ranks is not None else None, resume_from=start)
     try:
         run.analyses = _create_analyses(classes, context, options, ranks)
+        if saved:
+            _restore(run, saved)
         if main:
             manager().hook.probekit_run_start(run=run)
-        _stream(module, data.loader(spec.batch_size, spec.limit, shard), run, device, spec if main else
-                replace(spec, progress=False))
+        checkpoints = (lambda position: run_checkpoint.save(
+            writer.tmp, settings, position, {n: a.state() for n, a in run.analyses.items()}, run.errors,
+            run.nonfinite, context.arrays)) if ranks is None and spec.checkpoint_every else None
+        rows = range(start, n_samples) if ranks is None else shard
+        _stream(module, data.loader(spec.batch_size, spec.limit, rows), run, device,
+                spec if main else replace(spec, progress=False), checkpoints)
         if ranks is not None:
             _merge_ranks(run, shard, ranks)
     except BaseException:
-        if writer is not None:
-            writer.discard()  # nothing was finalized yet: leave no half-made store behind
+        if writer is not None and not (writer.tmp / run_checkpoint.CHECKPOINT).exists():
+            writer.discard()  # nothing to resume from: leave no half-made store behind
         raise
     if main:
         _finalize(run, writer, attrs, classes, options)
@@ -240,11 +263,25 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
     return run
 
 
-def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec) -> None:
+def _restore(run: Run, saved: dict) -> None:
+    """Put an interrupted run's checkpointed state into its freshly made analyses."""
+    run.errors.update(saved["errors"])
+    run.nonfinite = list(saved["nonfinite"])
+    done = range(0, saved["position"])
+    for name in list(run.analyses):
+        if name in run.errors:
+            del run.analyses[name]
+        else:
+            run.analyses[name].merge(saved["states"][name], done)
+
+
+def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec, checkpoint=None) -> None:
+    """Every batch through the model and the analyses; ``checkpoint(position)`` every
+    ``spec.checkpoint_every`` batches."""
     needs_grad = any(a.needs_grad for a in run.analyses.values())
     with capture(module, run.branchset) as recorder, torch.set_grad_enabled(needs_grad):
-        for index, x, target in tqdm(loader, desc="probing", unit="batch", disable=not spec.progress,
-                                     file=sys.stderr):
+        for count, (index, x, target) in enumerate(tqdm(loader, desc="probing", unit="batch",
+                                                        disable=not spec.progress, file=sys.stderr), 1):
             x = x.to(device)
             outputs = _forward(module, x)
             batch = Batch(index, x, target.to(device) if run.data.has_targets else None, outputs,
@@ -256,6 +293,8 @@ def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec) -> No
                 except Exception as exc:
                     run.errors[name] = f"{type(exc).__name__}: {exc}"
                     del run.analyses[name]
+            if checkpoint is not None and count % spec.checkpoint_every == 0:
+                checkpoint(int(index[-1]) + 1)
 
 
 def nonfinite_positions(batch: Batch) -> list[int]:

@@ -38,7 +38,7 @@ class SampleArray:
     """
 
     def __init__(self, group: Path | None, name: str, dims: tuple[str, ...], shape: tuple[int, ...],
-                 dtype, attrs: dict, rows: range | None = None, align: int | None = None):
+                 dtype, attrs: dict, rows: range | None = None, align: int | None = None, start: int = 0):
         self.name, self.dims, self.shape, self.attrs = name, dims, shape, attrs
         self.dtype = np.dtype(dtype)
         self.rows = rows if rows is not None else range(shape[0])
@@ -56,6 +56,10 @@ class SampleArray:
                                                 chunks=(self.chunk_rows, *shape[1:]), dimension_names=dims,
                                                 attributes=attrs, fill_value=0)
         self.in_memory = group is None
+        if start > self._next:  # a resumed run: rows before ``start`` are on disk; reload the open chunk
+            self._next = start
+            chunk_start = start // self.chunk_rows * self.chunk_rows
+            self._buffer[: start - chunk_start] = self._array[chunk_start:start]
 
     def write(self, start: int, rows: np.ndarray) -> None:
         """Write ``rows`` for samples ``start .. start + len(rows) - 1`` (must follow the previous write)."""
@@ -75,6 +79,11 @@ class SampleArray:
     def _flush(self) -> None:
         chunk_start = (self._next - 1) // self.chunk_rows * self.chunk_rows
         self._array[chunk_start:self._next] = self._buffer[: self._next - chunk_start]
+
+    def checkpoint(self) -> None:
+        """Write the rows still buffered (a partial chunk), so everything before the next row is on disk."""
+        if self._next % self.chunk_rows and not self.in_memory:
+            self._flush()
 
     def values(self) -> np.ndarray | None:
         """The whole array when it lives in memory; ``None`` when it is on disk."""

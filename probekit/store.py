@@ -61,11 +61,11 @@ def _plain_strings(ds: xr.Dataset) -> xr.Dataset:
 class StoreWriter:
     """Writes one run's store following the protocol in the module docstring."""
 
-    def __init__(self, path: str | Path, overwrite: bool = False):
+    def __init__(self, path: str | Path, overwrite: bool = False, resume: bool = False):
         self.path = local_path(path)
-        if self.path.exists() and not overwrite:
+        if self.path.exists() and not (overwrite or resume):
             raise ProbekitError(f"output store {self.path} already exists; pass --overwrite to replace it")
-        self.replacing = self.path.exists()
+        self.replacing = self.path.exists() and not resume
         self.manifests: dict[str, dict[str, int]] = {}
         self.target = self.path.with_name(self.path.name + ".new") if self.replacing else self.path
         self.tmp = self.path.with_name(self.path.name + ".tmp")
@@ -81,6 +81,14 @@ class StoreWriter:
         except Exception as exc:
             raise ProbekitError(f"cannot create output store {self.path}: {exc}") from exc
         group.attrs.update({**attrs, STATUS_ATTR: "incomplete"})
+
+    def reopen(self) -> None:
+        """Continue writing an interrupted run's store (``--resume``) instead of creating one."""
+        if not self.path.exists():
+            raise ProbekitError(f"{self.path} does not exist: there is no interrupted run to resume")
+        status = store_status(self.path)
+        if status != "incomplete":
+            raise ProbekitError(f"{self.path} is {status}: only an interrupted (incomplete) run can be resumed")
 
     def staging(self, name: str) -> Path:
         """The folder where node ``name`` is assembled (per-sample arrays stream into it)."""
@@ -146,9 +154,14 @@ class RemoteStoreWriter(StoreWriter):
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def store_writer(location: str | Path, overwrite: bool = False) -> StoreWriter:
-    """The writer for a local path or an fsspec URL."""
-    return RemoteStoreWriter(str(location), overwrite) if is_url(location) else StoreWriter(location, overwrite)
+def store_writer(location: str | Path, overwrite: bool = False, resume: bool = False) -> StoreWriter:
+    """The writer for a local path or an fsspec URL (``resume`` only for local ones)."""
+    if is_url(location):
+        if resume:
+            raise ProbekitError("--resume needs a local store; a store at a URL is built locally and uploaded at "
+                                "the end, so rerun it")
+        return RemoteStoreWriter(str(location), overwrite)
+    return StoreWriter(location, overwrite, resume)
 
 
 def store_status(path: str | Path) -> str:

@@ -1,6 +1,8 @@
 """Faults and bad input (docs/reliability.md): each test backs one row of its table."""
 
 import json
+import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -143,3 +145,79 @@ def test_a_full_disk_fails_clearly_and_keeps_what_was_written(cli, tmp_path, dig
         tree = open_results(out)  # the new store opens: the node that fit is intact, the other is named as failed
     assert tree.attrs["probekit_status"] == "failed" and "activity" in json.loads(tree.attrs["errors"])
     assert tree["covariance"].cov.shape == (8, 8)
+
+
+CRASHING_RUN = """
+import os, signal, sys
+import xarray as xr
+from probekit import Analysis
+from probekit.hookspecs import hookimpl
+from probekit.plugins import manager
+
+
+class Crash(Analysis):
+    name = "crash"
+    merge_rules = {}
+
+    def update(self, batch):
+        if os.environ.get("CRASH_AT") and int(batch.index[0]) >= int(os.environ["CRASH_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: like a power cut
+
+    def finalize(self):
+        return xr.Dataset()
+
+
+class Plugin:
+    @hookimpl
+    def probekit_register_analyses(register):
+        register(Crash)
+
+
+manager().register(Plugin, name="crash")
+from probekit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+RESUMABLE = ["activity", "covariance", "specialization", "intra-class"]
+
+
+def crashing_run(out, *extra, crash_at=None):
+    args = ["run", "--model", "digits-branched8", "--data", "digits:test", "--batch-size", "8",
+            "--checkpoint-every", "5", "--plugins", ",".join(["crash", *RESUMABLE]), "--out", str(out), "--quiet",
+            *extra]
+    env = {**os.environ, "CRASH_AT": str(crash_at)} if crash_at else {k: v for k, v in os.environ.items()
+                                                                    if k != "CRASH_AT"}
+    return subprocess.run([sys.executable, "-c", CRASHING_RUN, *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_a_killed_run_resumes_without_counting_any_sample_twice(tmp_path):
+    whole = crashing_run(tmp_path / "whole.zarr")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = crashing_run(tmp_path / "r.zarr", crash_at=180)  # SIGKILL at sample 180; checkpoints every 40
+    assert killed.returncode == -signal.SIGKILL
+    with pytest.warns(UserWarning, match="incomplete"):
+        assert open_results(tmp_path / "r.zarr").attrs["probekit_status"] == "incomplete"
+    again = crashing_run(tmp_path / "r.zarr")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    resumed = crashing_run(tmp_path / "r.zarr", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = open_results(tmp_path / "whole.zarr"), open_results(tmp_path / "r.zarr")
+    for node in RESUMABLE:
+        assert_equal_nodes(a[node].to_dataset(), b[node].to_dataset())
+    assert int(b["activity"].class_norm.notnull().sum()) and b.attrs["probekit_status"] == "complete"
+    done = crashing_run(tmp_path / "r.zarr", "--resume")
+    assert done.returncode == 2 and "only an interrupted (incomplete) run can be resumed" in done.stderr
+
+
+def assert_equal_nodes(a, b):
+    assert set(a.data_vars) == set(b.data_vars)
+    for name in a.data_vars:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    crashing_run(tmp_path / "r.zarr", crash_at=100)
+    other = crashing_run(tmp_path / "r.zarr", "--resume", "--seed", "3")
+    assert other.returncode == 2 and "used other settings" in other.stderr
+    fresh = crashing_run(tmp_path / "new.zarr", "--resume")
+    assert fresh.returncode == 2 and "no interrupted run to resume" in fresh.stderr
