@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import xarray as xr
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from probekit import Analysis, Batch
 from probekit.errors import ProbekitError
 from probekit.hookspecs import analysis_hooks
-from probekit.image_components import components, image_layer, inputs_like, pixel_correlation
+from probekit.image_components import components, fidelity, image_layer, inputs_like, pixel_correlation
 from probekit.schema import sample_coords
 
 
@@ -35,14 +34,6 @@ class DecompositionOptions:
     def check(self):
         if not (0 <= self.threshold <= 1 and 0 <= self.energy_floor <= 1):
             raise ProbekitError("decomposition.threshold and decomposition.energy_floor must be in [0, 1]")
-
-
-def fidelity(outputs: np.ndarray, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample PSNR [dB] and SSIM of ``outputs`` (clipped to [0, 1]) against ``inputs``, ``[N, C, H, W]``."""
-    out = np.clip(outputs, 0, 1)
-    psnr = [peak_signal_noise_ratio(i, o, data_range=1.0) for i, o in zip(inputs, out, strict=True)]
-    ssim = [structural_similarity(i, o, data_range=1.0, channel_axis=0) for i, o in zip(inputs, out, strict=True)]
-    return np.array(psnr), np.array(ssim)
 
 
 class Decomposition(Analysis):

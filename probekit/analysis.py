@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, get_type_hints
 import torch
 
 from .errors import ProbekitError
+from .merging import merge_value
 from .sample_arrays import SampleArray
 
 if TYPE_CHECKING:
@@ -121,8 +122,6 @@ class Analysis:
 
     def merge(self, other: dict[str, Any], rows: range) -> None:
         """Fold in ``other``, the :meth:`state` of the same analysis over sample positions ``rows``."""
-        from .merging import merge_value
-
         for name, rule in (self.merge_rules or {}).items():
             custom = getattr(self, f"merge_{name}", None)
             setattr(self, name, merge_value(rule, getattr(self, name), other[name], rows, custom))

@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoint_files import recipe_json, save_atomically
 from .errors import ProbekitError
 from .resnet import WIDTHS, branched_resnet18, clamped_softmax_loss
 
@@ -106,12 +106,6 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
     return correct / len(images)
 
 
-def _save_atomically(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train_cifar(recipe: CifarRecipe, data_root: str, checkpoint_dir: Path, resume: bool, progress: bool = True):
     """Train (or resume) and return ``(model, config, metrics)`` in the zoo checkpoint format."""
     if not data_root:
@@ -140,7 +134,7 @@ def train_cifar(recipe: CifarRecipe, data_root: str, checkpoint_dir: Path, resum
     if resume and last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True)
         stored = {"train_limit": None, **json.loads(state["recipe"])}  # checkpoints from before train_limit
-        if stored != _recipe_json(recipe):
+        if stored != recipe_json(recipe):
             raise ProbekitError(f"{last} was made with other settings: {state['recipe']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -170,16 +164,11 @@ def train_cifar(recipe: CifarRecipe, data_root: str, checkpoint_dir: Path, resum
         history.append({"epoch": epoch + 1, "train_loss": running / seen, "test_accuracy": test_accuracy,
                         "seconds": round(time.perf_counter() - started, 1)})
         print(json.dumps(history[-1]), flush=True)
-        _save_atomically({"recipe": json.dumps(_recipe_json(recipe)), "epoch": epoch + 1,
+        save_atomically({"recipe": json.dumps(recipe_json(recipe)), "epoch": epoch + 1,
                           "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "schedule": schedule.state_dict(), "history": history}, last)
     model.eval()
     metrics = {"test_accuracy": history[-1]["test_accuracy"], "epochs": recipe.epochs,
                "train_seconds": round(sum(h["seconds"] for h in history), 1), "history": history,
-               "recipe": _recipe_json(recipe)}
+               "recipe": recipe_json(recipe)}
     return model, config, metrics
-
-
-def _recipe_json(recipe: CifarRecipe) -> dict:
-    return json.loads(json.dumps({**asdict(recipe), "widths": list(recipe.widths)}))
-

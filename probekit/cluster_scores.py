@@ -5,7 +5,8 @@ embedding is made. Its compiled functions are cached on disk (numba
 ``cache=True``); the cache goes to ``$NUMBA_CACHE_DIR``, by default
 ``~/.cache/probekit/numba``, so the first compile is paid once per machine.
 The neighbour graph is computed exactly with scikit-learn and handed to umap,
-which skips pynndescent (its compile is not cacheable).
+which skips pynndescent (its compile is not cacheable). scikit-learn too is
+imported only when scores are computed, not when the plugin is registered.
 """
 
 from __future__ import annotations
@@ -16,10 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.cluster import HDBSCAN, KMeans
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, pairwise_distances, silhouette_score
-from sklearn.neighbors import NearestNeighbors
-
 from .errors import ProbekitError
 
 SCORES = ("ari_kmeans", "nmi_kmeans", "ari_hdbscan", "nmi_hdbscan", "silhouette")
@@ -52,6 +49,7 @@ def umap_embedding(points: np.ndarray, seed: int, settings: UmapSettings) -> np.
         raise ProbekitError(f"UMAP needs at least 4 points, got {n}")
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "probekit" / "numba"))
     import umap  # heavy (numba): only when an embedding is made
+    from sklearn.neighbors import NearestNeighbors
 
     k = min(settings.n_neighbors, n - 1)
     distances, indices = NearestNeighbors(n_neighbors=k).fit(points).kneighbors(points)
@@ -68,6 +66,8 @@ def cluster(points: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
     """``{"kmeans": [n], "hdbscan": [n]}`` cluster ids: KMeans with ``k`` clusters (10 seeded restarts),
     and HDBSCAN (min_cluster_size 5; noise is its own id, -1). In more than 16 dimensions HDBSCAN uses brute
     force (up to 20,000 points), about ten times faster there than its trees and with the same result."""
+    from sklearn.cluster import HDBSCAN, KMeans
+
     brute = points.shape[1] > 16 and len(points) <= BRUTE_HDBSCAN_MAX
     return {
         "kmeans": KMeans(n_clusters=min(k, len(points)), n_init=10, random_state=seed).fit_predict(points),
@@ -77,6 +77,8 @@ def cluster(points: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def _silhouette(distances: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import silhouette_score
+
     if not 2 <= len(np.unique(labels)) <= len(labels) - 1:
         return float("nan")
     return float(silhouette_score(distances, labels, metric="precomputed"))
@@ -84,6 +86,8 @@ def _silhouette(distances: np.ndarray, labels: np.ndarray) -> float:
 
 def _scores(clusters: dict[str, np.ndarray], labels: np.ndarray, distances: np.ndarray, sample: np.ndarray):
     """The :data:`SCORES` of ``labels`` ``[n]`` against the clusters, silhouette on ``sample``."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
     out = []
     for method in CLUSTERINGS:
         out += [adjusted_rand_score(labels, clusters[method]), normalized_mutual_info_score(labels, clusters[method])]
@@ -107,6 +111,8 @@ def label_agreement(points: np.ndarray, labels: np.ndarray, clusters: dict[str, 
     The silhouette uses the labels as clusters, on a seeded subsample of at most ``silhouette_sample`` points
     (the same subsample for the permutations).
     """
+    from sklearn.metrics import pairwise_distances
+
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.permutation(len(points))[:silhouette_sample])
     distances = pairwise_distances(points[sample])

@@ -22,10 +22,6 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
-from scipy.stats import kurtosis
-from skimage.color import rgb2hsv
-from skimage.measure import label, regionprops
-from skimage.segmentation import chan_vese
 
 
 BLOB_Z = 2.0  # z-score of the init score that marks blob pixels (role choice)
@@ -47,6 +43,8 @@ class PairRule:
 
 def value_images(parts: np.ndarray) -> np.ndarray:
     """``[K, 3, H, W]`` components -> ``[K, H, W]`` HSV value of each, after stretching it to [0, 1]."""
+    from skimage.color import rgb2hsv  # scikit-image: only when segmenting, not when the plugin registers
+
     out = []
     for part in parts:
         low, high = float(part.min()), float(part.max())
@@ -70,6 +68,8 @@ def init_region(values: np.ndarray, init: list[int], quantile: float) -> np.ndar
 def init_blobs(values: np.ndarray, init: list[int]) -> list[np.ndarray]:
     """Pixel masks ``[H, W]`` of the blobs of the init components: connected pixels whose z-scored init
     score exceeds :data:`BLOB_Z` (at least :data:`MIN_BLOB` of them); the top 10% as one blob if none."""
+    from skimage.measure import label, regionprops
+
     score = _zscore(_zscore(values[init]).mean(axis=0)[None])[0]
     labels = label(score > BLOB_Z)
     blobs = [labels == r.label for r in regionprops(labels) if r.area >= MIN_BLOB]
@@ -78,6 +78,8 @@ def init_blobs(values: np.ndarray, init: list[int]) -> list[np.ndarray]:
 
 def choose_roles(values: np.ndarray, init_count: int, segment_count: int) -> tuple[list[int], list[int]]:
     """Automatic roles from value images ``[S, K, H, W]`` of S samples (see the module doc)."""
+    from scipy.stats import kurtosis
+
     s, k = values.shape[:2]
     peaky = kurtosis(values.reshape(s, k, -1), axis=2, nan_policy="omit").mean(axis=0)
     init = [int(i) for i in np.argsort(-np.nan_to_num(peaky, nan=-np.inf))[:init_count]]
@@ -93,6 +95,8 @@ def choose_roles(values: np.ndarray, init_count: int, segment_count: int) -> tup
 def horizontal_pair(mask: np.ndarray, rule: PairRule) -> tuple[np.ndarray, np.ndarray]:
     """The best side-by-side pair of regions of ``mask`` ``[H, W]``: its mask and centroids ``[2, (y, x)]``
     (left eye first; NaN and an empty mask when there is none)."""
+    from skimage.measure import label, regionprops
+
     h, w = mask.shape
     regions = [r for r in regionprops(label(mask))
                if rule.min_area * h * w <= r.area <= rule.max_area * h * w]
@@ -128,6 +132,8 @@ def segment_eyes(values: np.ndarray, init: list[int], segment: list[int], quanti
                  mu: float = 0.25, iterations: int = 200) -> Segmentation:
     """Chan-Vese on the mean of ``values[segment]`` (``[K, H, W]``), started from the init components'
     region; then :func:`horizontal_pair`."""
+    from skimage.segmentation import chan_vese
+
     start = init_region(values, init, quantile)
     image = values[segment].mean(axis=0)
     region = chan_vese(image, mu=mu, max_num_iter=iterations, init_level_set=np.where(start, 1.0, -1.0))

@@ -25,9 +25,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoint_files import recipe_json, save_atomically
 from .errors import ProbekitError
 from .generator import BranchedGenerator, ResBlock
+from .image_components import fidelity
 
 
 @dataclass(frozen=True)
@@ -116,17 +117,15 @@ def held_out_set(recipe: GanRecipe, root: Path, classes: list[str]) -> tuple[tor
 @torch.no_grad()
 def regeneration_fidelity(generator: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
     """Mean PSNR [dB] and SSIM of re-generations (target = own class) of uint8 ``images``."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
     generator.eval()
     psnr, ssim = [], []
     for start in range(0, len(images), 64):
         x = images[start:start + 64].float() / 255
-        out = generator(x, labels[start:start + 64]).clamp(0, 1)
-        for a, b in zip(x.numpy(), out.numpy(), strict=True):
-            psnr.append(peak_signal_noise_ratio(a, b, data_range=1.0))
-            ssim.append(structural_similarity(a, b, data_range=1.0, channel_axis=0))
-    return {"psnr_db": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "held_out_images": len(images)}
+        scores = fidelity(generator(x, labels[start:start + 64]).numpy(), x.numpy())
+        psnr.append(scores[0])
+        ssim.append(scores[1])
+    return {"psnr_db": float(np.concatenate(psnr).mean()), "ssim": float(np.concatenate(ssim).mean()),
+            "held_out_images": len(images)}
 
 
 def save_grid(generator: nn.Module, images: torch.Tensor, labels: torch.Tensor, path: Path) -> None:
@@ -138,16 +137,6 @@ def save_grid(generator: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         x = images[:8].float() / 255
         out = generator(x, labels[:8]).clamp(0, 1)
     save_image(torch.cat([x, out]), path, nrow=len(x))
-
-
-def _save_atomically(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _recipe_json(recipe: GanRecipe) -> dict:
-    return json.loads(json.dumps(asdict(recipe)))
 
 
 def generator_config(recipe: GanRecipe, classes: int) -> dict:
@@ -177,7 +166,7 @@ def train_gan(recipe: GanRecipe, data_root: str, checkpoint_dir: Path, resume: b
     history, start, seconds = [], 0, 0.0
     if resume and last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True)
-        if json.loads(state["recipe"]) != _recipe_json(recipe):
+        if json.loads(state["recipe"]) != recipe_json(recipe):
             raise ProbekitError(f"{last} was made with other settings: {state['recipe']}")
         for module, key in ((generator, "generator"), (discriminator, "discriminator"), (average, "average"),
                             (opt_g, "opt_g"), (opt_d, "opt_d")):
@@ -210,13 +199,13 @@ def train_gan(recipe: GanRecipe, data_root: str, checkpoint_dir: Path, resume: b
             window[:] = 0
             print(json.dumps(history[-1]), flush=True)
             save_grid(average, held_images, held_labels, checkpoint_dir / f"samples-{done:06d}.png")
-            _save_atomically({"recipe": json.dumps(_recipe_json(recipe)), "iteration": done, "seconds": seconds,
+            save_atomically({"recipe": json.dumps(recipe_json(recipe)), "iteration": done, "seconds": seconds,
                               "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
                               "average": average.state_dict(), "opt_g": opt_g.state_dict(),
                               "opt_d": opt_d.state_dict(), "history": history}, last)
     metrics = {**regeneration_fidelity(average, held_images, held_labels), "iterations": recipe.iterations,
                "train_seconds": round(seconds, 1), "classes": classes, "history": history,
-               "recipe": _recipe_json(recipe)}
+               "recipe": recipe_json(recipe)}
     return average.eval(), config, metrics
 
 

@@ -6,6 +6,7 @@ output's shape, ``v_k`` is component k and ``R = f(x) - sum_k v_k``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,3 +55,14 @@ def pixel_correlation(parts: torch.Tensor) -> torch.Tensor:
     norms = centred.norm(dim=2)
     unit = centred / torch.where(norms > 0, norms, torch.ones_like(norms))[..., None]
     return unit @ unit.transpose(1, 2)
+
+
+def fidelity(outputs: np.ndarray, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample PSNR [dB] and SSIM of ``outputs`` (clipped to [0, 1]) against ``inputs``, ``[N, C, H, W]``
+    (scikit-image, data range 1)."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # only when images are scored
+
+    out = np.clip(outputs, 0, 1)
+    psnr = [peak_signal_noise_ratio(i, o, data_range=1.0) for i, o in zip(inputs, out, strict=True)]
+    ssim = [structural_similarity(i, o, data_range=1.0, channel_axis=0) for i, o in zip(inputs, out, strict=True)]
+    return np.array(psnr), np.array(ssim)

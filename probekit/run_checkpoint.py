@@ -7,21 +7,49 @@ state (its ``merge_rules`` attributes), the errors so far and the samples
 flagged NaN/Inf, with a fingerprint of the run's settings. ``--resume``
 restores the state into fresh analyses (by merging it into their empty
 state), reopens the per-sample arrays at that position and probes the rest,
-so no sample is counted twice or skipped. The file is a pickle written by
-the run itself; resume only your own runs.
+so no sample is counted twice or skipped. The file loads with
+``torch.load(weights_only=True)``: numpy arrays are stored as tensors and
+restored, so reading a checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
+from .checkpoint_files import save_atomically
 from .errors import ProbekitError
 
 CHECKPOINT = "checkpoint.pt"
+NUMPY = "__numpy__"  # the key that marks an encoded numpy array
+
+
+def encode(value: Any) -> Any:
+    """``value`` with every numpy array (and scalar) turned into what ``weights_only`` loading accepts."""
+    if isinstance(value, np.ndarray):
+        return {NUMPY: torch.from_numpy(np.ascontiguousarray(value))}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: encode(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return type(value)(encode(item) for item in value)
+    return value
+
+
+def decode(value: Any) -> Any:
+    """The inverse of :func:`encode`."""
+    if isinstance(value, dict):
+        if set(value) == {NUMPY}:
+            return value[NUMPY].numpy()
+        return {key: decode(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return type(value)(decode(item) for item in value)
+    return value
 
 
 def fingerprint(settings: dict) -> str:
@@ -34,11 +62,8 @@ def save(folder: Path, settings: str, position: int, states: dict, errors: dict,
     """Flush ``arrays`` (per-sample rows before ``position``), then write the checkpoint atomically."""
     for array in arrays:
         array.checkpoint()
-    path = folder / CHECKPOINT
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"settings": settings, "position": position, "states": states, "errors": errors,
-                "nonfinite": nonfinite}, tmp)
-    os.replace(tmp, path)
+    save_atomically({"settings": settings, "position": position, "states": encode(states), "errors": errors,
+                     "nonfinite": nonfinite}, folder / CHECKPOINT)
 
 
 def load(folder: Path, settings: str) -> dict:
@@ -47,7 +72,8 @@ def load(folder: Path, settings: str) -> dict:
     if not path.is_file():
         raise ProbekitError(f"no checkpoint at {path}: the run stopped before its first checkpoint; start it "
                             "again without --resume (pass --overwrite)")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved["states"] = decode(saved["states"])
     if saved["settings"] != settings:
         raise ProbekitError("the interrupted run used other settings (model, data, plugins, options, batch size, "
                             "limit or seed); resume it with the same command")
