@@ -8,7 +8,10 @@ two classes, always for one), then
 
 * discriminator: non-saturating loss ``softplus(-D(x, y)) + softplus(D(G(x, t), t))``
   plus the R1 penalty ``r1 / 2 |d D(x, y) / d x|^2`` on real images (StarGAN-v2's);
-* generator: ``softplus(-D(G(x, t), t))``.
+* generator: ``softplus(-D(G(x, t), t))``, on the same generator forward as the discriminator's fakes.
+
+Every branch's last conv starts at zero (:func:`start_at_residual`), so training starts from ``f = R``.
+Both networks and the batches are channels-last (about 15% faster on the CPU than contiguous).
 
 Adam (lr 1e-4, betas (0, 0.99)) for both, as StarGAN-v2; the bundled weights
 are an exponential moving average of the generator's (decay 0.999). A
@@ -139,6 +142,19 @@ def save_grid(generator: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     save_image(torch.cat([x, out]), path, nrow=len(x))
 
 
+def start_at_residual(generator: BranchedGenerator) -> BranchedGenerator:
+    """Zero every branch's last conv, so that ``f(x) = R`` at initialisation; returns ``generator``.
+
+    With PyTorch's default init the nine components start as large random images (held-out PSNR
+    about 7 dB); from zero, training starts at the fidelity of ``R`` and each branch grows its
+    own component.
+    """
+    for branch in generator.branches:
+        nn.init.zeros_(branch.to_rgb[-1].weight)
+        nn.init.zeros_(branch.to_rgb[-1].bias)
+    return generator
+
+
 def generator_config(recipe: GanRecipe, classes: int) -> dict:
     """The zoo config of the recipe's generator."""
     return {"branches": recipe.branches, "classes": classes, "widths": list(recipe.widths),
@@ -158,8 +174,8 @@ def train_gan(recipe: GanRecipe, data_root: str, checkpoint_dir: Path, resume: b
     held_images, held_labels = held_out_set(recipe, root, classes)
     torch.manual_seed(recipe.seed)
     config = generator_config(recipe, len(classes))
-    generator = BranchedGenerator(**config)
-    discriminator = Discriminator(len(classes), recipe.resolution)
+    generator = start_at_residual(BranchedGenerator(**config)).to(memory_format=torch.channels_last)
+    discriminator = Discriminator(len(classes), recipe.resolution).to(memory_format=torch.channels_last)
     average = copy.deepcopy(generator).eval()
     opt_g = torch.optim.Adam(generator.parameters(), lr=recipe.lr, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=recipe.lr, betas=(0.0, 0.99))
@@ -180,7 +196,7 @@ def train_gan(recipe: GanRecipe, data_root: str, checkpoint_dir: Path, resume: b
     for iteration in bar:
         gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + iteration)
         index = torch.randint(0, len(images), (recipe.batch_size,), generator=gen)
-        x, y = images[index].float() / 255, labels[index]
+        x, y = (images[index].float() / 255).contiguous(memory_format=torch.channels_last), labels[index]
         flip = torch.rand(len(x), generator=gen) < 0.5
         x[flip] = x[flip].flip(-1)
         target = torch.randint(0, len(classes), (len(x),), generator=gen)
@@ -210,19 +226,22 @@ def train_gan(recipe: GanRecipe, data_root: str, checkpoint_dir: Path, resume: b
 
 
 def gan_step(generator, discriminator, opt_g, opt_d, x, y, target, r1: float) -> np.ndarray:
-    """One discriminator and one generator update; returns ``[loss_d, loss_g, r1 penalty]``."""
+    """One discriminator and one generator update; returns ``[loss_d, loss_g, r1 penalty]``.
+
+    One generator forward serves both updates (detached for the discriminator's), as in the
+    DCGAN reference loop: the generator's weights do not change in between.
+    """
     generator.train()
-    with torch.no_grad():
-        fake = generator(x, target)
+    fake = generator(x, target)
     real = x.requires_grad_()
     d_real = discriminator(real, y)
     (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
     penalty = 0.5 * r1 * grad.pow(2).flatten(1).sum(1).mean()
-    loss_d = F.softplus(-d_real).mean() + F.softplus(discriminator(fake, target)).mean() + penalty
+    loss_d = F.softplus(-d_real).mean() + F.softplus(discriminator(fake.detach(), target)).mean() + penalty
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
-    loss_g = F.softplus(-discriminator(generator(x.detach(), target), target)).mean()
+    loss_g = F.softplus(-discriminator(fake, target)).mean()
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
