@@ -2,7 +2,8 @@
 
 Data: the CIFAR-10 train split decoded once into a uint8 tensor; standard
 augmentation (random crop with 4 pixels of zero padding, horizontal flip).
-Optimiser: SGD, momentum 0.9 (Nesterov), weight decay 5e-4, one-cycle
+Model and batches are channels-last (on one CPU thread 1.3-1.4x faster than
+contiguous). Optimiser: SGD, momentum 0.9 (Nesterov), weight decay 5e-4, one-cycle
 learning rate peaking at 0.02, batch 128. Loss: the paper's scheme by default
 (:func:`probekit.resnet.clamped_softmax_loss`), or plain cross-entropy on
 unclamped logits.
@@ -120,6 +121,7 @@ def train_cifar(recipe: CifarRecipe, data_root: str, checkpoint_dir: Path, resum
     for branch in model.branches:  # f = 0 at the start, inside the clamp (see the module docstring)
         nn.init.zeros_(branch.linear.weight)
         nn.init.zeros_(branch.linear.bias)
+    model = model.to(memory_format=torch.channels_last)  # one thread: 2.6 s a batch, against 3.3-3.8 contiguous
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.max_lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, nesterov=True)
     train_x, train_y = load_split(data_root, "train")
@@ -151,7 +153,7 @@ def train_cifar(recipe: CifarRecipe, data_root: str, checkpoint_dir: Path, resum
         bar = tqdm(order.split(recipe.batch_size), desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="batch",
                    disable=not progress, mininterval=5)
         for index in bar:
-            x, y = augment(train_x[index], gen), train_y[index]
+            x, y = augment(train_x[index], gen).contiguous(memory_format=torch.channels_last), train_y[index]
             loss = criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
