@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_STORE := demo-out/digits.zarr
+DEMO_STORE := demo-out/cifar10.zarr
 
 .PHONY: setup demo test test-slow test-browser bench zoo clean
 
@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/probekit run --model digits-branched8 --data digits:test --plugins activity,covariance \
-		--out $(DEMO_STORE) --overwrite --report
+	$(BIN)/probekit run --model cifar10-branched16 --data cifar10-sample \
+		--plugins activity,covariance,specialization,intra-class --out $(DEMO_STORE) --overwrite --report
 
 test: $(STAMP)
 	$(BIN)/ruff check probekit plugins tests benchmarks examples
