@@ -156,7 +156,8 @@ def cmd_train(args) -> int:
 
     options = TrainOptions(branches=args.branches, seed=args.seed, data_root=args.data_root, epochs=args.epochs,
                            resume=args.resume, checkpoint_dir=args.checkpoint_dir, scheme=args.scheme,
-                           iterations=args.iterations, progress=not args.quiet)
+                           iterations=args.iterations, max_lr=args.max_lr, init_from=args.init_from,
+                           progress=not args.quiet)
     train_recipe(args.recipe, out=args.out, overwrite=args.overwrite, options=options)
     return 0
 
@@ -274,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
     train.add_argument("--scheme", choices=("clamped", "logits"),
                        help="cifar10-branched16 loss: the paper's clamped scheme (default) or plain logits")
+    train.add_argument("--max-lr", type=float, help="cifar10-branched16: peak of the one-cycle schedule "
+                       "(default 0.02)")
+    train.add_argument("--init-from", metavar="WEIGHTS", help="cifar10-branched16: start from these weights (a "
+                       "zoo-format file) instead of the recipe's init: a fine-tune")
     train.add_argument("--checkpoint-dir", help="where epoch checkpoints go (default: runs/<recipe>)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)

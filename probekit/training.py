@@ -34,6 +34,8 @@ class TrainOptions:
     checkpoint_dir: str | None = None
     scheme: str | None = None
     iterations: int | None = None
+    max_lr: float | None = None
+    init_from: str | None = None
     progress: bool = True
 
 
@@ -90,7 +92,9 @@ def train_cifar10_branched(branches: int, options: TrainOptions):
 
     recipe = CifarRecipe(branches=branches, seed=options.seed,
                          **({"epochs": options.epochs} if options.epochs else {}),
-                         **({"scheme": options.scheme} if options.scheme else {}))
+                         **({"scheme": options.scheme} if options.scheme else {}),
+                         **({"max_lr": options.max_lr} if options.max_lr else {}),
+                         **({"init_from": str(Path(options.init_from).resolve())} if options.init_from else {}))
     checkpoints = Path(options.checkpoint_dir or Path("runs") / f"cifar10-branched{branches}")
     return train_cifar(recipe, options.data_root, checkpoints, options.resume, options.progress)
 

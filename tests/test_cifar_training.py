@@ -54,3 +54,23 @@ def test_augment_keeps_shape_and_range():
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     out = augment(images, torch.Generator().manual_seed(0))
     assert out.shape == (5, 3, 32, 32) and 0 <= float(out.min()) and float(out.max()) <= 1
+
+
+def test_a_fine_tune_starts_from_the_given_weights(shared_data, tmp_path):
+    root = tiny_cifar(shared_data, tmp_path, per_class=2)
+    first, config, metrics = train_cifar(CifarRecipe(branches=2, epochs=1, batch_size=16), str(root),
+                                         tmp_path / "a", resume=False, progress=False)
+    weights = tmp_path / "first.pt"
+    torch.save({"config": config, "state_dict": first.state_dict(), "metrics": metrics}, weights)
+    tuned, _, _ = train_cifar(CifarRecipe(branches=2, epochs=1, batch_size=16, max_lr=1e-12, init_from=str(weights)),
+                              str(root), tmp_path / "b", resume=False, progress=False)
+    heads = [name for name in first.state_dict() if name.endswith("linear.weight")]
+    assert heads and all(float(first.state_dict()[name].abs().sum()) > 0 for name in heads)  # not the zero init
+    for name in heads:  # a vanishing learning rate leaves the starting weights where they were
+        torch.testing.assert_close(tuned.state_dict()[name], first.state_dict()[name], rtol=0, atol=1e-6)
+    with pytest.raises(ProbekitError, match="has config"):
+        train_cifar(CifarRecipe(branches=3, epochs=1, init_from=str(weights)), str(root), tmp_path / "c",
+                    resume=False, progress=False)
+    with pytest.raises(ProbekitError, match="no such file"):
+        train_cifar(CifarRecipe(branches=2, epochs=1, init_from=str(tmp_path / "nope.pt")), str(root),
+                    tmp_path / "d", resume=False, progress=False)
