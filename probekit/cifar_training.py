@@ -109,13 +109,18 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
 
 
 def load_start_weights(path: str, config: dict) -> dict:
-    """The state dict of a zoo-format file ``{config, state_dict, metrics}`` whose config matches ``config``."""
+    """The state dict of a zoo-format file ``{config, state_dict, metrics}`` of the same architecture.
+
+    Branches and widths must match ``config``; the clamp may differ, so a run can
+    switch scheme (e.g. fine-tune clamped weights with plain logits).
+    """
     if not Path(path).is_file():
         raise ProbekitError(f"--init-from: no such file: {path}")
     stored = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(stored, dict) or "state_dict" not in stored:
         raise ProbekitError(f"--init-from: {path} is not a zoo-format weights file")
-    if stored.get("config") != config:
+    architecture = {key: config[key] for key in ("branches", "widths")}
+    if {key: (stored.get("config") or {}).get(key) for key in architecture} != architecture:
         raise ProbekitError(f"--init-from: {path} has config {stored.get('config')}, this run needs {config}")
     return stored["state_dict"]
 

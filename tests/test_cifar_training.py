@@ -68,6 +68,11 @@ def test_a_fine_tune_starts_from_the_given_weights(shared_data, tmp_path):
     assert heads and all(float(first.state_dict()[name].abs().sum()) > 0 for name in heads)  # not the zero init
     for name in heads:  # a vanishing learning rate leaves the starting weights where they were
         torch.testing.assert_close(tuned.state_dict()[name], first.state_dict()[name], rtol=0, atol=1e-6)
+    switched, switched_config, _ = train_cifar(
+        CifarRecipe(branches=2, epochs=1, batch_size=16, max_lr=1e-12, scheme="logits", init_from=str(weights)),
+        str(root), tmp_path / "e", resume=False, progress=False)  # a fine-tune may change the scheme
+    assert switched_config["clamp"] is False and switched.clamp is False
+    torch.testing.assert_close(switched.state_dict()[heads[0]], first.state_dict()[heads[0]], rtol=0, atol=1e-6)
     with pytest.raises(ProbekitError, match="has config"):
         train_cifar(CifarRecipe(branches=3, epochs=1, init_from=str(weights)), str(root), tmp_path / "c",
                     resume=False, progress=False)
