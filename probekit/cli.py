@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
+from datetime import datetime, timezone
+from pathlib import Path
 
 from . import __version__
 from .errors import ProbekitError
@@ -20,10 +23,22 @@ def _parse_option(text: str) -> tuple[str, str, str]:
     return name.strip(), key.strip(), value
 
 
+def default_store(model: str, now: datetime | None = None) -> str:
+    """``probekit-runs/<model name>-<UTC time>.zarr``: where ``run`` writes when ``--out`` is not given."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model.rpartition(":")[2]).stem).strip("-.") or "run"
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    return str(Path("probekit-runs") / f"{name}-{stamp}.zarr")
+
+
 def cmd_run(args) -> int:
     from .loading import LoadOptions
     from .runner import RunSpec, execute
 
+    if args.out is None:
+        if args.resume:
+            raise ProbekitError("--resume needs the --out of the run to continue")
+        args.out = default_store(args.model)
+        args.argv = [*args.argv, "--out", args.out]  # processes launched by --nproc write the same store
     options: dict[str, dict[str, str]] = {}
     for text in args.option:
         name, key, value = _parse_option(text)
@@ -172,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", required=True, help="toy1, toy2, digits[:train|test], cifar10:ROOT, "
                      "imagefolder:PATH, random:C,H,W")
     run.add_argument("--plugins", required=True, help="comma-separated analyses, e.g. activity,covariance")
-    run.add_argument("--out", required=True, help="results store to create (a .zarr directory)")
+    run.add_argument("--out", help="results store to create (a .zarr directory; default: "
+                     "probekit-runs/<model>-<UTC time>.zarr)")
     run.add_argument("--option", action="append", default=[], metavar="NAME.KEY=VALUE",
                      help="an analysis option (repeatable)")
     run.add_argument("--weights", help="state_dict for torchvision:NAME or --arch")

@@ -31,6 +31,16 @@ def test_run_writes_a_store_that_xarray_opens(cli, tmp_path):
         assert key in activity.attrs
 
 
+def test_run_without_out_writes_a_new_timestamped_store(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = cli("run", "--model", "toy2", "--data", "toy2", "--plugins", "activity", "--quiet")
+    stores = list((tmp_path / "probekit-runs").glob("toy2-*.zarr"))
+    assert code == 0 and len(stores) == 1 and stores[0].name in stdout
+    assert xr.open_datatree(str(stores[0]), engine="zarr")["activity"].sizes["branch"] > 0
+    code, _, err = cli("run", "--model", "toy2", "--data", "toy2", "--plugins", "activity", "--resume")
+    assert code != 0 and "--resume needs the --out" in err and len(err.strip().splitlines()) == 1
+
+
 def test_resnext_pickle_gives_one_branch_per_grouped_layer_and_group(cli, tmp_path):
     model_path = tmp_path / "my_resnext.pt"
     torch.save(torchvision.models.resnext50_32x4d(), model_path)
