@@ -1,9 +1,9 @@
 """``chan-vese``: cat-eye segmentation on a generator's branch components (paper appendix F, Fig. 12).
 
-See :mod:`probekit.eye_segmentation` for the procedure. Roles are chosen
-automatically on the first batch (``init=auto``, ``segment=auto``) or given
-as branch indices (``--option chan-vese.init=3,5``), and are the same for
-every sample.
+See :mod:`probekit.eye_segmentation` for the procedure. Roles and the
+prior are chosen on the first batch (``init=auto``, ``segment=auto``) or the
+roles are given as branch indices (``--option chan-vese.init=1,5``), and are
+the same for every sample.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import xarray as xr
 
 from probekit import Analysis, Batch
 from probekit.errors import ProbekitError
-from probekit.eye_segmentation import PairRule, choose_roles, segment_eyes, value_images
+from probekit.eye_segmentation import (SCORE, RoleChoice, SegmentSettings, choose_roles, sample_prior,
+                                       segment_eyes, value_images)
 from probekit.hookspecs import analysis_hooks
 from probekit.image_components import components, image_layer
 from probekit.schema import sample_coords
@@ -23,26 +24,41 @@ from probekit.schema import sample_coords
 
 @dataclass
 class ChanVeseOptions:
-    """``init`` / ``segment``: ``auto`` or comma-separated branch indices; ``init_count`` / ``segment_count``:
-    how many components auto picks for each role; ``init_quantile``: share of pixels the level set starts
-    positive on; ``mu``: Chan-Vese's length weight; ``iterations``: its most iterations."""
+    """``init``: ``auto`` or comma-separated branch indices; ``segment``: ``auto``, ``init`` (segment the init
+    score) or branch indices; ``max_init``: most init components auto picks; ``role_samples``: samples of the
+    first batch auto looks at; ``consistency``: distance from the median pair that counts as consistent, a
+    fraction of the width; ``prior``: weight the score by the first batch's mean score; ``init_quantile``:
+    share of pixels the level set starts positive on; ``sigma``: smoothing of the init score [pixels];
+    ``mu``: Chan-Vese's length weight; ``iterations``: its most iterations."""
 
     init: str = "auto"
     segment: str = "auto"
-    init_count: int = 2
-    segment_count: int = 2
-    init_quantile: float = 0.1
+    max_init: int = 3
+    role_samples: int = 16
+    consistency: float = 0.1
+    prior: bool = True
+    init_quantile: float = 0.05
+    sigma: float = 2.0
     mu: float = 0.25
     iterations: int = 200
 
     def check(self):
-        for key in ("init", "segment"):
+        for key, words in (("init", ("auto",)), ("segment", ("auto", SCORE))):
             text = getattr(self, key)
-            if text != "auto" and not all(part.strip().isdigit() for part in text.split(",")):
-                raise ProbekitError(f"chan-vese.{key} must be auto or branch indices like 3,5, not {text!r}")
-        if self.init_count < 1 or self.segment_count < 1 or not 0 < self.init_quantile < 1 or self.iterations < 1:
-            raise ProbekitError("chan-vese: init_count, segment_count and iterations must be >= 1, "
+            if text not in words and not all(part.strip().isdigit() for part in text.split(",")):
+                raise ProbekitError(f"chan-vese.{key} must be {' or '.join(words)} or branch indices like 3,5, "
+                                    f"not {text!r}")
+        if self.max_init < 1 or self.role_samples < 1 or self.iterations < 1 or not 0 < self.init_quantile < 1:
+            raise ProbekitError("chan-vese: max_init, role_samples and iterations must be >= 1, "
                                 "init_quantile in (0, 1)")
+        if self.sigma < 0 or self.consistency <= 0:
+            raise ProbekitError("chan-vese: sigma must be >= 0 and consistency > 0")
+
+    def settings(self) -> SegmentSettings:
+        return SegmentSettings(self.init_quantile, self.sigma, self.mu, self.iterations)
+
+    def role_choice(self) -> RoleChoice:
+        return RoleChoice(self.max_init, self.role_samples, self.consistency, self.prior)
 
 
 def _indices(text: str, k: int, key: str) -> list[int]:
@@ -54,27 +70,29 @@ def _indices(text: str, k: int, key: str) -> list[int]:
 
 class ChanVese(Analysis):
     name = "chan-vese"
-    merge_rules = {"found": "rows", "centroids": "rows", "roles": "custom"}
+    merge_rules = {"found": "rows", "centroids": "rows", "roles": "custom", "prior": "custom"}
     description = "cat-eye segmentation with Chan-Vese on generator components (appendix F)"
     Options = ChanVeseOptions
 
     def __init__(self, context, options):
         super().__init__(context, options)
         self.layer = None
-        self.roles: tuple[list[int], list[int]] | None = None
-        self.rule = PairRule()
+        self.roles: tuple[list[int], list[int] | str] | None = None
+        self.prior: np.ndarray | None = None
+        self.settings = options.settings()
         self.arrays: dict = {}
         self.found = np.zeros(context.n_samples, dtype=bool)
         self.centroids = np.full((context.n_samples, 2, 2), np.nan)
 
-    def _choose_roles(self, values: np.ndarray) -> tuple[list[int], list[int]]:
-        k = values.shape[1]
-        auto = choose_roles(values, self.options.init_count, self.options.segment_count)
-        init = auto[0] if self.options.init == "auto" else _indices(self.options.init, k, "init")
-        segment = auto[1] if self.options.segment == "auto" else _indices(self.options.segment, k, "segment")
-        if set(init) & set(segment):
+    def _choose_roles(self, values: np.ndarray) -> tuple[list[int], list[int] | str]:
+        """Roles from the first batch's value images ``[N, K, H, W]``: the given ones, the rest automatic."""
+        k, options = values.shape[1], self.options
+        init = None if options.init == "auto" else _indices(options.init, k, "init")
+        segment = None if options.segment == "auto" else SCORE if options.segment == SCORE else _indices(
+            options.segment, k, "segment")
+        if segment not in (None, SCORE) and init is not None and set(init) & set(segment):
             raise ProbekitError(f"chan-vese: branches {sorted(set(init) & set(segment))} are both init and segment")
-        return init, segment
+        return choose_roles(values, options.role_choice(), self.settings, init, segment)
 
     def _make_arrays(self, batch: Batch) -> None:
         image = tuple(batch.outputs.shape[1:])
@@ -95,11 +113,12 @@ class ChanVese(Analysis):
         values = np.stack([value_images(p) for p in parts])  # [N, K, H, W]
         if self.roles is None:  # (restored before the first batch of a resumed run)
             self.roles = self._choose_roles(values)
+            if self.options.prior:
+                self.prior = sample_prior(values[:self.options.role_samples], self.roles[0], self.settings.sigma)
         if not self.arrays:
             self._make_arrays(batch)
         init, segment = self.roles
-        results = [segment_eyes(v, init, segment, self.options.init_quantile, self.rule, self.options.mu,
-                                self.options.iterations) for v in values]
+        results = [segment_eyes(v, init, segment, self.prior, self.settings) for v in values]
         start = int(batch.index[0])
         self.arrays["output"].write(start, batch.outputs.float().cpu().numpy())
         self.arrays["region"].write(start, np.stack([r.region for r in results]))
@@ -114,11 +133,17 @@ class ChanVese(Analysis):
                                 "chan-vese.init and chan-vese.segment explicitly for a distributed run")
         return mine
 
+    def merge_prior(self, mine, theirs):
+        if mine is not None and not np.array_equal(mine, theirs):
+            raise ProbekitError("chan-vese computed its prior on different first batches in different processes; "
+                                "pass chan-vese.prior=false for a distributed run")
+        return mine
+
     def finalize(self) -> xr.Dataset:
         if self.roles is None:
             raise ProbekitError("chan-vese saw no batch")
         init, segment = self.roles
-        roles = np.array(["init" if k in init else "segment" if k in segment else "unused"
+        roles = np.array(["init" if k in init else "segment" if segment != SCORE and k in segment else "unused"
                           for k in range(len(self.layer.branches))], dtype=object)
         ds = xr.Dataset({
             "found": ("sample", self.found, {"long_name": "a horizontal pair of eye candidates was found"}),
@@ -128,9 +153,14 @@ class ChanVese(Analysis):
         }, coords={"branch": ("branch", np.array(self.layer.branches, dtype=object)),
                    "eye": ("eye", np.array(["left", "right"], dtype=object)),
                    "coord": ("coord", np.array(["y", "x"], dtype=object)), **sample_coords(self.context)},
-            attrs={"init": ",".join(map(str, init)), "segment": ",".join(map(str, segment)),
+            attrs={"init": ",".join(map(str, init)),
+                   "segment": segment if segment == SCORE else ",".join(map(str, segment)),
                    "roles_chosen": "auto (first batch)" if "auto" in (self.options.init, self.options.segment)
-                   else "given", "mu": self.options.mu, "init_quantile": self.options.init_quantile})
+                   else "given", "prior": "first batch" if self.prior is not None else "none",
+                   "mu": self.options.mu, "init_quantile": self.options.init_quantile, "sigma": self.options.sigma})
+        if self.prior is not None:
+            ds["prior"] = (("y", "x"), self.prior, {"long_name": "mean init score of the first batch, scaled to "
+                                                                 "[0, 1]", "units": "1"})
         for array in self.arrays.values():
             if array.in_memory:
                 ds[array.name] = (array.dims, array.values(), array.attrs)

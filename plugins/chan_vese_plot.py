@@ -7,7 +7,7 @@ import xarray as xr
 
 from probekit.plotting import new_figure
 
-MAX_SAMPLES = 16
+MAX_SAMPLES = 24
 
 
 def overlays(ds: xr.Dataset):

@@ -48,7 +48,8 @@ def cmd_run(args) -> int:
         raise ProbekitError("--plugins names no plugin")
     spec = RunSpec(
         model=args.model, data=args.data, plugins=plugins, out=args.out, options=options,
-        load=LoadOptions(weights=args.weights, arch=args.arch, trust_pickle=args.trust_pickle),
+        load=LoadOptions(weights=args.weights, arch=args.arch, trust_pickle=args.trust_pickle,
+                         target_class=args.target_class),
         branches=args.branches, limit=args.limit, batch_size=args.batch_size, device=args.device,
         seed=args.seed, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
         checkpoint_every=args.checkpoint_every,
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--arch", help="module:callable that builds the architecture of a state_dict file")
     run.add_argument("--trust-pickle", action="store_true",
                      help="load pickles that need classes outside the safe list (runs code from the file)")
+    run.add_argument("--target-class", metavar="NAME",
+                     help="class a generator transfers every input to (e.g. male for celeba-branched9; "
+                          "default: its first class)")
     run.add_argument("--branches", metavar="GLOB", help="name the branch modules by module path")
     run.add_argument("--limit", type=int, help="probe only the first N samples")
     run.add_argument("--batch-size", type=int, default=64)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ProbekitError
+
 PREPROCESSINGS = ("gaussian", "diffusion")
 
 
@@ -147,7 +149,7 @@ class BranchedGenerator(nn.Module):
     """``x`` ``[N, 3, H, W]`` in [0, 1] -> ``R + sum_k v_k(phi_k, s_target)`` ``[N, 3, r, r]``, r = ``resolution``.
 
     ``target`` (``[N]`` class ids) picks the style; without it every sample gets ``default_target``
-    (set it, e.g. to 1 for female -> male, before probing).
+    (:meth:`select_target`, e.g. ``"male"`` for female -> male, before probing).
     """
 
     probekit_branches = "branches"
@@ -162,6 +164,14 @@ class BranchedGenerator(nn.Module):
         self.preprocessing, self.sigma, self.tau, self.resolution = preprocessing, sigma, tau, resolution
         self.diffusion = DiffusionOperator() if preprocessing == "diffusion" else None
         self.default_target = 0
+        self.class_names = [str(i) for i in range(classes)]
+
+    def select_target(self, name: str) -> None:
+        """Make class ``name`` (one of ``class_names``) the style of every forward without ``target``."""
+        if name not in self.class_names:
+            raise ProbekitError(f"unknown target class {name!r}; this generator's classes: "
+                                f"{', '.join(self.class_names)}")
+        self.default_target = self.class_names.index(name)
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` at the model's resolution (unchanged when it already is)."""

@@ -32,6 +32,7 @@ class LoadOptions:
     weights: str | None = None
     arch: str | None = None
     trust_pickle: bool = False
+    target_class: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,4 +195,14 @@ def load_model(spec: str, options: LoadOptions = LoadOptions()) -> LoadedModel:
             f"unknown model {spec!r}: not a file, a zoo name ({', '.join(sorted(ZOO))}) "
             f"or scheme:name ({', '.join(sorted(loaders))})"
         )
+    if options.target_class is not None:
+        _select_target(model, spec, options.target_class)
     return LoadedModel(model.eval(), spec, _identity(spec, options))
+
+
+def _select_target(model: nn.Module, spec: str, name: str) -> None:
+    """``--target-class``: the class a class-conditional generator transfers every input to."""
+    if not hasattr(model, "select_target"):
+        raise ProbekitError(f"--target-class needs a class-conditional generator (a select_target method); "
+                            f"{spec} has none")
+    model.select_target(name)

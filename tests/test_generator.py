@@ -6,7 +6,8 @@ import torch
 
 from probekit import open_results
 from probekit.branches import DiscoveryConfig, discover
-from probekit.eye_segmentation import PairRule, choose_roles, segment_eyes, value_images
+from probekit.eye_segmentation import (SCORE, PairRule, RoleChoice, SegmentSettings, choose_roles,
+                                       consistent_pairs, sample_prior, segment_eyes, value_images)
 from probekit.generator import BranchedGenerator, gaussian_blur
 
 
@@ -57,12 +58,22 @@ def synthetic_components(seed):
 
 
 def test_roles_and_eye_pair_on_synthetic_components():
-    values = np.stack([value_images(synthetic_components(seed)) for seed in range(3)])
-    init, segment = choose_roles(values, 1, 1)
-    assert (init, segment) == ([1], [2])
-    result = segment_eyes(values[0], init, segment, 0.1, PairRule())
-    np.testing.assert_allclose(result.centroids, [[24, 20], [25, 44]], atol=1.0)
-    assert result.eyes.sum() == pytest.approx(2 * 49, abs=12)
+    values = np.stack([value_images(synthetic_components(seed)) for seed in range(4)])
+    settings = SegmentSettings()
+    init, chosen = choose_roles(values, RoleChoice(), settings)
+    assert init == [1]  # the blobs, not the noise or the flat texture
+    for segment in (chosen, SCORE, [2]):
+        result = segment_eyes(values[0], init, segment, sample_prior(values, init, settings.sigma), settings)
+        np.testing.assert_allclose(result.centroids, [[24, 20], [25, 44]], atol=1.0)
+        assert 2 * 30 <= result.eyes.sum() <= 2 * 120  # eye disks of 49 pixels, give or take the smoothing
+    assert choose_roles(values, RoleChoice(), settings, init=[0], segment=[2]) == ([0], [2])  # given: kept
+    assert choose_roles(values, RoleChoice(), settings, segment=[2])[0] == [1]
+
+
+def test_consistent_pairs_counts_pairs_near_their_median():
+    pairs = np.array([[[24, 20], [25, 44]], [[25, 21], [25, 43]], [[50, 5], [50, 30]], [[np.nan] * 2] * 2])
+    assert consistent_pairs(pairs, tolerance=3.0) == 2
+    assert consistent_pairs(np.full((2, 2, 2), np.nan), tolerance=3.0) == 0
 
 
 def test_no_pair_when_the_region_has_one_blob():
@@ -71,6 +82,9 @@ def test_no_pair_when_the_region_has_one_blob():
 
     eyes, centroids = horizontal_pair(mask, PairRule())
     assert not eyes.any() and np.isnan(centroids).all()
+    border_pair = disk(64, (61, 20), 4) | disk(64, (61, 44), 4)  # cut by the bottom edge: not eyes
+    assert np.isnan(horizontal_pair(border_pair, PairRule())[1]).all()
+    assert np.isfinite(horizontal_pair(disk(64, (50, 20), 4) | disk(64, (50, 44), 4), PairRule())[1]).all()
 
 
 @pytest.fixture()
@@ -108,6 +122,25 @@ def test_bad_roles_and_non_image_models_are_clear_errors(cli, tmp_path, tiny_gen
     code, _, err = cli("run", "--model", "digits-branched8", "--data", "digits:test", "--limit", "4", "--plugins",
                        "decomposition", "--out", tmp_path / "b.zarr", "--quiet")
     assert code == 1 and "decomposition needs a model that outputs images" in err
+
+
+def test_target_class_transfers_every_input_to_the_named_class(cli, tmp_path):
+    """The bundled celeba-branched9 probed as female re-generation and as female -> male transfer."""
+    outputs = {}
+    for target in ("female", "male"):
+        out = tmp_path / f"{target}.zarr"
+        code, _, err = cli("run", "--model", "celeba-branched9", "--data", "random:3,64,64", "--limit", "2",
+                           "--plugins", "decomposition", "--target-class", target, "--out", out, "--quiet")
+        assert code == 0, err
+        outputs[target] = open_results(out)["decomposition"].output.values
+    assert np.abs(outputs["female"] - outputs["male"]).mean() > 1e-3
+    code, _, err = cli("run", "--model", "celeba-branched9", "--data", "random:3,64,64", "--limit", "2",
+                       "--plugins", "decomposition", "--target-class", "cat", "--out", tmp_path / "c.zarr")
+    assert code == 2 and "unknown target class 'cat'; this generator's classes: female, male" in err
+    code, _, err = cli("run", "--model", "digits-branched8", "--data", "digits:test", "--limit", "2", "--plugins",
+                       "activity", "--target-class", "male", "--out", tmp_path / "d.zarr")
+    assert code == 2 and "--target-class needs a class-conditional generator" in err
+    assert not (tmp_path / "c.zarr").exists() and not (tmp_path / "d.zarr").exists()
 
 
 def image_tree(root, classes, per_class, size=20, seed=0, prefix=""):

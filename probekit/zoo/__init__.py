@@ -63,7 +63,10 @@ def is_zoo_checkpoint(obj) -> bool:
 
 
 def build_from_checkpoint(checkpoint: dict) -> nn.Module:
-    """The zoo architecture named by ``checkpoint['recipe']``, with its weights."""
+    """The zoo architecture named by ``checkpoint['recipe']``, with its weights (and class names, if any)."""
     model = ZOO[checkpoint["recipe"]].build(**checkpoint["config"])
     model.load_state_dict(checkpoint["state_dict"])
+    names = checkpoint.get("metrics", {}).get("classes")
+    if names and hasattr(model, "class_names"):
+        model.class_names = list(names)
     return model
