@@ -20,8 +20,10 @@ def _as_image(values: np.ndarray) -> np.ndarray:
 
 def class_figure(ds: xr.Dataset, c: int):
     name = str(ds.class_name.values[c])
-    mean_confidence = np.nanmean(ds.top_score.values[:, c], axis=1)
-    leaders = np.argsort(-np.nan_to_num(mean_confidence, nan=-1))[:BRANCH_ROWS]
+    scores = ds.top_score.values[:, c]  # [branch, rank], NaN past a class's samples
+    counts = np.isfinite(scores).sum(axis=1)
+    mean_confidence = np.where(counts > 0, np.nansum(scores, axis=1) / np.maximum(counts, 1), -1.0)
+    leaders = np.argsort(-mean_confidence)[:BRANCH_ROWS]
     thumbs = ds.sizes["thumb"]
     fig, axes = new_figure(f"class-{c}", f"Class {name}: the samples its {len(leaders)} leading branches score "
                            "highest", len(leaders) * thumbs, panel_size=(1.1, 1.2), max_cols=thumbs)
