@@ -193,9 +193,10 @@ def choose_roles(values: np.ndarray, choice: RoleChoice, settings: SegmentSettin
     """Roles from value images ``[S, K, H, W]`` (see the module doc); a role given is kept as it is."""
     values = values[:choice.samples]
     k = values.shape[1]
+    best = -1  # consistent pairs of the chosen init segmenting the score (-1: not counted yet)
     if init is None:
         fixed = [] if segment is None or segment == SCORE else list(segment)
-        init, best = [], -1
+        init = []
         while len(init) < min(choice.max_init, k - 1 - len(fixed)):
             count, extra = max((_consistency(values, init + [j], segment or SCORE, choice, settings), -j)
                                for j in range(k) if j not in init + fixed)
@@ -204,7 +205,9 @@ def choose_roles(values: np.ndarray, choice: RoleChoice, settings: SegmentSettin
             init, best = init + [-extra], count
     if segment is not None:
         return init, segment
-    segment, best = SCORE, _consistency(values, init, SCORE, choice, settings)
+    segment = SCORE
+    if best < 0:
+        best = _consistency(values, init, SCORE, choice, settings)
     for j in (j for j in range(k) if j not in init):
         count = _consistency(values, init, [j], choice, settings)
         if count > best:
