@@ -32,12 +32,17 @@ class BranchCountConfig:
     probe_data: str = "cifar10-sample"
     seed: int = 0
     checkpoint_dir: str = "runs/branch-count"
+    head_init: str = "zero"  # the recipe's: every branch head starts at zero; "default": PyTorch's init
+    scheme: str = "clamped"  # or "logits"
+    max_lr: float = 0.02
 
     def check(self) -> None:
         if self.epochs <= 0 or (self.train_limit is not None and self.train_limit <= 0):
             raise ProbekitError("--epochs and --train-limit must be positive")
         if min(self.branches) < 1:
             raise ProbekitError("branch counts must be at least 1")
+        if not (self.max_lr > 0 and np.isfinite(self.max_lr)):
+            raise ProbekitError("--max-lr must be a positive finite number")
 
 
 def train_one(config: BranchCountConfig, m: int, data_root: str, progress: bool) -> tuple[Path, dict]:
@@ -45,7 +50,8 @@ def train_one(config: BranchCountConfig, m: int, data_root: str, progress: bool)
     from .cifar_training import CifarRecipe, train_cifar
 
     folder = Path(config.checkpoint_dir) / f"M{m}"
-    recipe = CifarRecipe(branches=m, epochs=config.epochs, seed=config.seed, train_limit=config.train_limit)
+    recipe = CifarRecipe(branches=m, epochs=config.epochs, seed=config.seed, train_limit=config.train_limit,
+                         head_init=config.head_init, scheme=config.scheme, max_lr=config.max_lr)
     model, model_config, metrics = train_cifar(recipe, data_root, folder, resume=True, progress=progress)
     path = folder / "model.pt"
     torch.save({"recipe": ZOO_RECIPE, "config": model_config, "state_dict": model.state_dict(),

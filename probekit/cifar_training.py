@@ -58,6 +58,7 @@ class CifarRecipe:
     widths: tuple[int, ...] = WIDTHS
     train_limit: int | None = None  # train on a fixed random subset of this many images (reduced budgets)
     init_from: str | None = None  # zoo-format weights to start from (a fine-tune) instead of the zero-head init
+    head_init: str = "zero"  # "zero": every branch starts at f = 0; "default": PyTorch's init of the last linear layer
 
 
 @functools.lru_cache(maxsize=2)
@@ -136,9 +137,11 @@ def train_cifar(recipe: CifarRecipe, data_root: str, checkpoint_dir: Path, resum
     torch.manual_seed(recipe.seed)
     config = {"branches": recipe.branches, "widths": list(recipe.widths), "clamp": recipe.scheme == "clamped"}
     model = branched_resnet18(**config)
+    if recipe.head_init not in ("zero", "default"):
+        raise ProbekitError(f"unknown head init {recipe.head_init!r}: zero or default")
     if recipe.init_from:
         model.load_state_dict(load_start_weights(recipe.init_from, config))
-    else:
+    elif recipe.head_init == "zero":
         for branch in model.branches:  # f = 0 at the start, inside the clamp (see the module docstring)
             nn.init.zeros_(branch.linear.weight)
             nn.init.zeros_(branch.linear.bias)
@@ -156,7 +159,8 @@ def train_cifar(recipe: CifarRecipe, data_root: str, checkpoint_dir: Path, resum
     history, start_epoch = [], 0
     if resume and last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True)
-        stored = {"train_limit": None, "init_from": None, **json.loads(state["recipe"])}  # older checkpoints
+        older = {"train_limit": None, "init_from": None, "head_init": "zero"}  # fields older checkpoints lack
+        stored = {**older, **json.loads(state["recipe"])}
         if stored != recipe_json(recipe):
             raise ProbekitError(f"{last} was made with other settings: {state['recipe']}")
         model.load_state_dict(state["model"])

@@ -268,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--checkpoint-dir", default="runs/branch-count",
                        help="epoch checkpoints and models, one folder per M; a rerun resumes from them")
     count.add_argument("--seed", type=int, default=0)
+    count.add_argument("--head-init", choices=("zero", "default"), default="zero",
+                       help="each branch's last linear layer: zero (f = 0 at the start) or PyTorch's default init")
+    count.add_argument("--scheme", choices=("clamped", "logits"), default="clamped",
+                       help="loss: the paper's clamped scheme or plain logits")
+    count.add_argument("--max-lr", type=float, default=0.02, help="peak of the one-cycle schedule")
     count.add_argument("--out", required=True, help="results store to create")
     count.add_argument("--overwrite", action="store_true")
     count.add_argument("--report", action="store_true", help="also write the HTML report")

@@ -64,7 +64,8 @@ def branch_count(args) -> str:
         raise ProbekitError("branch-count needs --data-root (e.g. ../shared/data/cifar10)")
     config = BranchCountConfig(branches=parse_branch_counts(args.branches), epochs=args.epochs,
                                train_limit=args.train_limit or None, probe_data=args.probe_data, seed=args.seed,
-                               checkpoint_dir=args.checkpoint_dir)
+                               checkpoint_dir=args.checkpoint_dir, head_init=args.head_init, scheme=args.scheme,
+                               max_lr=args.max_lr)
     config.check()
     counts = config.branches
     attrs = {
