@@ -49,7 +49,7 @@ def cmd_run(args) -> int:
     spec = RunSpec(
         model=args.model, data=args.data, plugins=plugins, out=args.out, options=options,
         load=LoadOptions(weights=args.weights, arch=args.arch, trust_pickle=args.trust_pickle,
-                         target_class=args.target_class),
+                         trust_code=args.trust_code, target_class=args.target_class),
         branches=args.branches, limit=args.limit, batch_size=args.batch_size, device=args.device,
         seed=args.seed, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
         checkpoint_every=args.checkpoint_every,
@@ -140,7 +140,7 @@ def cmd_evaluate(args) -> int:
     from .loading import LoadOptions
 
     result = evaluate(args.model, args.data, LoadOptions(weights=args.weights, arch=args.arch,
-                                                         trust_pickle=args.trust_pickle),
+                                                         trust_pickle=args.trust_pickle, trust_code=args.trust_code),
                       batch_size=args.batch_size, limit=args.limit, device=args.device, progress=not args.quiet)
     print(result.table())
     return 0
@@ -178,6 +178,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _add_trust_flags(parser: argparse.ArgumentParser) -> None:
+    """``--trust-pickle`` and ``--trust-code``: each lets a model file run code (docs/security.md)."""
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="only if you trust the file's author: load pickles that need classes outside the "
+                             "safe list (runs code from the file)")
+    parser.add_argument("--trust-code", action="store_true",
+                        help="only if you trust the file's author: load TorchScript and torch.export archives, "
+                             "which are programs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probekit", description="Probe branched neural networks.")
     parser.add_argument("--version", action="version", version=f"probekit {__version__}")
@@ -194,8 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an analysis option (repeatable)")
     run.add_argument("--weights", help="state_dict for torchvision:NAME or --arch")
     run.add_argument("--arch", help="module:callable that builds the architecture of a state_dict file")
-    run.add_argument("--trust-pickle", action="store_true",
-                     help="load pickles that need classes outside the safe list (runs code from the file)")
+    _add_trust_flags(run)
     run.add_argument("--target-class", metavar="NAME",
                      help="class a generator transfers every input to (e.g. male for celeba-branched9; "
                           "default: its first class)")
@@ -230,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--weights")
     evaluate.add_argument("--arch")
-    evaluate.add_argument("--trust-pickle", action="store_true")
+    _add_trust_flags(evaluate)
     evaluate.add_argument("--limit", type=int)
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--device", default="cpu")

@@ -27,7 +27,10 @@ def _write_experiment(args, node: str, attrs: dict, build: Callable[[], xr.Datas
     except BaseException:
         writer.discard()
         raise
-    writer.finish({})
+    try:
+        writer.finish({})
+    finally:
+        writer.release()
     return args.out
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import struct
+import sys
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ProbekitError
+from .errors import MAX_SHOWN, ProbekitError, escape
 from .graph_models import load_exported
 from .hookspecs import hookimpl
 from .safe_pickle import load_module_pickle
@@ -32,6 +34,7 @@ class LoadOptions:
     weights: str | None = None
     arch: str | None = None
     trust_pickle: bool = False
+    trust_code: bool = False
     target_class: str | None = None
 
 
@@ -58,23 +61,51 @@ def _check_file(path: str) -> None:
 
 
 def build_arch(arch: str) -> nn.Module:
-    """Call ``module:callable`` to build an (untrained) architecture."""
+    """Call ``module:callable`` to build an (untrained) architecture.
+
+    The callable must live in an importable module outside the standard library (``os:system`` and
+    ``builtins:exec`` are refused before anything is called) and must return an ``nn.Module``.
+    """
     module_name, _, attr = arch.partition(":")
-    if not module_name or not attr:
-        raise ProbekitError(f"--arch must be module:callable, not {arch!r}")
+    if not module_name or not attr or not all(part.isidentifier() for part in [*module_name.split("."), attr]):
+        raise ProbekitError(f"--arch must be module:callable (e.g. torchvision.models:resnet18), not {arch!r}")
+    if module_name.split(".")[0] in sys.stdlib_module_names:
+        raise ProbekitError(f"--arch {arch}: {module_name} is a standard-library module, not a model architecture")
     try:
         builder = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ProbekitError(f"--arch {arch}: {exc}") from exc
-    model = builder()
+        raise ProbekitError(f"--arch {arch}: {_first_line(exc)}") from exc
+    if not callable(builder):
+        raise ProbekitError(f"--arch {arch} is a {type(builder).__name__}, not a callable")
+    try:
+        model = builder()
+    except Exception as exc:
+        raise ProbekitError(f"--arch {arch} could not be called with no arguments: {_first_line(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise ProbekitError(f"--arch {arch} returned {type(model).__name__}, not an nn.Module")
     return model
 
 
-def load_state_dict_into(model: nn.Module, path: str) -> nn.Module:
-    """Load a weights file (a state_dict, or a checkpoint holding one) into ``model``."""
-    _check_file(path)
+def is_safetensors(path: str) -> bool:
+    """Whether ``path`` looks like a safetensors file (a little-endian header length, then a JSON object)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    (size,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 8 + size <= Path(path).stat().st_size
+
+
+def read_state_dict(path: str) -> dict:
+    """The tensors of a weights file: safetensors, or a ``torch.save``d state_dict (``weights_only``)."""
+    if is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ProbekitError(f"{path} is not a readable safetensors file: {_first_line(exc)}") from exc
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -83,6 +114,13 @@ def load_state_dict_into(model: nn.Module, path: str) -> nn.Module:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ProbekitError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    return state
+
+
+def load_state_dict_into(model: nn.Module, path: str) -> nn.Module:
+    """Load a weights file (a state_dict, or a checkpoint holding one) into ``model``."""
+    _check_file(path)
+    state = read_state_dict(path)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -91,8 +129,9 @@ def load_state_dict_into(model: nn.Module, path: str) -> nn.Module:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of an error message, escaped (it may quote the file)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return escape(text.splitlines()[0], MAX_SHOWN) if text else type(exc).__name__
 
 
 def _archive_kind(path: str) -> str:
@@ -108,20 +147,31 @@ def _archive_kind(path: str) -> str:
     return "pickle"
 
 
+PROGRAMS = {
+    "torchscript": "a TorchScript archive: a program, which can write files and run code as it loads",
+    "export": "a torch.export archive: a program, whose weights may be pickles that run code as it loads",
+}
+
+
 def load_file(path: str, options: LoadOptions) -> nn.Module:
-    """Load a model file of any supported kind."""
+    """Load a model file of any supported kind (programs only with ``trust_code``; see docs/security.md)."""
     kind = _archive_kind(path)
+    if kind in PROGRAMS and not options.trust_code:
+        raise ProbekitError(f"{path} is {PROGRAMS[kind]}. Only if you trust the file's author: pass --trust-code; "
+                            "or ask for a state_dict or safetensors file and pass --arch module:callable")
     if kind == "export":
         return load_exported(path)
     if kind == "torchscript":
         try:
             with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's concern
                 warnings.simplefilter("ignore", FutureWarning)
-                return torch.jit.load(path, map_location="cpu")
+                return torch.jit.load(path, map_location="cpu")  # the user passed --trust-code
         except Exception as exc:
             raise ProbekitError(f"{path} is not a readable TorchScript archive: {_first_line(exc)}") from exc
     if options.arch:
         return load_state_dict_into(build_arch(options.arch), path)
+    if is_safetensors(path):
+        raise ProbekitError(f"{path} holds weights (safetensors), not a model: add --arch module:callable")
     try:
         obj = load_module_pickle(path, trust=options.trust_pickle)
     except ProbekitError:

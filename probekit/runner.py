@@ -59,6 +59,8 @@ class Run:
     analyses: dict = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     nonfinite: list[int] = field(default_factory=list)  # positions of samples with NaN/Inf outputs or responses
+    module: torch.nn.Module | None = None  # what is probed (a TorchScript model converted to a tapped graph)
+    device: torch.device | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,11 +134,17 @@ def execute(spec: RunSpec) -> Run:
             distributed.finish()
 
 
-def _check_mergeable(classes: dict, ranks: distributed.Ranks | None) -> None:
+def _check_mergeable(classes: dict, ranks: distributed.Ranks | None, resume: bool = False) -> None:
+    """Several processes and ``--resume`` both rebuild an analysis's state by merging: refuse analyses that do
+    not declare how (``merge_rules``), which would silently lose what they saw."""
     undeclared = [name for name, cls in classes.items() if cls.merge_rules is None]
     if ranks is not None and undeclared:
         raise ProbekitError(f"analysis {undeclared[0]!r} does not declare how its state merges (merge_rules), so "
                             "it cannot run on several processes; run it without --nproc")
+    if resume and undeclared:
+        raise ProbekitError(f"analysis {undeclared[0]!r} does not declare how its state merges (merge_rules), so "
+                            "its checkpoint cannot be restored; start the run again with --overwrite instead of "
+                            "--resume")
 
 
 def check_launch(spec: RunSpec) -> None:
@@ -198,7 +206,7 @@ def _merge_ranks(run: Run, shard: range, ranks: distributed.Ranks) -> None:
 
 def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
     classes = _analysis_classes(spec)
-    _check_mergeable(classes, ranks)
+    _check_mergeable(classes, ranks, spec.resume)
     options = {name: parse_options(cls, spec.options.get(name, {})) for name, cls in classes.items()}
     main = ranks is None or ranks.is_main
     if spec.resume and ranks is not None:
@@ -218,11 +226,32 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
     if is_torchscript(module):
         module = torchscript_to_tapped(module, first_batch[1].to(device))
     branchset = discover(module, DiscoveryConfig(spec.branches))
-    run = Run(spec, loaded, data, branchset, n_samples)
+    run = Run(spec, loaded, data, branchset, n_samples, module=module, device=device)
     attrs = provenance(run, spec)
     settings = run_checkpoint.fingerprint({**asdict(replace(spec, overwrite=False, progress=True, resume=False,
                                                             checkpoint_every=0)),
                                            "sha256": loaded.sha256, "n_samples": n_samples})
+    try:
+        _probe_and_write(run, writer, ranks, classes, options, attrs, settings, shard)
+    finally:
+        if writer is not None:
+            writer.release()  # idempotent: the store's lock never outlives the run
+    if ranks is not None:
+        distributed.barrier()  # the other ranks return once the store is complete
+    if main:
+        from .store import open_results
+
+        manager().hook.probekit_run_finish(run=run, tree=open_results(spec.out))
+    return run
+
+
+def _probe_and_write(run: Run, writer: StoreWriter | None, ranks: distributed.Ranks | None, classes: dict,
+                     options: dict, attrs: dict, settings: str, shard: range | None) -> None:
+    """Open (or reopen) the store, stream every batch through the analyses, merge ranks, write the nodes.
+
+    A failure before the end removes the unfinished store unless a checkpoint can resume it; a failure while
+    writing the nodes (a full disk) frees this run's staging and keeps what sits at the store's path."""
+    spec, main = run.spec, ranks is None or ranks.is_main
     saved = None
     if spec.resume:
         writer.reopen()
@@ -231,7 +260,8 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
     else:
         staging = _open_staging(writer, {**attrs, "plugins": json.dumps(spec.plugins)}, ranks)
     start = saved["position"] if saved else 0
-    context = RunContext(branchset, data, n_samples, device, spec.seed, staging=staging, model=module, shard=shard,
+    context = RunContext(run.branchset, run.data, run.n_samples, run.device, spec.seed, staging=staging,
+                         model=run.module, shard=shard,
                          align=distributed.SHARD_ALIGN if ranks is not None else None, resume_from=start)
     try:
         run.analyses = _create_analyses(classes, context, options, ranks)
@@ -242,8 +272,8 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
         checkpoints = (lambda position: run_checkpoint.save(
             writer.tmp, settings, position, {n: a.state() for n, a in run.analyses.items()}, run.errors,
             run.nonfinite, context.arrays)) if ranks is None and spec.checkpoint_every else None
-        rows = range(start, n_samples) if ranks is None else shard
-        _stream(module, data.loader(spec.batch_size, spec.limit, rows), run, device,
+        rows = range(start, run.n_samples) if ranks is None else shard
+        _stream(run.module, run.data.loader(spec.batch_size, spec.limit, rows), run, run.device,
                 spec if main else replace(spec, progress=False), checkpoints)
         if ranks is not None:
             _merge_ranks(run, shard, ranks)
@@ -251,16 +281,14 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
         if writer is not None and not (writer.tmp / run_checkpoint.CHECKPOINT).exists():
             writer.discard()  # nothing to resume from: leave no half-made store behind
         raise
-    if main:
+    if not main:
+        return
+    try:
         _finalize(run, writer, attrs, classes, options)
         writer.finish(run.errors, nonfinite_attrs(run))
-    if ranks is not None:
-        distributed.barrier()  # the other ranks return once the store is complete
-    if main:
-        from .store import open_results
-
-        manager().hook.probekit_run_finish(run=run, tree=open_results(spec.out))
-    return run
+    except OSError:
+        writer.drop_staging()
+        raise
 
 
 def _restore(run: Run, saved: dict) -> None:

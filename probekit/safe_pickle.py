@@ -1,56 +1,116 @@
 """Loading whole-module pickles (``torch.save(model)``) without running foreign code.
 
-``torch.load(weights_only=True)`` refuses every global it does not know. We
-look at the globals a checkpoint needs, allow the classes of torch.nn,
-torchvision.models/ops and probekit (plus ``functools.partial``), and refuse
-anything else by name. Nothing from the file is imported or called before
-that check passes.
+``torch.load(weights_only=True)`` refuses every global it does not know, and
+calls (REDUCE) or fills in (BUILD) only the globals it is given. So what we
+give it must be harmless whatever arguments the file passes:
+
+* ``nn.Module`` subclasses defined in ``torch.nn``, ``torchvision.models``,
+  ``torchvision.ops`` and probekit's model modules (:data:`MODEL_MODULES`);
+* the functions of ``torch.nn.functional`` (activations kept as attributes);
+* ``functools.partial`` (which cannot call what it wraps here).
+
+Nothing else: no other probekit class (some write files or open
+connections), nothing from the standard library or the rest of torch. The
+check looks names up in modules that are already imported; it never imports
+a module a file names. Names from the file are escaped before they are
+printed (see docs/security.md).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-import inspect
+import sys
 
 import torch
+from torch import nn
 
-from .errors import ProbekitError
+from .errors import ProbekitError, quoted
 
-SAFE_PREFIXES = ("torch.nn.", "torchvision.models.", "torchvision.ops.", "probekit.", "probekit_plugins.")
+LIBRARY_PREFIXES = ("torch.nn.", "torchvision.models.", "torchvision.ops.")
+MODEL_MODULES = ("probekit.architectures", "probekit.branched", "probekit.generator", "probekit.resnet")
 SAFE_EXACT = {"functools.partial": functools.partial}
+SHOWN = 5  # refused names listed in one message
 
 
 class UnsafePickle(ProbekitError):
-    """The checkpoint needs a class outside the allowlist."""
+    """The checkpoint needs a global outside the allowlist."""
 
 
-def _resolve(qualified: str):
-    """Import the object named ``module.path.Name`` (only called for allowlisted names)."""
+def _import_allowed_modules() -> None:
+    """Import the packages whose classes may be allowed (never a module named by a file)."""
+    import torchvision.models  # noqa: F401 - registers torchvision.models.* and torchvision.ops.*
+    import torchvision.ops  # noqa: F401
+
+    for name in MODEL_MODULES:
+        importlib.import_module(name)
+
+
+@functools.lru_cache(maxsize=1)
+def _functional_names() -> dict[str, object]:
+    """``{pickled name: function}`` of ``torch.nn.functional``'s callables (some are C builtins named
+    ``torch._C._nn.*``)."""
+    out = {}
+    for attr, obj in vars(nn.functional).items():
+        if callable(obj) and not isinstance(obj, type) and not attr.startswith("_"):
+            out[f"torch.nn.functional.{attr}"] = obj
+            module, name = getattr(obj, "__module__", None), getattr(obj, "__name__", None)
+            if module and name:
+                out[f"{module}.{name}"] = obj
+    return out
+
+
+def _lookup(qualified: str):
+    """The object named ``module.Qual.Name`` in an already-imported module, or None."""
     parts = qualified.split(".")
     for cut in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
+        module = sys.modules.get(".".join(parts[:cut]))
+        if module is None:
             continue
+        obj = module
         for attr in parts[cut:]:
-            obj = getattr(obj, attr)
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                return None
         return obj
-    raise ImportError(qualified)
+    return None
 
 
-def _allowed(qualified: str):
+def allowed(qualified: str):
     """The object for an allowlisted global, or ``None`` when it is not allowed."""
     if qualified in SAFE_EXACT:
         return SAFE_EXACT[qualified]
-    if not qualified.startswith(SAFE_PREFIXES):
+    if qualified in _functional_names():
+        return _functional_names()[qualified]
+    module = qualified.rpartition(".")[0]
+    if not (qualified.startswith(LIBRARY_PREFIXES) or module in MODEL_MODULES):
         return None
-    try:
-        obj = _resolve(qualified)
-    except (ImportError, AttributeError):
+    _import_allowed_modules()
+    obj = _lookup(qualified)
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         return None
-    is_nn_function = inspect.isfunction(obj) and obj.__module__.startswith("torch.nn.functional")
-    return obj if inspect.isclass(obj) or is_nn_function else None
+    home = obj.__module__  # where the class is defined, not where the file says it lives
+    return obj if home.startswith(LIBRARY_PREFIXES) or home in MODEL_MODULES else None
+
+
+def _is_system(qualified: str) -> bool:
+    """Whether a name belongs to the standard library, torch outside torch.nn, or probekit outside its model
+    classes: things that run commands or touch files, never a model's part."""
+    root = qualified.split(".")[0]
+    return root in sys.stdlib_module_names or root in ("torch", "probekit", "probekit_plugins")
+
+
+def refusal(path: str, refused: list[str]) -> str:
+    """The one-line message for a pickle that needs ``refused`` globals (escaped, as they come from a file)."""
+    names = ", ".join(quoted(n) for n in refused[:SHOWN]) + (f" and {len(refused) - SHOWN} more"
+                                                             if len(refused) > SHOWN else "")
+    head = f"{path} tries to import {names}"
+    if any(_is_system(n) for n in refused):
+        return (f"{head}, which can run commands or touch files and is no part of a model: refused. This file "
+                "is not a plain model; probekit will not load it")
+    return (f"{head}, which is not on probekit's safe list (torch.nn, torchvision.models/ops and probekit's "
+            "model classes). Only if you trust the file's author: pass --trust-pickle (it runs code from the "
+            "file); or save a state_dict or safetensors file and pass --arch module:callable")
 
 
 def load_module_pickle(path: str, trust: bool = False):
@@ -58,15 +118,9 @@ def load_module_pickle(path: str, trust: bool = False):
     if trust:
         return torch.load(path, map_location="cpu", weights_only=False)  # the user passed --trust-pickle
     needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    safe = []
-    for qualified in needed:
-        obj = _allowed(qualified)
-        if obj is None:
-            raise UnsafePickle(
-                f"{path} needs {qualified}, which is not on probekit's safe list (torch.nn, "
-                "torchvision.models, probekit); if you trust the file pass --trust-pickle (it can run "
-                "arbitrary code), or save a state_dict and pass --arch module:callable"
-            )
-        safe.append(obj)
-    with torch.serialization.safe_globals(safe):
+    safe = {name: allowed(name) for name in needed}
+    refused = [name for name, obj in safe.items() if obj is None]
+    if refused:
+        raise UnsafePickle(refusal(path, refused))
+    with torch.serialization.safe_globals(list(safe.values())):
         return torch.load(path, map_location="cpu", weights_only=True)

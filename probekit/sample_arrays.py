@@ -52,9 +52,12 @@ class SampleArray:
             if name in root:
                 self._array = root[name]
             else:
+                from .store import checksummed_compressors
+
                 self._array = root.create_array(name, shape=shape, dtype=self.dtype,
                                                 chunks=(self.chunk_rows, *shape[1:]), dimension_names=dims,
-                                                attributes=attrs, fill_value=0)
+                                                attributes=attrs, fill_value=0,
+                                                compressors=checksummed_compressors())
         self.in_memory = group is None
         if start > self._next:  # a resumed run: rows before ``start`` are on disk; reload the open chunk
             self._next = start

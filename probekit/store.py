@@ -3,13 +3,21 @@
 Write protocol (so a crash never leaves half a node, and never loses an
 older store):
 
+* the run takes an exclusive lock on the store (:mod:`probekit.store_lock`):
+  a second run on the same path fails at once;
 * a new store is created with root attr ``status='incomplete'``;
-* each node is assembled in ``<store>.tmp/<node>`` (per-sample arrays stream
-  there during the pass) and then moved into the store with one ``os.replace``;
+* each node is assembled in ``<store>.tmp-<run id>/<node>`` (per-sample
+  arrays stream there during the pass; the folder is named in the root attr
+  ``probekit_staging``, for ``--resume``) and then moved into the store with
+  one ``os.replace``;
 * at the end the root becomes ``status='complete'`` (or ``'failed'`` with the
   errors), and metadata are consolidated;
-* with ``overwrite`` the new store is built at ``<store>.new`` and swapped in
-  only when complete, so a crash keeps the old store.
+* with ``overwrite`` the new store is built at ``<store>.new-<run id>`` and
+  swapped in only when complete, so a crash keeps the old store. Only a
+  probekit store is ever replaced: any other file or folder is refused;
+* every array carries zarr's crc32c checksum codec, and the root records a
+  manifest (size and CRC-32 of every file) per node
+  (:mod:`probekit.store_manifest`).
 
 A store at an fsspec URL is built locally by the same protocol, in a
 temporary folder, and uploaded when complete (:mod:`probekit.store_location`).
@@ -20,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import warnings
@@ -30,10 +39,12 @@ import xarray as xr
 import zarr
 
 from .errors import ProbekitError
-from .store_location import exists, is_url, local_path, name_of, upload
+from .store_lock import StoreLock
+from .store_location import exists, is_url, local_path, name_of, remote_root_metadata, upload
 from .store_manifest import damage, manifest
 
 STATUS_ATTR = "probekit_status"
+STAGING_ATTR = "probekit_staging"
 MANIFESTS_ATTR = "manifests"
 DAMAGED_ATTR = "damaged_nodes"
 NODE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
@@ -46,6 +57,37 @@ def check_node_name(name: str) -> str:
         raise ProbekitError(f"{name!r} is not a valid analysis or node name (lowercase letters, digits, - and _, "
                             "starting with a letter)")
     return name
+
+
+def checksummed_compressors() -> tuple:
+    """zarr's default compressor followed by a crc32c checksum: a changed chunk fails to decode, loudly."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return (ZstdCodec(), Crc32cCodec())
+
+
+def is_probekit_store(root_metadata: bytes | None) -> bool:
+    """Whether a store root's ``zarr.json`` bytes are those of a probekit results store."""
+    try:
+        return STATUS_ATTR in json.loads(root_metadata or b"{}").get("attributes", {})
+    except (ValueError, AttributeError):
+        return False
+
+
+def _root_metadata(path: Path) -> bytes | None:
+    try:
+        return (path / "zarr.json").read_bytes()
+    except OSError:
+        return None
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace anything at ``path`` but a probekit results store."""
+    if path.is_dir() and is_probekit_store(_root_metadata(path)):
+        return
+    kind = "folder" if path.is_dir() else "file"
+    raise ProbekitError(f"{path} is a {kind} that is not a probekit results store; --overwrite replaces only a "
+                        "probekit store, so move it away or choose another --out")
 
 
 def _plain_strings(ds: xr.Dataset) -> xr.Dataset:
@@ -66,29 +108,54 @@ class StoreWriter:
         if self.path.exists() and not (overwrite or resume):
             raise ProbekitError(f"output store {self.path} already exists; pass --overwrite to replace it")
         self.replacing = self.path.exists() and not resume
-        self.manifests: dict[str, dict[str, int]] = {}
-        self.target = self.path.with_name(self.path.name + ".new") if self.replacing else self.path
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        if self.replacing:
+            check_replaceable(self.path)
+        self.manifests: dict[str, dict] = {}
+        self.run_id = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.target = self._sibling("new") if self.replacing else self.path
+        self.tmp = self._sibling("tmp")
+        self.lock: StoreLock | None = None
+        self.created = False  # whether this run made self.target (so discard may remove it)
+
+    def _sibling(self, kind: str) -> Path:
+        return self.path.with_name(f"{self.path.name}.{kind}-{self.run_id}")
+
+    def _stale_siblings(self) -> list[Path]:
+        """Staging folders that runs on this store left behind (killed or out of disk), never ours."""
+        pattern = re.compile(re.escape(self.path.name) + r"\.(new|tmp)-\d+-[0-9a-f]{8}")
+        ours = {self.target, self.tmp}
+        return [p for p in self.path.parent.glob(self.path.name + ".*")
+                if pattern.fullmatch(p.name) and p not in ours and p.is_dir()]
 
     def create(self, attrs: dict[str, Any]) -> None:
-        """Make the empty store, marked incomplete (and clear what a crashed run left)."""
-        for leftover in (self.target, self.tmp):
-            if leftover != self.path and leftover.exists():
-                shutil.rmtree(leftover)
+        """Take the store's lock and make the empty store, marked incomplete."""
+        self.lock = StoreLock(self.path)
+        if self.replacing:
+            check_replaceable(self.path)  # again, now that no other run can change it
+        elif self.path.exists():
+            self.release()
+            raise ProbekitError(f"output store {self.path} already exists; pass --overwrite to replace it")
         self.target.parent.mkdir(parents=True, exist_ok=True)
         try:
             group = zarr.open_group(str(self.target), mode="w-", zarr_format=3)
         except Exception as exc:
+            self.release()
             raise ProbekitError(f"cannot create output store {self.path}: {exc}") from exc
-        group.attrs.update({**attrs, STATUS_ATTR: "incomplete"})
+        self.created = True
+        group.attrs.update({**attrs, STATUS_ATTR: "incomplete", STAGING_ATTR: self.tmp.name})
 
     def reopen(self) -> None:
         """Continue writing an interrupted run's store (``--resume``) instead of creating one."""
+        self.lock = StoreLock(self.path)
         if not self.path.exists():
+            self.release()
             raise ProbekitError(f"{self.path} does not exist: there is no interrupted run to resume")
         status = store_status(self.path)
         if status != "incomplete":
+            self.release()
             raise ProbekitError(f"{self.path} is {status}: only an interrupted (incomplete) run can be resumed")
+        staging = str(zarr.open_group(str(self.path), mode="r").attrs.get(STAGING_ATTR, self.path.name + ".tmp"))
+        self.tmp = self.path.with_name(check_staging_name(staging, self.path.name))
 
     def staging(self, name: str) -> Path:
         """The folder where node ``name`` is assembled (per-sample arrays stream into it)."""
@@ -99,7 +166,9 @@ class StoreWriter:
         staging = self.staging(name)  # checks the name
         mode = "a" if staging.exists() else "w-"
         self.tmp.mkdir(exist_ok=True)
-        _plain_strings(ds).to_zarr(str(staging), mode=mode, consolidated=False, zarr_format=3)
+        ds = _plain_strings(ds)
+        encoding = {k: {"compressors": checksummed_compressors()} for k in ds.variables}
+        ds.to_zarr(str(staging), mode=mode, consolidated=False, zarr_format=3, encoding=encoding)
         final = self.target / name
         if final.exists():
             shutil.rmtree(final)
@@ -107,26 +176,51 @@ class StoreWriter:
         self.manifests[name] = manifest(final)
 
     def discard(self) -> None:
-        """Remove this run's unfinished store (never an older store being replaced)."""
-        for path in (self.target, self.tmp):
-            if path.exists():
+        """Remove this run's unfinished store and staging (never an older store being replaced), unlock."""
+        for path in (self.target if self.created else None, self.tmp):
+            if path is not None and path.exists():
                 shutil.rmtree(path)
+        self.release()
+
+    def drop_staging(self) -> None:
+        """After a failure writing (a full disk): free this run's staging and unfinished replacement, keep what
+        sits at the store's own path, unlock."""
+        for path in (self.tmp, self.target if self.replacing else None):
+            if path is not None and path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def finish(self, errors: dict[str, str], attrs: dict | None = None) -> None:
-        """Mark the store complete (or failed), add ``attrs`` to the root, consolidate, and swap it in."""
+        """Mark the store complete (or failed), add ``attrs`` to the root, consolidate, swap it in, unlock."""
         group = zarr.open_group(str(self.target), mode="r+")
         group.attrs.update({**(attrs or {}), STATUS_ATTR: "failed" if errors else "complete",
                             "errors": json.dumps(errors), MANIFESTS_ATTR: json.dumps(self.manifests)})
+        group.attrs.pop(STAGING_ATTR, None)
         with warnings.catch_warnings():  # zarr 3 warns that consolidation is not in its v3 spec yet
             warnings.simplefilter("ignore", UserWarning)
             zarr.consolidate_metadata(str(self.target))
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         if self.replacing:
-            old = self.path.with_name(self.path.name + ".old")
+            old = self._sibling("old")
             os.replace(self.path, old)
             os.replace(self.target, self.path)
             shutil.rmtree(old)
+        for stale in self._stale_siblings():
+            shutil.rmtree(stale, ignore_errors=True)
+        self.release()
+
+
+def check_staging_name(name: str, store_name: str) -> str:
+    """A staging folder name read from a store's attrs, checked to be a sibling of the store's own kind."""
+    if not re.fullmatch(re.escape(store_name) + r"\.tmp(-\d+-[0-9a-f]{8})?", name):
+        raise ProbekitError(f"the store names an invalid staging folder {name!r}; start the run again")
+    return name
 
 
 class RemoteStoreWriter(StoreWriter):
@@ -138,11 +232,17 @@ class RemoteStoreWriter(StoreWriter):
         self.replace_remote = exists(url)
         if self.replace_remote and not overwrite:
             raise ProbekitError(f"output store {url} already exists; pass --overwrite to replace it")
+        if self.replace_remote and not is_probekit_store(remote_root_metadata(url)):
+            raise ProbekitError(f"{url} is not a probekit results store; --overwrite replaces only a probekit "
+                                "store, so choose another --out")
         self.scratch = Path(tempfile.mkdtemp(prefix="probekit-store-"))
         super().__init__(self.scratch / name_of(url))
 
     def discard(self) -> None:
+        self.release()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+    drop_staging = discard
 
     def finish(self, errors: dict[str, str], attrs: dict | None = None) -> None:
         super().finish(errors, attrs)

@@ -46,6 +46,15 @@ def exists(location: str | Path) -> bool:
     return fs.exists(path)
 
 
+def remote_root_metadata(url: str) -> bytes | None:
+    """The bytes of a remote store's root ``zarr.json``, or None when it has none."""
+    fs, path = filesystem(url)
+    try:
+        return fs.cat_file(f"{path.rstrip('/')}/zarr.json")
+    except (FileNotFoundError, OSError):
+        return None
+
+
 def name_of(location: str | Path) -> str:
     """The store's own name: ``s3://b/runs/x.zarr`` -> ``x.zarr``."""
     return Path(urlparse(str(location)).path if is_url(location) else str(location)).name

@@ -156,7 +156,7 @@ def test_torchscript_model_pads_short_batches_and_matches_eager(cli, tmp_path, t
     torch.save(tiny_grouped, eager_path)
     torch.jit.script(tiny_grouped).save(str(script_path))
     stores = {}
-    for name, path, extra in (("eager", eager_path, ["--trust-pickle"]), ("script", script_path, [])):
+    for name, path, extra in (("eager", eager_path, ["--trust-pickle"]), ("script", script_path, ["--trust-code"])):
         stores[name] = tmp_path / f"{name}.zarr"
         code, _, err = cli("run", "--model", path, "--data", "random:3,8,8", "--limit", "10", "--batch-size", "4",
                            "--plugins", "activity", "--out", stores[name], "--quiet", *extra)
