@@ -15,7 +15,7 @@ def main(path: str) -> None:
     activity = tree["activity"]
     for layer in activity.layer.values:
         in_layer = activity.sel(branch=activity.branch_layer == layer)
-        silent = in_layer.branch.values[~in_layer.active.values]
+        silent = in_layer.branch.values[in_layer.active.values == 0]  # 1 active, 0 silent, NaN unknown
         print(f"{layer}: {int(in_layer.active.sum())} active, silent: {', '.join(silent) or 'none'}")
     if "covariance" in tree.children:
         corr = tree["covariance"].corr

@@ -15,6 +15,7 @@ import torch
 import xarray as xr
 
 from probekit import Analysis, Batch
+from probekit.activity_rule import active_flags, count_flags, describe_count, relative_norms
 from probekit.hookspecs import analysis_hooks
 from probekit.errors import ProbekitError
 from probekit.schema import branch_coords, class_coords, layer_coords, sample_coords
@@ -65,15 +66,14 @@ class Activity(Analysis):
         self.targets[start:start + len(values)] = values
 
     def _relative(self, sq: np.ndarray) -> np.ndarray:
-        """Norms relative to the largest branch of the same layer; ``sq``: ``[..., B]`` squared norms."""
+        """Norms relative to the largest branch of the same layer; ``sq``: ``[..., B]`` squared norms. NaN for
+        every branch of a layer with a NaN/Inf norm (see :mod:`probekit.activity_rule`)."""
         norm = np.sqrt(sq)
-        out = np.zeros_like(norm)
+        out = np.zeros_like(norm, dtype=np.float64)
         start = 0
         for layer in self.context.branchset.layers:
             stop = start + len(layer.branches)
-            peak = norm[..., start:stop].max(axis=-1, keepdims=True)
-            out[..., start:stop] = np.divide(norm[..., start:stop], peak, out=np.zeros_like(norm[..., start:stop]),
-                                             where=peak > 0)
+            out[..., start:stop] = relative_norms(norm[..., start:stop])
             start = stop
         return out
 
@@ -81,11 +81,10 @@ class Activity(Analysis):
         ctx = self.context
         total_sq = self.total_sq.cpu().numpy()
         relative = self._relative(total_sq)
-        active = relative >= self.options.threshold
+        active = active_flags(relative, self.options.threshold)
         layer_names = [layer.name for layer in ctx.branchset.layers]
         layer_of = np.array(ctx.branchset.layer_of_branch, dtype=object)
-        n_active = np.array([int(active[layer_of == name].sum()) for name in layer_names])
-        n_total = np.array([len(layer.branches) for layer in ctx.branchset.layers])
+        counts = np.array([count_flags(active[layer_of == name]) for name in layer_names]).reshape(-1, 2)
         ds = xr.Dataset(
             {
                 "norm": ("branch", np.sqrt(total_sq), {
@@ -95,9 +94,12 @@ class Activity(Analysis):
                     "long_name": "norm relative to the layer's largest branch", "units": "1"}),
                 "active": ("branch", active, {
                     "long_name": "active branch",
-                    "description": f"relative_norm >= {self.options.threshold} (paper Fig. 4 rule)"}),
-                "active_count": ("layer", n_active, {"long_name": "active branches", "units": "branches"}),
-                "silent_count": ("layer", n_total - n_active, {"long_name": "silent branches", "units": "branches"}),
+                    "description": f"1 when relative_norm >= {self.options.threshold} (paper Fig. 4 rule), 0 when "
+                                   "silent, NaN when unknown (a NaN/Inf norm in the layer)"}),
+                "active_count": ("layer", counts[:, 0], {"long_name": "active branches", "units": "branches",
+                                                         "description": "NaN when any flag is unknown"}),
+                "silent_count": ("layer", counts[:, 1], {"long_name": "silent branches", "units": "branches",
+                                                         "description": "NaN when any flag is unknown"}),
             },
             coords={**branch_coords(ctx), **layer_coords(ctx), **sample_coords(ctx, self.targets)},
             attrs={"threshold": self.options.threshold},
@@ -109,16 +111,16 @@ class Activity(Analysis):
             ds = ds.assign_coords(class_coords(ctx)).assign(
                 class_norm=(("cls", "branch"), np.sqrt(class_sq), {
                     "long_name": "branch response norm per class", "units": "output units"}),
-                class_active=(("cls", "branch"), self._relative(class_sq) >= self.options.threshold, {
+                class_active=(("cls", "branch"), active_flags(self._relative(class_sq), self.options.threshold), {
                     "long_name": "active branch per class",
-                    "description": "active within the class by the same relative rule"}),
+                    "description": "1/0/NaN: active, silent or unknown within the class by the same rule"}),
             )
         return ds
 
     def summary(self, ds: xr.Dataset) -> dict:
         return {
-            f"active/total in {layer}": f"{int(ds.active_count.sel(layer=layer))}/"
-            f"{int(ds.active_count.sel(layer=layer) + ds.silent_count.sel(layer=layer))}"
+            f"active/total in {layer}": describe_count(float(ds.active_count.sel(layer=layer)),
+                                                       int((ds.branch_layer == layer).sum()))
             for layer in ds.layer.values[:8]
         } | ({"layers": len(ds.layer)} if len(ds.layer) > 8 else {})
 

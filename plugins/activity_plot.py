@@ -27,11 +27,12 @@ def norm_bars(ds: xr.Dataset):
     norms, active = ds.norm.values, ds.active.values
     for index, (ax, layer) in enumerate(zip(axes, layers[:MAX_PANELS], strict=True)):
         order, names = _layer_order(ds, layer)
-        colors = np.where(active[order], ACTIVE_COLOR, SILENT_COLOR)
+        colors = np.where(active[order] == 1, ACTIVE_COLOR, SILENT_COLOR)
         ax.bar(np.arange(len(order)), norms[order], color=colors)
         ax.axhline(threshold * norms[order].max(), color="k", linestyle="--", linewidth=0.8,
                    label=f"{threshold:g} x largest")
-        ax.set_title(f"{layer}: {int(active[order].sum())}/{len(order)} active", fontsize=9)
+        known = np.isfinite(active[order]).all()
+        ax.set_title(f"{layer}: {int(active[order].sum()) if known else 'unknown'}/{len(order)} active", fontsize=9)
         ax.set_ylabel(axis_label(ds.norm), fontsize=8)
         branch_ticks(ax, "x", names)
         if index == 0:

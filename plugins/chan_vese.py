@@ -51,8 +51,8 @@ class ChanVeseOptions:
         if self.max_init < 1 or self.role_samples < 1 or self.iterations < 1 or not 0 < self.init_quantile < 1:
             raise ProbekitError("chan-vese: max_init, role_samples and iterations must be >= 1, "
                                 "init_quantile in (0, 1)")
-        if self.sigma < 0 or self.consistency <= 0:
-            raise ProbekitError("chan-vese: sigma must be >= 0 and consistency > 0")
+        if self.sigma < 0 or self.consistency <= 0 or self.mu < 0:
+            raise ProbekitError("chan-vese: sigma and mu must be >= 0 and consistency > 0")
 
     def settings(self) -> SegmentSettings:
         return SegmentSettings(self.init_quantile, self.sigma, self.mu, self.iterations)

@@ -17,6 +17,7 @@ import torch
 import xarray as xr
 
 from probekit import Analysis, Batch
+from probekit.activity_rule import active_flags, count_flags, describe_count, relative_norms
 from probekit.errors import ProbekitError
 from probekit.hookspecs import analysis_hooks
 from probekit.image_components import components, fidelity, image_layer, inputs_like, pixel_correlation
@@ -102,13 +103,14 @@ class Decomposition(Analysis):
         n = self.context.n_samples
         energy = self.energy.numpy()
         norm = np.sqrt(energy)
-        relative = norm / norm.max() if norm.max() > 0 else np.zeros_like(norm)
+        relative = relative_norms(norm)
         names = np.array(self.layer.branches, dtype=object)
         ds = xr.Dataset({
             "energy_share": ("branch", energy / energy.sum() if energy.sum() > 0 else energy, {
                 "long_name": "share of the summed component energy sum_n |v_k|^2", "units": "1"}),
-            "active": ("branch", relative >= self.options.threshold, {
-                "long_name": "active branch", "description": f"norm >= {self.options.threshold} x the largest"}),
+            "active": ("branch", active_flags(relative, self.options.threshold), {
+                "long_name": "active branch", "description": f"1 when norm >= {self.options.threshold} x the "
+                                                             "largest, 0 when not, NaN when unknown (NaN/Inf)"}),
             "correlation": (("branch", "branch_other"), self.corr.numpy() / n, {
                 "long_name": "correlation of two components over the pixels of an image, mean over samples",
                 "units": "1"}),
@@ -130,7 +132,7 @@ class Decomposition(Analysis):
         return ds
 
     def summary(self, ds: xr.Dataset) -> dict:
-        out = {"active branches": int(ds.active.sum()),
+        out = {"active branches": describe_count(count_flags(ds.active.values)[0], ds.sizes["branch"]),
                f"branches with >= {ds.attrs['energy_floor']:.0%} of the energy":
                    int((ds.energy_share >= ds.attrs["energy_floor"]).sum()),
                "mean |correlation| between components": round(float(ds.mean_abs_correlation), 4)}

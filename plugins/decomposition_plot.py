@@ -63,7 +63,7 @@ def energy(ds: xr.Dataset):
                                     f"{float(ds.mean_abs_correlation):.3f}", 2)
     names = [str(b) for b in ds.branch.values]
     left.bar(np.arange(len(names)), ds.energy_share.values,
-             color=["tab:blue" if a else "tab:gray" for a in ds.active.values])
+             color=["tab:blue" if a == 1 else "tab:gray" for a in ds.active.values])
     left.axhline(float(ds.attrs["energy_floor"]), color="black", linestyle="--", linewidth=0.8)
     left.set_ylabel("share of component energy [1]")
     branch_ticks(left, "x", names)

@@ -117,6 +117,11 @@ class Specialization(Analysis):
     def summary(self, ds: xr.Dataset) -> dict:
         index = ds.specialization.values
         profile = ds.alone_confidence.values if "alone_confidence" in ds else ds.class_score.values
+        broken = ~(np.isfinite(index) & np.isfinite(profile).all(1))
+        if broken.any():  # a NaN score is no evidence of specialization: claim nothing
+            return {"scores": ds.attrs["mode"],
+                    "most specialized branch": f"unknown (NaN/Inf scores in {int(broken.sum())} branches, e.g. "
+                                               f"{ds.branch.values[broken][0]})"}
         best = profile.argmax(1)
         top = int(np.argmax(index))
         return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,9 +138,12 @@ def _convert(text: str, kind: type, where: str):
             return text.lower() in _TRUE
         raise ProbekitError(f"{where} must be true or false, not {text!r}")
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise ProbekitError(f"{where} must be {kind.__name__}, not {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise ProbekitError(f"{where} must be a finite number, not {text!r}")
+    return value
 
 
 def parse_options(analysis: type[Analysis], pairs: dict[str, str]):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from .activity_rule import describe_count
 from .errors import ProbekitError
 
 ZOO_RECIPE = "cifar10-branched16"
@@ -83,7 +84,7 @@ def run_branch_count(config: BranchCountConfig, data_root: str, progress: bool =
         path, metrics = train_one(config, int(m), data_root, progress)
         activity = probe_activity(config, path)
         relative[i, :m] = activity.relative_norm.values
-        n_active[i] = int(activity.active.values.sum())
+        n_active[i] = activity.active.values.sum()  # NaN when any flag is unknown
         threshold = activity.attrs["threshold"]
         accuracy[i], seconds[i] = metrics["test_accuracy"], metrics["train_seconds"]
     return xr.Dataset(
@@ -91,10 +92,10 @@ def run_branch_count(config: BranchCountConfig, data_root: str, progress: bool =
             "relative_norm": (("n_branches", "branch"), relative,
                               {"long_name": "branch response norm relative to the largest", "units": "1",
                                "description": "NaN for branches past the model's M"}),
-            "n_active": ("n_branches", n_active.astype(np.int64),
+            "n_active": ("n_branches", n_active,
                          {"long_name": "active branches", "units": "branches",
                           "description": "relative_norm >= threshold (activity's rule)"}),
-            "n_silent": ("n_branches", (counts - n_active).astype(np.int64),
+            "n_silent": ("n_branches", counts - n_active,
                          {"long_name": "silent branches", "units": "branches"}),
             "test_accuracy": ("n_branches", accuracy,
                               {"long_name": "test accuracy after training (full CIFAR-10 test split)",
@@ -110,5 +111,5 @@ def run_branch_count(config: BranchCountConfig, data_root: str, progress: bool =
 
 def summary(ds: xr.Dataset) -> dict:
     """Per M: active, silent and test accuracy."""
-    return {f"M={int(m)}": f"active {int(ds.n_active.sel(n_branches=m))}, silent {int(ds.n_silent.sel(n_branches=m))},"
+    return {f"M={int(m)}": f"active {describe_count(float(ds.n_active.sel(n_branches=m)), int(m))},"
             f" test accuracy {float(ds.test_accuracy.sel(n_branches=m)):.3f}" for m in ds.n_branches.values}

@@ -11,7 +11,34 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .errors import ProbekitError
+from .errors import ProbekitError, escape
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (``probekit: error: ...``, exit 2) instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"probekit: error: {escape(message)} (see {self.prog} --help)\n")
+
+
+def bounded_int(low: int, high: int):
+    """An argparse type: an integer in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+BATCH = bounded_int(1, 1 << 20)
+COUNT = bounded_int(1, 1 << 40)
 
 
 def _parse_option(text: str) -> tuple[str, str, str]:
@@ -189,7 +216,7 @@ def _add_trust_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="probekit", description="Probe branched neural networks.")
+    parser = OneLineParser(prog="probekit", description="Probe branched neural networks.")
     parser.add_argument("--version", action="version", version=f"probekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -209,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="class a generator transfers every input to (e.g. male for celeba-branched9; "
                           "default: its first class)")
     run.add_argument("--branches", metavar="GLOB", help="name the branch modules by module path")
-    run.add_argument("--limit", type=int, help="probe only the first N samples")
-    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--limit", type=COUNT, help="probe only the first N samples")
+    run.add_argument("--batch-size", type=BATCH, default=64)
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run of the same command from its last checkpoint")
     run.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
@@ -240,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights")
     evaluate.add_argument("--arch")
     _add_trust_flags(evaluate)
-    evaluate.add_argument("--limit", type=int)
-    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--limit", type=COUNT)
+    evaluate.add_argument("--batch-size", type=BATCH, default=256)
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=cmd_evaluate)
@@ -329,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed import is_secondary_process
 
         if not is_secondary_process():  # in a torchrun launch, rank 0 speaks for all
-            print(f"probekit: error: {exc}", file=sys.stderr)
+            print(f"probekit: error: {escape(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("probekit: interrupted", file=sys.stderr)
@@ -338,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush quiet
         return 0
     except OSError as exc:  # disk full, file too large, permissions: one line, not a traceback
-        print(f"probekit: error: {exc}", file=sys.stderr)
+        print(f"probekit: error: {escape(exc)}", file=sys.stderr)
         return 1
 
 

@@ -57,8 +57,28 @@ class _Indexed(Dataset):
 
     def __getitem__(self, i: int):
         position = self.positions[i]
-        x, target = self.dataset[position]
+        try:
+            x, target = self.dataset[position]
+        except Exception as exc:  # a file that decodes badly past its header
+            text = str(exc).strip()
+            raise ProbekitError(f"sample {position} cannot be read: {type(exc).__name__}: "
+                                f"{text.splitlines()[0] if text else ''}") from None
         return position, x, target
+
+
+def batches(loader: DataLoader):
+    """Iterate ``loader``; an error raised in a worker process comes out as the one line it was raised with
+    (a DataLoader otherwise wraps it in the worker's whole traceback)."""
+    iterator = iter(loader)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except ProbekitError as exc:
+            raise ProbekitError(str(exc).rpartition(f"{ProbekitError.__module__}.ProbekitError: ")[2]
+                                .split("\\n")[0]) from None
+        yield item
 
 
 def parse_data_spec(spec: str) -> tuple[str, str]:

@@ -94,7 +94,28 @@ def image_folder(path: str, name: str) -> ProbeData:
     except (FileNotFoundError, RuntimeError) as exc:
         raise ProbekitError(f"{path} is not an ImageFolder tree (<class>/<image>): {exc}") from exc
     ids = [os.path.relpath(p, root) for p, _ in dataset.samples]
+    check_image_headers([p for p, _ in dataset.samples], ids)
     return ProbeData(name, dataset, ids, classes=list(dataset.classes), num_workers=min(2, os.cpu_count() or 1))
+
+
+def check_image_headers(paths: list[str], ids: list[str]) -> None:
+    """Read every image's header (about 30 us each): an unreadable file or one whose size differs from the
+    first image's is one error line naming the file, before any batch is made."""
+    from PIL import Image, UnidentifiedImageError
+
+    first = None
+    for path, sample_id in zip(paths, ids, strict=True):
+        try:
+            with Image.open(path) as image:
+                size = image.size
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise ProbekitError(f"image {sample_id} cannot be read: {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else 'empty or corrupt file'}") from None
+        if first is None:
+            first = (sample_id, size)
+        elif size != first[1]:
+            raise ProbekitError(f"image {sample_id} is {size[0]}x{size[1]} but {first[0]} is "
+                                f"{first[1][0]}x{first[1][1]}: a batch needs images of one size; resize them")
 
 
 def cifar10_data(argument: str) -> ProbeData:

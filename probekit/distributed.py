@@ -1,5 +1,12 @@
 """Data-parallel probing on ``torch.distributed`` (``probekit run --nproc N`` or ``torchrun -m probekit run``).
 
+``--nproc N`` starts N local processes itself (:func:`launch`): their
+rendezvous is a file in a private temporary folder (no TCP store listening on
+any interface), gloo's connections go over the loopback interface, and no
+process has the working directory on ``sys.path``, so a ``tqdm.py`` lying
+there is never imported. Multi-node runs use torchrun by hand (docs/results.md
+says what that trusts).
+
 Each rank probes a disjoint, contiguous shard of the samples and writes its
 rows of the per-sample arrays into the shared staging store. Afterwards
 rank 0 gathers every analysis's streaming state (``gather_object``, gloo on
@@ -12,15 +19,24 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 SHARD_ALIGN = 64  # shards start at multiples of this many samples
+RENDEZVOUS_ENV = "PROBEKIT_RENDEZVOUS"  # the rendezvous file of a --nproc launch
+# Run a module as __main__ without the working directory (python -c puts it first on sys.path).
+SAFE_PATH_BOOT = ("import sys; sys.path.pop(0); import runpy; "
+                  "runpy.run_module({!r}, run_name='__main__', alter_sys=True)")
 
 
 @dataclass(frozen=True)
@@ -43,7 +59,13 @@ def from_env(device: str) -> Ranks | None:
     if world <= 1:
         return None
     if not dist.is_initialized():
-        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo")
+        backend = "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
+        rendezvous = os.environ.get(RENDEZVOUS_ENV)
+        if rendezvous:  # a --nproc launch: a file store, no listening socket
+            dist.init_process_group(backend=backend, init_method=f"file://{rendezvous}",
+                                    rank=int(os.environ["RANK"]), world_size=world)
+        else:  # launched by torchrun (its env:// rendezvous)
+            dist.init_process_group(backend=backend)
     return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -89,10 +111,46 @@ def device_for(device: str, ranks: Ranks | None) -> str:
     return device
 
 
+def _loopback_interface() -> str:
+    """The name of the loopback network interface (``lo`` on Linux, ``lo0`` on macOS)."""
+    names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
+    return names[0] if names else "lo"
+
+
 def launch(nproc: int, argv: list[str]) -> int:
-    """Run ``probekit <argv>`` as ``nproc`` processes through torchrun (standalone rendezvous); its exit code."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "probekit", *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, torch.get_num_threads()
-                                                                                        // nproc)))}
-    return subprocess.call(command, env=env)
+    """Run ``probekit <argv>`` as ``nproc`` local processes; the first non-zero exit code, else 0.
+
+    When one process fails, the others are stopped. See the module docstring for what is (not) exposed."""
+    folder = Path(tempfile.mkdtemp(prefix="probekit-rendezvous-"))
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, torch.get_num_threads() // nproc)))
+    loopback = _loopback_interface()
+    command = [sys.executable, "-c", SAFE_PATH_BOOT.format("probekit"), *argv]
+    processes = []
+    try:
+        for rank in range(nproc):
+            env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+                   "LOCAL_WORLD_SIZE": str(nproc), RENDEZVOUS_ENV: str(folder / "store"),
+                   "OMP_NUM_THREADS": threads, "GLOO_SOCKET_IFNAME": loopback, "NCCL_SOCKET_IFNAME": loopback}
+            processes.append(subprocess.Popen(command, env=env))
+        return _wait_all(processes)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_all(processes: list[subprocess.Popen]) -> int:
+    """Wait for every process; on the first failure stop the rest and return its code."""
+    while True:
+        codes = [p.poll() for p in processes]
+        failed = [c for c in codes if c not in (None, 0)]
+        if failed:
+            for process in processes:
+                if process.poll() is None:
+                    process.terminate()
+            return failed[0]
+        if all(c == 0 for c in codes):
+            return 0
+        time.sleep(0.1)

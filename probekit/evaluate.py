@@ -12,8 +12,8 @@ from tqdm import tqdm
 from .branches import BranchSet, DiscoveryConfig, discover
 from .capture import capture
 from .classifier import classifier_layer
-from .data import load_data
-from .errors import ProbekitError
+from .data import batches, load_data
+from .errors import ProbekitError, escape
 from .loading import LoadOptions, load_model
 
 
@@ -39,7 +39,7 @@ class Evaluation:
                 lines.append(f"  {name:20s} {correct / self.n:.4f}")
         else:
             lines += ["", "per branch alone: n/a (no summed branches whose outputs are class scores)"]
-        return "\n".join(lines)
+        return "\n".join(escape(line) for line in lines)  # class names may come from the model file
 
 
 def classifier_branches(model) -> BranchSet | None:
@@ -66,7 +66,8 @@ def evaluate(model_spec: str, data_spec: str, load: LoadOptions | None = None, b
     class_total, class_correct = np.zeros(classes, np.int64), np.zeros(classes, np.int64)
     branch_correct = np.zeros(len(branchset) if branchset else 0, np.int64)
     with torch.no_grad(), capture(model, branchset) if branchset else nullcontext() as recorder:
-        for _, x, y in tqdm(data.loader(batch_size, limit), desc="evaluating", unit="batch", disable=not progress):
+        loader = data.loader(batch_size, limit)
+        for _, x, y in tqdm(batches(loader), total=len(loader), desc="evaluating", unit="batch", disable=not progress):
             x, y = x.to(device), y.to(device)
             try:
                 hit = model(x).argmax(1) == y

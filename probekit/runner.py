@@ -14,7 +14,7 @@ from . import distributed, run_checkpoint
 from .analysis import Batch, RunContext, options_json, parse_options
 from .branches import BranchSet, DiscoveryConfig, discover
 from .capture import capture
-from .data import ProbeData, load_data
+from .data import ProbeData, batches, load_data
 from .errors import ProbekitError
 from .graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_tapped
 from .loading import LoadedModel, LoadOptions, load_model
@@ -220,7 +220,7 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
     loaded = load_model(spec.model, spec.load)
     n_samples = data.count(spec.limit)
     shard = distributed.shard_of(n_samples, ranks) if ranks is not None else None
-    first_batch = next(iter(data.loader(spec.batch_size, spec.limit)))
+    first_batch = next(batches(data.loader(spec.batch_size, spec.limit)))
     module = loaded.module.to(device)
     _first_forward(module, first_batch[1].to(device), data, spec)
     if is_torchscript(module):
@@ -308,8 +308,9 @@ def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec, check
     ``spec.checkpoint_every`` batches."""
     needs_grad = any(a.needs_grad for a in run.analyses.values())
     with capture(module, run.branchset) as recorder, torch.set_grad_enabled(needs_grad):
-        for count, (index, x, target) in enumerate(tqdm(loader, desc="probing", unit="batch",
-                                                        disable=not spec.progress, file=sys.stderr), 1):
+        progress = tqdm(batches(loader), total=len(loader), desc="probing", unit="batch", disable=not spec.progress,
+                        file=sys.stderr)
+        for count, (index, x, target) in enumerate(progress, 1):
             x = x.to(device)
             outputs = _forward(module, x)
             batch = Batch(index, x, target.to(device) if run.data.has_targets else None, outputs,

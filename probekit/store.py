@@ -38,7 +38,7 @@ from typing import Any
 import xarray as xr
 import zarr
 
-from .errors import ProbekitError
+from .errors import ProbekitError, escape
 from .store_lock import StoreLock
 from .store_location import exists, is_url, local_path, name_of, remote_root_metadata, upload
 from .store_manifest import damage, manifest
@@ -337,5 +337,6 @@ def describe(tree: xr.DataTree) -> str:
             label = var.attrs.get("long_name", "")
             units = f" [{var.attrs['units']}]" if var.attrs.get("units") else ""
             lines.append(f"  - {var_name}{tuple(var.dims)}: {label}{units}")
-    return "\n".join(lines)
+    # every value above may come from a file someone else wrote: each line prints as one inert line
+    return "\n".join(("\n" if line.startswith("\n") else "") + escape(line.lstrip("\n")) for line in lines)
 
