@@ -55,7 +55,7 @@ def class_heatmaps(ds: xr.Dataset):
         peak = block.max(axis=1, keepdims=True)
         relative = np.divide(block, peak, out=np.zeros_like(block), where=peak > 0)
         image = ax.imshow(relative, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
-        rows, cols = np.nonzero(~class_active[:, order])
+        rows, cols = np.nonzero(class_active[:, order] == 0)
         ax.scatter(cols, rows, s=6, color="white", marker="o", linewidths=0)
         ax.set_title(layer, fontsize=9)
         ax.set_yticks(np.arange(len(class_names)), class_names, fontsize=7)

@@ -128,12 +128,10 @@ def _print_store(store: str, report: bool) -> None:
 
 
 def _check_report_target(store: str, overwrite: bool) -> None:
-    """Fail before the run, not after it, when ``--report`` would replace a folder unasked."""
-    from .report import default_report_dir
+    """Fail before the run, not after it, when ``--report`` could not write its folder."""
+    from .report import check_report_target, default_report_dir
 
-    folder = default_report_dir(store)
-    if folder.exists() and not overwrite:
-        raise ProbekitError(f"report folder {folder} already exists; pass --overwrite to replace it")
+    check_report_target(store, default_report_dir(store), overwrite)
 
 
 def cmd_report(args) -> int:

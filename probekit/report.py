@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import warnings
 from pathlib import Path
@@ -89,17 +90,37 @@ def _node_entry(name: str, node, out: Path) -> dict:
     }
 
 
-def write_report(store: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Write ``index.html`` and its PNGs into ``out`` (default ``<store>-report``); return the page's path."""
-    target = Path(out) if out else default_report_dir(store)
+REPORT_MARKER = "probekit-report.json"  # written into every report folder: only such a folder is replaced
+
+
+def check_report_target(store: str | Path, target: Path, overwrite: bool) -> Path:
+    """The report folder, resolved; refused when it holds the store or lies inside it, or when it exists and
+    is not a probekit report (without ``overwrite``, whenever it exists)."""
+    target = target.expanduser().resolve()
+    if not is_url(store):
+        source = local_path(store).expanduser().resolve()
+        if target == source or source.is_relative_to(target) or target.is_relative_to(source):
+            raise ProbekitError(f"report folder {target} would hold or sit inside the store {source}; choose "
+                                "another --out")
     if target.exists() and not overwrite:
         raise ProbekitError(f"report folder {target} already exists; pass --overwrite to replace it")
+    if target.exists() and not (target / REPORT_MARKER).is_file():
+        raise ProbekitError(f"{target} exists and is not a probekit report folder (no {REPORT_MARKER}); "
+                            "--overwrite replaces only a report probekit wrote, so choose another --out")
+    return target
+
+
+def write_report(store: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write ``index.html`` and its PNGs into ``out`` (default ``<store>-report``); return the page's path.
+
+    The page is built in a sibling folder and swapped in whole; ``overwrite`` replaces only a folder that
+    holds a probekit report (:data:`REPORT_MARKER`), and nothing outside ``out`` is touched."""
+    shown = Path(out) if out else default_report_dir(store)
+    target = check_report_target(store, shown, overwrite)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an incomplete store is reported as such on the page
         tree = open_results(store)
-    building = target.with_name(target.name + ".tmp")
-    if building.exists():
-        shutil.rmtree(building)
+    building = target.with_name(f"{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     building.mkdir(parents=True)
     try:
         nodes = [_node_entry(name, node, building) for name, node in tree.children.items()]
@@ -113,13 +134,18 @@ def write_report(store: str | Path, out: str | Path | None = None, overwrite: bo
             nodes=nodes,
         )
         (building / "index.html").write_text(page, encoding="utf-8")
+        (building / REPORT_MARKER).write_text(json.dumps({"store": str(store)}), encoding="utf-8")
     except BaseException:
         shutil.rmtree(building)
         raise
     if target.exists():
-        shutil.rmtree(target)
-    os.replace(building, target)
-    return target / "index.html"
+        old = target.with_name(f"{building.name}.old")
+        os.replace(target, old)
+        os.replace(building, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(building, target)
+    return shown / "index.html"
 
 
 def _template() -> jinja2.Template:

@@ -1,15 +1,19 @@
 """``probekit report``: a valid page whose every image is a PNG, for any store."""
 
+import json
 import re
 import shutil
 from html.parser import HTMLParser
 
 import html5lib
 import pytest
+import zarr
 from PIL import Image
 
 from probekit import hookimpl
 from probekit.plugins import manager
+from probekit.store import open_results
+from probekit.store_manifest import manifest
 from helpers import run_analyses
 
 
@@ -115,8 +119,14 @@ def test_report_reads_no_per_sample_array(cli, demo_store, tmp_path):
     store = tmp_path / "copy.zarr"
     shutil.copytree(demo_store, store)
     for chunk in (store / "activity" / "response_norm" / "c").rglob("*"):  # per-sample chunks made unreadable
-        if chunk.is_file():  # (same size, so the store's manifest still matches; any read would fail)
+        if chunk.is_file():  # (their crc32c codec fails any read)
             chunk.write_bytes(b"\0" * chunk.stat().st_size)
+    root = zarr.open_group(str(store), mode="r+")  # the manifest is told, so only a read can notice
+    root.attrs["manifests"] = json.dumps({"activity": manifest(store / "activity"),
+                                          **{k: v for k, v in json.loads(root.attrs["manifests"]).items()
+                                             if k != "activity"}})
+    with pytest.raises(Exception, match="checksum"):
+        open_results(store)["activity"].response_norm.load()
     code, _, err = cli("report", store)
     assert code == 0, err
     assert (tmp_path / "copy-report" / "activity-norms.png").is_file()
@@ -145,8 +155,13 @@ def test_existing_report_folder_needs_overwrite(cli, demo_store, tmp_path):
     (out / "keep.txt").write_text("mine")
     code, _, err = cli("report", demo_store, "--out", out)
     assert code == 2 and "already exists" in err and (out / "keep.txt").read_text() == "mine"
-    code, _, _ = cli("report", demo_store, "--out", out, "--overwrite")
-    assert code == 0 and not (out / "keep.txt").exists() and (out / "index.html").is_file()
+    code, _, err = cli("report", demo_store, "--out", out, "--overwrite")  # not a report probekit wrote
+    assert code == 2 and "not a probekit report folder" in err and (out / "keep.txt").read_text() == "mine"
+    ours = tmp_path / "ours"
+    assert cli("report", demo_store, "--out", ours)[0] == 0
+    (ours / "stale.png").write_bytes(b"old")
+    code, _, _ = cli("report", demo_store, "--out", ours, "--overwrite")
+    assert code == 0 and not (ours / "stale.png").exists() and (ours / "index.html").is_file()
 
 
 def test_run_with_report_writes_it_and_prints_its_path_last(cli, tmp_path):
