@@ -52,8 +52,10 @@ def conv_groups(module: nn.Module) -> int:
     """``groups`` of a conv module, also for graph-captured (torch.export) convs; 1 otherwise."""
     if isinstance(module, nn.modules.conv._ConvNd):
         return module.groups
+    if type(module).__name__ != "InterpreterModule":  # (a TorchScript submodule's .graph may raise)
+        return 1
     graph = getattr(module, "graph", None)
-    if graph is None or type(module).__name__ != "InterpreterModule":
+    if graph is None:
         return 1
     groups = [g for g in map(conv_node_groups, graph.nodes) if g]
     return groups[0] if len(groups) == 1 else 1

@@ -145,6 +145,7 @@ def test_a_full_disk_fails_clearly_and_keeps_what_was_written(cli, tmp_path, dig
         tree = open_results(out)  # the new store opens: the node that fit is intact, the other is named as failed
     assert tree.attrs["probekit_status"] == "failed" and "activity" in json.loads(tree.attrs["errors"])
     assert tree["covariance"].cov.shape == (8, 8)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("full.zarr.")] == []  # no staging left
 
 
 CRASHING_RUN = """
