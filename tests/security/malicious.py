@@ -96,7 +96,7 @@ def pickle_of_allowlisted_helper(folder: Path, marker: Path) -> Path:
 
     class Call:
         def __reduce__(self):
-            return (SampleArray, (marker, "x", ("sample",), (4,), "float32", {}))
+            return (SampleArray, (str(marker), "x", ("sample",), (4,), "float32", {}))
 
     path = folder / "helper.pt"
     torch.save({"model": Call()}, path)
