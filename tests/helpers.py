@@ -9,3 +9,17 @@ def run_analyses(tmp_path, model, data, plugins, **kwargs):
     out = tmp_path / f"{'-'.join(plugins)}-{len(list(tmp_path.iterdir()))}.zarr"
     execute(RunSpec(model=str(model), data=data, plugins=list(plugins), out=str(out), progress=False, **kwargs))
     return open_results(out)
+
+
+def assert_activity_set_aside(cli, store, covariance, problem: str = ""):
+    """``activity`` of ``store`` is named as damaged (``problem`` matched in the warning) and left out by
+    ``open_results`` and ``show``, while ``covariance`` still reads as ``covariance``."""
+    import numpy as np
+    import pytest
+
+    with pytest.warns(UserWarning, match=f"node 'activity' is damaged and left out{problem}"):
+        tree = open_results(store)
+    assert "activity" not in tree.children
+    np.testing.assert_array_equal(tree["covariance"].cov.values, covariance)
+    code, stdout, _ = cli("show", store)
+    assert code == 0 and "DAMAGED activity:" in stdout and "[covariance]" in stdout

@@ -19,6 +19,9 @@ from probekit.hookspecs import hookimpl
 from probekit.plugins import analyses, manager
 from probekit.store import StoreWriter
 
+from helpers import assert_activity_set_aside
+from plugin_scripts import plugin_script
+
 
 class SqrtBranch(nn.Module):
     """``sqrt`` of the first input feature: NaN for the samples where it is negative."""
@@ -106,12 +109,7 @@ def test_a_damaged_node_is_named_and_the_others_stay_readable(cli, digits_store,
         (node / "response_norm" / "c" / "0" / "0").unlink()
     else:
         shutil.rmtree(node)
-    with pytest.warns(UserWarning, match="node 'activity' is damaged and left out"):
-        tree = open_results(digits_store)
-    assert "activity" not in tree.children
-    np.testing.assert_array_equal(tree["covariance"].cov.values, expected)
-    code, stdout, _ = cli("show", digits_store)
-    assert code == 0 and "DAMAGED activity:" in stdout and "[covariance]" in stdout
+    assert_activity_set_aside(cli, digits_store, expected)
 
 
 def test_a_truncated_root_is_one_clear_error(cli, digits_store):
@@ -148,14 +146,7 @@ def test_a_full_disk_fails_clearly_and_keeps_what_was_written(cli, tmp_path, dig
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("full.zarr.")] == []  # no staging left
 
 
-CRASHING_RUN = """
-import os, signal, sys
-import xarray as xr
-from probekit import Analysis
-from probekit.hookspecs import hookimpl
-from probekit.plugins import manager
-
-
+CRASHING_RUN = plugin_script("""
 class Crash(Analysis):
     name = "crash"
     merge_rules = {}
@@ -166,18 +157,7 @@ class Crash(Analysis):
 
     def finalize(self):
         return xr.Dataset()
-
-
-class Plugin:
-    @hookimpl
-    def probekit_register_analyses(register):
-        register(Crash)
-
-
-manager().register(Plugin, name="crash")
-from probekit.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+""", "Crash")
 RESUMABLE = ["activity", "covariance", "specialization", "intra-class"]
 
 

@@ -17,6 +17,8 @@ import zarr
 from PIL import Image
 from torch import nn
 
+from helpers import assert_activity_set_aside
+from plugin_scripts import plugin_script
 from probekit import SummedBranches, open_results
 
 PROBEKIT = [str(Path(sys.executable).with_name("probekit"))]  # the console script, as users run it
@@ -105,15 +107,7 @@ def test_report_never_deletes_outside_its_own_folder(cli, small_store, tmp_path)
     assert sibling.read_text() == "keep me" and open_results(small_store)["covariance"].cov.shape == (8, 8)
 
 
-STATELESS_RUN = """
-import os, signal, sys
-import numpy as np
-import xarray as xr
-from probekit import Analysis
-from probekit.hookspecs import hookimpl
-from probekit.plugins import manager
-
-
+STATELESS_RUN = plugin_script("""
 class Counter(Analysis):
     name = "counter"  # keeps merge_rules = None, the base-class default: its state cannot be checkpointed
 
@@ -128,18 +122,7 @@ class Counter(Analysis):
 
     def finalize(self):
         return xr.Dataset({"seen": ((), self.seen)})
-
-
-class Plugin:
-    @hookimpl
-    def probekit_register_analyses(register):
-        register(Counter)
-
-
-manager().register(Plugin, name="counter")
-from probekit.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+""", "Counter")
 
 
 def test_resume_refuses_an_analysis_that_cannot_checkpoint(tmp_path):
@@ -177,12 +160,7 @@ def test_same_size_corruption_is_named_and_the_other_nodes_stay_readable(cli, sm
         flip_one_bit(chunk, 5)
     else:
         chunk.write_bytes(os.urandom(chunk.stat().st_size))
-    with pytest.warns(UserWarning, match="node 'activity' is damaged and left out: .*fail their checksum"):
-        tree = open_results(small_store)
-    assert "activity" not in tree.children
-    np.testing.assert_array_equal(tree["covariance"].cov.values, expected)
-    code, stdout, _ = cli("show", small_store)
-    assert code == 0 and "DAMAGED activity:" in stdout and "[covariance]" in stdout
+    assert_activity_set_aside(cli, small_store, expected, ": .*fail their checksum")
     code, _, err = cli("report", small_store, "--out", tmp_path / "rep")
     page = (tmp_path / "rep" / "index.html").read_text()
     assert code == 0 and "damaged, left out" in page and "covariance" in page, err
@@ -298,14 +276,7 @@ def test_show_escapes_what_a_store_says(cli, small_store):
     assert code == 0 and "\x1b" not in stdout and "\\x1b[2J" in stdout
 
 
-LISTENERS = r"""
-import os, sys, time
-import xarray as xr
-from probekit import Analysis
-from probekit.hookspecs import hookimpl
-from probekit.plugins import manager
-
-
+LISTENERS = plugin_script(r"""
 def listening_sockets():
     '''(local address, port) of this process's listening TCP sockets.'''
     inodes = set()
@@ -343,16 +314,7 @@ class Sockets(Analysis):
 
     def finalize(self):
         return xr.Dataset({"found": ((), self.found)})
-
-
-class Plugin:
-    @hookimpl
-    def probekit_register_analyses(register):
-        register(Sockets)
-
-
-manager().register(Plugin, name="sockets")
-"""
+""", "Sockets", run_cli=False)
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux's /proc")
