@@ -1,6 +1,6 @@
 """Python programs that register one analysis with probekit, for tests that run probekit in a child process."""
 
-HEADER = """import os, signal, sys, time
+HEADER = """import json, os, signal, sys, time
 import numpy as np
 import xarray as xr
 from probekit import Analysis

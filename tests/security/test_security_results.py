@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -298,50 +299,60 @@ def listening_sockets():
 
 class Sockets(Analysis):
     name = "sockets"
-    merge_rules = {"found": "sum"}
+    merge_rules = {}
 
     def __init__(self, context, options):
         super().__init__(context, options)
-        self.found = 0
-        self.seen = False
+        self.logged = False
 
     def update(self, batch):
-        if not self.seen:
-            self.seen = True
-            addresses = listening_sockets()
+        if not self.logged:  # mid-run: the process group is up
+            self.logged = True
             with open(os.environ['SOCKETS_LOG'], 'a') as log:
-                log.write(f"{os.environ.get('RANK')} {addresses}\n")
+                log.write(os.environ.get('RANK') + ' ' + json.dumps(listening_sockets()) + chr(10))
 
     def finalize(self):
-        return xr.Dataset({"found": ((), self.found)})
+        return xr.Dataset()
 """, "Sockets", run_cli=False)
 
 
-@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux's /proc")
-def test_nproc_keeps_the_working_folder_off_sys_path_and_listens_only_on_loopback(tmp_path):
-    """A ``tqdm.py`` in the working folder ran in the launcher and in every rank, and torchrun's store listened
-    on all interfaces. Mutations: launching with ``-m probekit`` (cwd on ``sys.path``) -> the marker appears;
-    dropping ``GLOO_SOCKET_IFNAME`` -> gloo listens on a non-loopback address (where the machine has one)."""
-    work = tmp_path / "work"
-    work.mkdir()
+NPROC_RUN = ["run", "--nproc", "2", "--model", "digits-branched8", "--data", "digits:test", "--limit", "256",
+             "--batch-size", "32", "--quiet"]
+
+
+def test_nproc_keeps_the_working_folder_off_sys_path(tmp_path):
+    """A ``tqdm.py`` in the working folder ran in the launcher and in every rank. Mutation: launching the ranks
+    with ``python -m probekit`` (the working folder first on ``sys.path``) -> the marker appears and this test
+    fails."""
     marker = tmp_path / "tqdm-ran"
-    (work / "tqdm.py").write_text(f"open({str(marker)!r}, 'a').write('x')\nraise ImportError('planted')\n")
-    plugin_dir = tmp_path / "site"
-    plugin_dir.mkdir()
-    (plugin_dir / "sitecustomize.py").write_text(LISTENERS)  # registers the socket-reading analysis in every rank
-    log = tmp_path / "sockets.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(plugin_dir), os.environ.get("PYTHONPATH")])),
-           "SOCKETS_LOG": str(log), "OMP_NUM_THREADS": "1"}
-    result = probekit("run", "--nproc", "2", "--model", "digits-branched8", "--data", "digits:test", "--limit",
-                      "256", "--batch-size", "32", "--plugins", "activity,sockets", "--out", tmp_path / "d.zarr",
-                      "--quiet", cwd=work, env=env)
+    (tmp_path / "tqdm.py").write_text(f"open({str(marker)!r}, 'a').write('x')\nraise ImportError('planted')\n")
+    result = probekit(*NPROC_RUN, "--plugins", "activity", "--out", tmp_path / "d.zarr", cwd=tmp_path,
+                      env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert not marker.exists()
+
+
+def is_loopback(hex_address: str) -> bool:
+    """Whether an address as /proc/net/tcp{,6} writes it (``0100007F:1F90``) is 127.0.0.1 or ::1 (v4 or v6)."""
+    host = hex_address.split(":")[0]
+    return host.endswith("0100007F") or host in ("0" * 31 + "1", "0" * 24 + "01000000")
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux's /proc")
+def test_nproc_listens_only_on_loopback(tmp_path):
+    """torchrun's store listened on all interfaces. Each rank lists its own listening TCP sockets mid-run.
+    Mutation: dropping ``GLOO_SOCKET_IFNAME`` -> gloo listens on the machine's network address and this test
+    fails (on a machine that has one besides loopback)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(LISTENERS)  # registers the socket-listing analysis in every rank
+    log = tmp_path / "sockets.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+           "SOCKETS_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    result = probekit(*NPROC_RUN, "--plugins", "activity,sockets", "--out", tmp_path / "d.zarr", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
     lines = log.read_text().splitlines()
     assert sorted(line.split()[0] for line in lines) == ["0", "1"]
     for line in lines:
-        for address in eval(line.split(" ", 1)[1]):  # noqa: S307 - our own log: a list of hex addresses
-            host = address.split(":")[0]
-            loopback = host in ("0100007F",) or host.endswith("0100007F") or host == "0" * 31 + "1" or \
-                host == "00000000000000000000000001000000"
-            assert loopback, f"rank listens on {address}"
+        addresses = json.loads(line.split(" ", 1)[1])
+        assert addresses and all(is_loopback(a) for a in addresses), line
