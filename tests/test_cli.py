@@ -126,8 +126,9 @@ def test_overwrite_replaces_only_when_the_new_run_is_complete(cli, tmp_path):
 
 
 def test_a_killed_run_keeps_earlier_stores_and_leaves_its_own_readable(cli, tmp_path):
-    """Mutation: ``create`` writing the root attrs after the first node (so a killed run leaves no readable
-    root) -> opening the killed store fails and this test fails; it no longer skips when the store is absent."""
+    """The killed store must exist (the test no longer skips its checks when it is absent). Mutation: ``create``
+    not marking the new store ``incomplete`` -> the killed store opens without its warning and this test
+    fails."""
     earlier = tmp_path / "earlier.zarr"
     cli("run", "--model", "digits-branched8", "--data", "digits", "--plugins", "activity", "--out", earlier,
         "--quiet")

@@ -129,7 +129,9 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_a_full_disk_fails_clearly_and_keeps_what_was_written(cli, tmp_path, digits_store):
-    """The disk "fills" (every file is capped at 3 KB) while the run writes its store."""
+    """The disk "fills" (every file is capped at 3 KB) while the run writes its store. Mutation: the runner not
+    calling ``drop_staging`` on an ``OSError`` -> the staging folder stays (the disk stays full) and this test
+    fails."""
     out = tmp_path / "full.zarr"
     result = subprocess.run([sys.executable, "-c", FILE_LIMIT_RUN.format(limit=3000), "run", "--model",
                              "digits-branched8", "--data", "digits:test", "--plugins", "covariance,activity",

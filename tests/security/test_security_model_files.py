@@ -78,8 +78,8 @@ def test_hostile_file_is_refused_and_runs_nothing(cli, tmp_path, kind, command):
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_allowlisted_package_helper_is_refused(cli, tmp_path, command):
     """``probekit.sample_arrays.SampleArray`` creates files; it was allowed because every ``probekit.*`` class
-    was. Mutation: ``MODEL_MODULES`` plus ``probekit.sample_arrays`` -> the marker folder is created and this
-    test fails."""
+    was. Mutation: ``allowed`` back to the old rule (any class under ``probekit.*``, found by importing its
+    module) -> the pickle loads, the marker folder is created and this test fails."""
     marker = tmp_path / "made-by-pickle"
     path = malicious.pickle_of_allowlisted_helper(tmp_path, marker)
     code, _, err = invoke(cli, command, path, tmp_path)
@@ -90,8 +90,8 @@ def test_allowlisted_package_helper_is_refused(cli, tmp_path, command):
 
 def test_cli_module_global_is_refused_without_importing_it(tmp_path):
     """The old check imported every module a ``probekit.*`` name pointed to, so ``probekit.__main__`` ran the
-    CLI. Mutation: ``allowed`` importing the named module (the old ``_resolve``) -> ``probekit.__main__`` is in
-    ``sys.modules`` and the CLI prints its usage: this test fails."""
+    CLI. Mutation: the same old rule in ``allowed`` -> importing ``probekit.__main__`` runs the CLI, which exits
+    with its usage, and this test fails."""
     path = malicious.pickle_of_cli_module(tmp_path)
     code = ("import sys\nfrom probekit.cli import main\nrc = main(['evaluate', '--model', sys.argv[1], '--data', "
             "'digits:test', '--quiet'])\nprint('main imported' if 'probekit.__main__' in sys.modules else 'clean')\n"

@@ -278,12 +278,12 @@ def test_show_escapes_what_a_store_says(cli, small_store):
 
 
 LISTENERS = plugin_script(r"""
-def listening_sockets():
-    '''(local address, port) of this process's listening TCP sockets.'''
+def listening_sockets(pid):
+    '''(local address, port) of the listening TCP sockets a process holds, from /proc.'''
     inodes = set()
-    for fd in os.listdir('/proc/self/fd'):
+    for fd in os.listdir(f'/proc/{pid}/fd'):
         try:
-            target = os.readlink(f'/proc/self/fd/{fd}')
+            target = os.readlink(f'/proc/{pid}/fd/{fd}')
         except OSError:
             continue
         if target.startswith('socket:['):
@@ -309,7 +309,8 @@ class Sockets(Analysis):
         if not self.logged:  # mid-run: the process group is up
             self.logged = True
             with open(os.environ['SOCKETS_LOG'], 'a') as log:
-                log.write(os.environ.get('RANK') + ' ' + json.dumps(listening_sockets()) + chr(10))
+                mine = listening_sockets(os.getpid()) + listening_sockets(os.getppid())  # the rank and its launcher
+                log.write(os.environ.get('RANK') + ' ' + json.dumps(mine) + chr(10))
 
     def finalize(self):
         return xr.Dataset()
@@ -340,9 +341,10 @@ def is_loopback(hex_address: str) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux's /proc")
 def test_nproc_listens_only_on_loopback(tmp_path):
-    """torchrun's store listened on all interfaces. Each rank lists its own listening TCP sockets mid-run.
-    Mutation: dropping ``GLOO_SOCKET_IFNAME`` -> gloo listens on the machine's network address and this test
-    fails (on a machine that has one besides loopback)."""
+    """torchrun's store listened on all interfaces. Each rank lists the listening TCP sockets of itself and of
+    the process that launched it, mid-run. Mutation: the old torchrun launcher (``distributed.py`` of 93fcbba)
+    -> its rendezvous store listens on all interfaces and this test fails. (Dropping ``GLOO_SOCKET_IFNAME``
+    fails it only where the host name resolves to a non-loopback address; here it resolves to 127.0.0.1.)"""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(LISTENERS)  # registers the socket-listing analysis in every rank
