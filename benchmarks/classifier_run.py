@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from probekit.data import load_data
-from probekit.loading import load_model
-from probekit.runner import RunSpec, execute
+from probekit.run.data import load_data
+from probekit.models.loading import load_model
+from probekit.run.runner import RunSpec, execute
 
 PLUGINS = ["activity", "covariance", "specialization", "intra-class"]
 

@@ -2,7 +2,7 @@
 
 Naive: one ``torch.autograd.grad`` of one gradient element per row through
 the whole model; timed on ``--naive-rows`` evenly spaced rows and extrapolated
-to all rows (the output says so). Summed: :func:`probekit.branch_hessian.summed_hessian`
+to all rows (the output says so). Summed: :func:`probekit_plugins.hessian.exact.summed_hessian`
 for all rows; ``--within auto`` (the plugin's default) skips each branch's
 second-order term R_k when random HVP probes show it is identically zero (true
 for the first layer of ReLU branches), ``--within full`` computes every R_k row
@@ -20,12 +20,12 @@ import time
 
 import torch
 
-from probekit.branch_hessian import WITHIN, MemoryPlan, gib, naive_hessian, parse_bytes, summed_hessian
-from probekit.branches import DiscoveryConfig, discover
-from probekit.data import load_data
-from probekit.loading import load_model
-from probekit.losses import resolve_loss, summed_loss
-from probekit.param_selection import select_params
+from probekit_plugins.hessian.exact import WITHIN, MemoryPlan, gib, naive_hessian, parse_bytes, summed_hessian
+from probekit.models.branches import DiscoveryConfig, discover
+from probekit.run.data import load_data
+from probekit.models.loading import load_model
+from probekit.models.losses import resolve_loss, summed_loss
+from probekit_plugins.hessian.params import select_params
 
 
 def main() -> None:

@@ -22,10 +22,10 @@ from sklearn.cluster import HDBSCAN, KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch import nn
 
-from probekit.branched import SummedBranches
-from probekit.branches import DiscoveryConfig, discover
-from probekit.cluster_scores import UmapSettings, umap_embedding
-from probekit.kernel_sets import collect_kernels, normalise
+from probekit.models.branched import SummedBranches
+from probekit.models.branches import DiscoveryConfig, discover
+from probekit_plugins.kernels.cluster_scores import UmapSettings, umap_embedding
+from probekit_plugins.kernels.kernel_sets import collect_kernels, normalise
 from probekit_plugins.kernels import KernelsOptions, score_layer
 
 BRANCHES = 16

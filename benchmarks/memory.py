@@ -24,8 +24,8 @@ LIMITS = (1_000, 10_000)
 
 BARE = """
 import sys, torch
-from probekit.data import load_data
-from probekit.loading import load_model
+from probekit.run.data import load_data
+from probekit.models.loading import load_model
 model = load_model(sys.argv[1]).module
 with torch.no_grad():
     for _, x, _ in load_data(sys.argv[2]).loader(64, int(sys.argv[3])):

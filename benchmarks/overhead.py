@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 import torchvision
 
-from probekit.analysis import Batch, RunContext
-from probekit.branches import DiscoveryConfig, discover
-from probekit.capture import capture
-from probekit.data import load_data
+from probekit.run.analysis import Batch, RunContext
+from probekit.models.branches import DiscoveryConfig, discover
+from probekit.run.capture import capture
+from probekit.run.data import load_data
 from probekit.plugins import analyses
-from probekit.zoo import load_zoo_model
+from probekit.zoo.registry import load_zoo_model
 
 
 def batches(spec: str, n: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

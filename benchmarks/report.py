@@ -22,7 +22,8 @@ CASES = [
     ("torchvision:resnext50_32x4d", "random:3,32,32", "ResNeXt-50 (512 branches)"),
 ]
 LIMITS = (1_000, 10_000)
-REPORT = "import sys; from probekit.report import write_report; write_report(sys.argv[1], sys.argv[2], overwrite=True)"
+REPORT = ("import sys; from probekit.report.html import write_report; "
+          "write_report(sys.argv[1], sys.argv[2], overwrite=True)")
 LOAD_ALL = "import sys, xarray as xr; xr.open_datatree(sys.argv[1], engine='zarr').load()"
 
 

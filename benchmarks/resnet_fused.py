@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from probekit.resnet import FusedBranchedResNet18, branched_resnet18, clamped_softmax_loss
+from fused_resnet import FusedBranchedResNet18
+from probekit.zoo.resnet import branched_resnet18, clamped_softmax_loss
 
 
 def step_seconds(model, x, y, repeats: int) -> float:

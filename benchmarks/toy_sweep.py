@@ -2,7 +2,7 @@
 
 Plain way: for each (M, trial), an ``nn.Module`` of M LeakyReLU perceptron
 branches trained with autograd and ``torch.optim.SGD``, the loop every toy
-script writes. Batched: ``probekit.toy_sweep.train`` on all networks at once.
+script writes. Batched: ``probekit.zoo.toy_sweep.train`` on all networks at once.
 Both train the same networks from the same initial parameters for the same
 steps; we print seconds per network and the speedup (target: at least 100x).
 
@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from probekit.architectures import branched_perceptron
-from probekit.datasets import TOY_POINTS
-from probekit.toy_sweep import FlatNetworks, SweepConfig, initial_parameters, run_sweep, train
+from probekit.zoo.architectures import branched_perceptron
+from probekit.run.datasets import TOY_POINTS
+from probekit.zoo.toy_sweep import FlatNetworks, SweepConfig, initial_parameters, run_sweep, train
 
 SUBSET = (2, 10, 30)
 

@@ -8,7 +8,7 @@ and prints a markdown table of success rate and mean active branches per M.
 
 from __future__ import annotations
 
-from probekit.toy_sweep import SweepConfig, run_sweep
+from probekit.zoo.toy_sweep import SweepConfig, run_sweep
 
 COUNTS = (2, 5, 10, 20, 30)
 SETTINGS = [  # (lr, steps, init); the first is the default

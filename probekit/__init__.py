@@ -9,14 +9,16 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "Analysis": "probekit.analysis",
-    "Batch": "probekit.analysis",
-    "RunContext": "probekit.analysis",
-    "SummedBranches": "probekit.branched",
-    "mark_branches": "probekit.branched",
+    "Analysis": "probekit.run.analysis",
+    "Batch": "probekit.run.analysis",
+    "RunContext": "probekit.run.analysis",
+    "SummedBranches": "probekit.models.branched",
+    "mark_branches": "probekit.models.branched",
     "ProbekitError": "probekit.errors",
     "hookimpl": "probekit.hookspecs",
-    "open_results": "probekit.store",
+    "open_results": "probekit.store.results",
+    "load_model": "probekit.models.loading",
+    "LoadOptions": "probekit.models.loading",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -10,8 +10,8 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__
-from .errors import ProbekitError, escape
+from probekit import __version__
+from probekit.errors import ProbekitError, escape
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -58,8 +58,8 @@ def default_store(model: str, now: datetime | None = None) -> str:
 
 
 def cmd_run(args) -> int:
-    from .loading import LoadOptions
-    from .runner import RunSpec, execute
+    from probekit.models.loading import LoadOptions
+    from probekit.run.runner import RunSpec, execute
 
     if args.out is None:
         if args.resume:
@@ -82,21 +82,21 @@ def cmd_run(args) -> int:
         checkpoint_every=args.checkpoint_every,
     )
     if args.report:
-        _check_report_target(args.out, args.overwrite)
+        check_report_target_of(args.out, args.overwrite)
     if args.nproc < 1:
         raise ProbekitError("--nproc must be at least 1")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from .distributed import launch
-        from .runner import check_launch
+        from probekit.run.distributed import launch
+        from probekit.run.runner import check_launch
 
         check_launch(spec)
         return launch(args.nproc, _without_nproc(args.argv))
     run = execute(spec)
-    from .distributed import is_secondary_process
+    from probekit.run.distributed import is_secondary_process
 
     if is_secondary_process():
         return 0  # rank 0 reports
-    _print_store(args.out, args.report)
+    print_store(args.out, args.report)
     for name, message in run.errors.items():
         print(f"probekit: error: analysis {name} failed: {message}", file=sys.stderr)
     return 1 if run.errors else 0
@@ -115,34 +115,34 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def _print_store(store: str, report: bool) -> None:
+def print_store(store: str, report: bool) -> None:
     """Summarise a freshly written store; write its report when asked (the path is printed last)."""
-    from .store import describe, open_results
+    from probekit.store.results import describe, open_results
 
     print(describe(open_results(store)))
     print(f"\nwrote {store}")
     if report:
-        from .report import write_report
+        from probekit.report.html import write_report
 
         print(f"report: {write_report(store, overwrite=True)}")
 
 
-def _check_report_target(store: str, overwrite: bool) -> None:
+def check_report_target_of(store: str, overwrite: bool) -> None:
     """Fail before the run, not after it, when ``--report`` could not write its folder."""
-    from .report import check_report_target, default_report_dir
+    from probekit.report.html import check_report_target, default_report_dir
 
     check_report_target(store, default_report_dir(store), overwrite)
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from probekit.report.html import write_report
 
     print(f"report: {write_report(args.store, args.out, overwrite=args.overwrite)}")
     return 0
 
 
 def cmd_show(args) -> int:
-    from .store import describe, open_results
+    from probekit.store.results import describe, open_results
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -151,18 +151,9 @@ def cmd_show(args) -> int:
     return 0
 
 
-def cmd_experiment(args) -> int:
-    from . import experiments
-
-    if args.report:
-        _check_report_target(args.out, args.overwrite)
-    _print_store(getattr(experiments, args.experiment.replace("-", "_"))(args), args.report)
-    return 0
-
-
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
-    from .loading import LoadOptions
+    from probekit.run.evaluate import evaluate
+    from probekit.models.loading import LoadOptions
 
     result = evaluate(args.model, args.data, LoadOptions(weights=args.weights, arch=args.arch,
                                                          trust_pickle=args.trust_pickle, trust_code=args.trust_code),
@@ -172,7 +163,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from .plugins import analyses, plugin_infos
+    from probekit.plugins import analyses, plugin_infos
 
     by_plugin: dict[str, list[str]] = {}
     for name, (_, plugin) in analyses().items():
@@ -180,26 +171,6 @@ def cmd_plugins(args) -> int:
     for info in plugin_infos():
         provided = f"  analyses: {', '.join(sorted(by_plugin[info.name]))}" if info.name in by_plugin else ""
         print(f"{info.name} {info.version}{provided}\n  hooks: {', '.join(info.hooks)}")
-    return 0
-
-
-def cmd_models(args) -> int:
-    from .zoo import ZOO
-
-    for name, entry in sorted(ZOO.items()):
-        missing = "" if entry.weights_path(name).is_file() else f"  [weights not bundled: probekit train {name}]"
-        print(f"{name:20s} {entry.description} (data: {entry.data}){missing}")
-    return 0
-
-
-def cmd_train(args) -> int:
-    from .training import TrainOptions, train_recipe
-
-    options = TrainOptions(branches=args.branches, seed=args.seed, data_root=args.data_root, epochs=args.epochs,
-                           resume=args.resume, checkpoint_dir=args.checkpoint_dir, scheme=args.scheme,
-                           iterations=args.iterations, max_lr=args.max_lr, init_from=args.init_from,
-                           progress=not args.quiet)
-    train_recipe(args.recipe, out=args.out, overwrite=args.overwrite, options=options)
     return 0
 
 
@@ -271,76 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    experiment = sub.add_parser("experiment", help="run a built-in experiment that trains its own models")
-    experiments = experiment.add_subparsers(dest="experiment", required=True)
-    sweep = experiments.add_parser("toy-sweep", help="the paper's toy experiments (section 4.1, Figs. 2-4)")
-    sweep.add_argument("--task", default="toy1", help="toy1 or toy2")
-    sweep.add_argument("--branches", default="2:30", help="branch counts M: 2:30 (inclusive) or 2,4,8")
-    sweep.add_argument("--trials", type=int, default=1000, help="networks per M, each from its own random init")
-    sweep.add_argument("--steps", type=int, default=5000, help="full-batch gradient-descent steps")
-    sweep.add_argument("--lr", type=float, default=0.02, help="learning rate")
-    sweep.add_argument("--init", default="uniform:1", help="uniform:A (w, b ~ U(-A, A)) or normal:S")
-    sweep.add_argument("--seed", type=int, default=0)
-    sweep.add_argument("--dtype", default="float32", help="float32 or float64")
-    sweep.add_argument("--record-dynamics", type=int, default=0, metavar="K",
-                       help="store the training trajectories of the first K trials of each M")
-    sweep.add_argument("--dynamics-every", type=int, default=25, metavar="N", help="record every N steps")
-    sweep.add_argument("--out", required=True, help="results store to create")
-    sweep.add_argument("--overwrite", action="store_true")
-    sweep.add_argument("--report", action="store_true", help="also write the HTML report")
-    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
-    sweep.set_defaults(func=cmd_experiment)
-
-    count = experiments.add_parser("branch-count", help="active and silent branches against M on CIFAR-10 "
-                                   "(Fig. 5 left): trains one branched-resnet18 per M")
-    count.add_argument("--data-root", help="CIFAR-10 folder (e.g. ../shared/data/cifar10)")
-    count.add_argument("--branches", default="2,4,8,16,32", help="branch counts M: 2,4,8 or 2:8")
-    count.add_argument("--epochs", type=int, default=3, help="epochs per model (the reduced budget)")
-    count.add_argument("--train-limit", type=int, default=10_000,
-                       help="train on a fixed random subset of this many images (0: all 50,000)")
-    count.add_argument("--probe-data", default="cifar10-sample", help="data the activity analysis probes")
-    count.add_argument("--checkpoint-dir", default="runs/branch-count",
-                       help="epoch checkpoints and models, one folder per M; a rerun resumes from them")
-    count.add_argument("--seed", type=int, default=0)
-    count.add_argument("--head-init", choices=("zero", "default"), default="zero",
-                       help="each branch's last linear layer: zero (f = 0 at the start) or PyTorch's default init")
-    count.add_argument("--scheme", choices=("clamped", "logits"), default="clamped",
-                       help="loss: the paper's clamped scheme or plain logits")
-    count.add_argument("--max-lr", type=float, default=0.02, help="peak of the one-cycle schedule")
-    count.add_argument("--out", required=True, help="results store to create")
-    count.add_argument("--overwrite", action="store_true")
-    count.add_argument("--report", action="store_true", help="also write the HTML report")
-    count.add_argument("--quiet", action="store_true", help="no progress bars")
-    count.set_defaults(func=cmd_experiment)
-
     plugins = sub.add_parser("plugins", help="list plugins, their versions and hooks")
     plugins.set_defaults(func=cmd_plugins)
 
-    models = sub.add_parser("models", help="list the bundled zoo models")
-    models.set_defaults(func=cmd_models)
+    from probekit.plugins import command_manager
 
-    train = sub.add_parser("train", help="train a bundled model from its recipe")
-    train.add_argument("recipe", help="toy1, toy2, digits-branched8, cifar10-branched16, afhq-cat-branched9 or "
-                       "celeba-branched9")
-    train.add_argument("--out", help="weights file to write (default: the zoo's own file)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--branches", type=int, help="number of branches M (default: the recipe's)")
-    train.add_argument("--overwrite", action="store_true")
-    train.add_argument("--data-root", help="dataset folder: ../shared/data/cifar10 for cifar10-branched16, "
-                       "../shared/data for the generators")
-    train.add_argument("--epochs", type=int, help="epochs (default: the recipe's)")
-    train.add_argument("--iterations", type=int, help="generator recipes: training iterations (default: the "
-                       "recipe's)")
-    train.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
-    train.add_argument("--scheme", choices=("clamped", "logits"),
-                       help="cifar10-branched16 loss: the paper's clamped scheme (default) or plain logits")
-    train.add_argument("--max-lr", type=float, help="cifar10-branched16: peak of the one-cycle schedule "
-                       "(default 0.02)")
-    train.add_argument("--init-from", metavar="WEIGHTS", help="cifar10-branched16: start from these weights (a "
-                       "zoo-format file) instead of the recipe's init: a fine-tune")
-    train.add_argument("--checkpoint-dir", help="where epoch checkpoints go (default: runs/<recipe>)")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(func=cmd_train)
+    command_manager().hook.probekit_register_commands(subparsers=sub)
     return parser
 
 
@@ -351,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ProbekitError as exc:
-        from .distributed import is_secondary_process
+        from probekit.run.distributed import is_secondary_process
 
         if not is_secondary_process():  # in a torchrun launch, rank 0 speaks for all
             print(f"probekit: error: {escape(exc)}", file=sys.stderr)

@@ -28,8 +28,45 @@ def probekit_register_datasets(register):
 def probekit_register_model_loaders(register):
     """Register model loaders: ``register(scheme, loader)``.
 
-    ``loader(argument: str, options: LoadOptions) -> torch.nn.Module`` handles
-    ``--model scheme:argument``.
+    ``loader(argument: str, options: LoadOptions) -> LoadedModel`` handles
+    ``--model scheme:argument`` and returns the module with its identity
+    (``LoadedModel(module, spec, sha256)``; a bare module is accepted, with an
+    unknown identity).
+    """
+
+
+@hookspec
+def probekit_register_model_names(register):
+    """Register bare model names (``--model NAME``): ``register(name, loader, description, data)``.
+
+    ``loader(name: str, options: LoadOptions) -> LoadedModel``; ``description``
+    and ``data`` (the data spec the model is meant for) are listed by
+    ``probekit models``.
+    """
+
+
+@hookspec(firstresult=True)
+def probekit_model_from_checkpoint(checkpoint):
+    """Build a model from a checkpoint dict loaded (safely) from a model file, or return ``None``."""
+
+
+@hookspec
+def probekit_safe_model_modules():
+    """Return module names whose ``nn.Module`` classes whole-module pickles may use (docs/security.md).
+
+    Name only modules whose module classes do nothing but build layers: a
+    pickle may construct them with any arguments.
+    """
+
+
+@hookspec
+def probekit_register_commands(subparsers):
+    """Add subcommands to the CLI: ``subparsers.add_parser(name, ...)`` with ``set_defaults(func=...)``, where
+    ``func(args) -> int`` is the exit code.
+
+    Called while ``probekit --help`` is built, from the plugins of the
+    ``probekit.commands`` entry-point group only: keep such a module light
+    (argparse and nothing heavy at import time).
     """
 
 
@@ -37,7 +74,7 @@ def probekit_register_model_loaders(register):
 def probekit_discover_branches(model, config):
     """Find the branches of ``model``; return a ``BranchSet`` or ``None``.
 
-    ``config`` is a :class:`probekit.branches.DiscoveryConfig`. The first
+    ``config`` is a :class:`probekit.models.branches.DiscoveryConfig`. The first
     plugin that returns a non-empty ``BranchSet`` wins; plugins registered
     later are asked first, so a third-party strategy overrides the built-ins.
     """
@@ -61,7 +98,7 @@ def probekit_plot(name, node):
     use its reductions, not its per-sample arrays. Return ``None`` for nodes
     that are not yours; the first plugin that returns figures wins, and
     plugins registered later are asked first. Build figures with
-    ``probekit.plotting.new_figure`` (or ``matplotlib.figure.Figure``, never
+    ``probekit.report.plotting.new_figure`` (or ``matplotlib.figure.Figure``, never
     pyplot) and give each a label (``fig.set_label``: its file name) and a
     ``suptitle`` (its caption).
     """

@@ -1,9 +1,13 @@
 """The plugin manager: built-in plugins, entry-point plugins, and registries.
 
-Bundled analyses (``probekit_plugins``) are found through the ``probekit``
-entry-point group exactly like third-party ones. Set ``PROBEKIT_LOAD_PLUGINS``
-to a comma-separated list of entry-point names to load only those (empty
-string: none), which is handy in tests.
+The core registers only its own built-ins (data sources, the torchvision
+loader, branch discovery). Bundled analyses (``probekit_plugins``) and the
+bundled model zoo (``probekit.zoo``) are found through the ``probekit``
+entry-point group exactly like third-party plugins; CLI commands through the
+``probekit.commands`` group (:func:`command_manager`), which ``--help`` loads
+without the heavy analysis plugins. Set ``PROBEKIT_LOAD_PLUGINS`` to a
+comma-separated list of entry-point names to load only those (empty string:
+none), which is handy in tests.
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ from importlib import metadata
 
 import pluggy
 
-from . import hookspecs
-from .errors import ProbekitError
+from probekit import hookspecs
+from probekit.errors import ProbekitError
 
 ENTRY_POINT_GROUP = "probekit"
-_BUILTIN_MODULES = ("probekit.datasets", "probekit.loading", "probekit.discovery", "probekit.toy_sweep_plot",
-                    "probekit.branch_count_plot")
+COMMANDS_GROUP = "probekit.commands"
+_BUILTIN_MODULES = ("probekit.run.datasets", "probekit.models.loaders", "probekit.models.discovery")
 
 
 @dataclass(frozen=True)
@@ -33,16 +37,16 @@ class PluginInfo:
     hooks: tuple[str, ...]
 
 
-def _make_manager() -> pluggy.PluginManager:
+def _make_manager(group: str = ENTRY_POINT_GROUP, builtins: tuple[str, ...] = _BUILTIN_MODULES) -> pluggy.PluginManager:
     import importlib
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for module_name in _BUILTIN_MODULES:
+    for module_name in builtins:
         pm.register(importlib.import_module(module_name), name=module_name)
     wanted = os.environ.get("PROBEKIT_LOAD_PLUGINS")
     names = None if wanted is None else {n.strip() for n in wanted.split(",") if n.strip()}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in metadata.entry_points(group=group):
         if names is not None and ep.name not in names:
             continue
         if pm.get_plugin(ep.name) is not None:
@@ -66,9 +70,15 @@ def manager() -> pluggy.PluginManager:
     return _make_manager()
 
 
+@cache
+def command_manager() -> pluggy.PluginManager:
+    """A manager of the ``probekit.commands`` plugins only, for building the CLI cheaply."""
+    return _make_manager(COMMANDS_GROUP, ())
+
+
 def plugin_infos() -> list[PluginInfo]:
     """Every registered plugin with its version and the hooks it implements."""
-    from . import __version__
+    from probekit import __version__
 
     pm = manager()
     infos = []
@@ -95,8 +105,8 @@ def _collect(hook_name: str) -> dict:
 
 def analyses() -> dict:
     """``{analysis name: (Analysis class, plugin name)}``; names that could not be a store node (see
-    :func:`probekit.store.check_node_name`) are left out with a warning."""
-    from .store import check_node_name
+    :func:`probekit.store.results.check_node_name`) are left out with a warning."""
+    from probekit.store.results import check_node_name
 
     found = {}
     for name, (cls, plugin) in _collect("probekit_register_analyses").items():
@@ -119,9 +129,26 @@ def model_loaders() -> dict:
     return _collect("probekit_register_model_loaders")
 
 
+def model_names() -> dict:
+    """``{name: (loader, description, data, plugin name)}`` of the bare model names plugins registered."""
+    found: dict = {}
+    for impl in manager().hook.probekit_register_model_names.get_hookimpls():
+
+        def register(name, loader, description="", data="", _plugin=impl.plugin_name):
+            found[name] = (loader, description, data, _plugin)
+
+        impl.function(register)
+    return found
+
+
+def safe_model_modules() -> tuple[str, ...]:
+    """Module names whose ``nn.Module`` classes whole-module pickles may use, from every plugin."""
+    return tuple(sorted({name for names in manager().hook.probekit_safe_model_modules() for name in names}))
+
+
 def plugin_version(plugin_name: str) -> str:
     """Version of the distribution that provides ``plugin_name``."""
-    from . import __version__
+    from probekit import __version__
 
     manager()
     return _versions.get(plugin_name, __version__)

@@ -1,7 +1,7 @@
 """Run analyses in-process on a real model and read the results back."""
 
-from probekit.runner import RunSpec, execute
-from probekit.store import open_results
+from probekit.run.runner import RunSpec, execute
+from probekit.store.results import open_results
 
 
 def run_analyses(tmp_path, model, data, plugins, **kwargs):

@@ -58,6 +58,6 @@ def test_grouped_layers_are_judged_within_their_layer(tmp_path, tiny_grouped):
 
 
 def _trust():
-    from probekit.loading import LoadOptions
+    from probekit.models.loading import LoadOptions
 
     return LoadOptions(trust_pickle=True)  # TinyGrouped is a test-module class, not on the safe list

@@ -2,8 +2,8 @@ import numpy as np
 import torch
 from captum.attr import Saliency
 
-from probekit.data import load_data
-from probekit.zoo import load_zoo_model
+from probekit.run.data import load_data
+from probekit.zoo.registry import load_zoo_model
 from helpers import run_analyses
 
 

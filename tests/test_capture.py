@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from probekit import SummedBranches
-from probekit.branches import DiscoveryConfig, discover
-from probekit.capture import capture
+from probekit.models.branches import DiscoveryConfig, discover
+from probekit.run.capture import capture
 
 
 class InPlaceSum(nn.Module):
@@ -56,7 +56,7 @@ def test_hooks_are_removed_even_when_the_forward_fails():
 
 
 def test_torchscript_grouped_convs_are_tapped_exactly(tmp_path, tiny_grouped):
-    from probekit.graph_models import torchscript_to_tapped
+    from probekit.models.graph_models import torchscript_to_tapped
 
     x = torch.randn(3, 3, 8, 8)
     scripted = torch.jit.script(tiny_grouped)

@@ -7,7 +7,7 @@ import torch
 
 from probekit import ProbekitError
 
-from probekit.cifar_training import CifarRecipe, augment, train_cifar
+from probekit.zoo.cifar_training import CifarRecipe, augment, train_cifar
 
 
 def tiny_cifar(shared_data, tmp_path, per_class=4):
@@ -22,7 +22,7 @@ def tiny_cifar(shared_data, tmp_path, per_class=4):
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(shared_data, tmp_path, monkeypatch):
-    from probekit import cifar_training
+    from probekit.zoo import cifar_training
 
     root = tiny_cifar(shared_data, tmp_path)
     recipe = CifarRecipe(branches=2, epochs=2, batch_size=16)

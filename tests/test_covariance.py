@@ -1,10 +1,10 @@
 import numpy as np
 import torch
 
-from probekit.branches import DiscoveryConfig, discover
-from probekit.capture import capture
-from probekit.data import load_data
-from probekit.zoo import load_zoo_model
+from probekit.models.branches import DiscoveryConfig, discover
+from probekit.run.capture import capture
+from probekit.run.data import load_data
+from probekit.zoo.registry import load_zoo_model
 from helpers import run_analyses
 
 

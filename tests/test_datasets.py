@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from probekit import ProbekitError
-from probekit.data import load_data
+from probekit.run.data import load_data
 
 
 def test_toy_points_are_the_papers():

@@ -4,8 +4,8 @@ import torchvision
 from torch import nn
 
 from probekit import ProbekitError, SummedBranches, mark_branches
-from probekit.branches import DiscoveryConfig, discover, glob_regex
-from probekit.zoo import load_zoo_model
+from probekit.models.branches import DiscoveryConfig, discover, glob_regex
+from probekit.zoo.registry import load_zoo_model
 
 
 def test_summed_container_gives_one_branch_per_module():
@@ -64,7 +64,7 @@ def test_no_branches_error_names_the_strategies():
 
 
 def test_exported_program_grouped_convs_are_found(tmp_path, tiny_grouped):
-    from probekit.graph_models import load_exported
+    from probekit.models.graph_models import load_exported
 
     path = tmp_path / "m.pt2"
     torch.export.save(torch.export.export(tiny_grouped, (torch.randn(2, 3, 8, 8),)), path)

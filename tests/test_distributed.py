@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from probekit import open_results
-from probekit.distributed import Ranks, shard_of
+from probekit.run.distributed import Ranks, shard_of
 
 PLUGINS = "activity,covariance,specialization,intra-class"
 

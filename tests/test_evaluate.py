@@ -1,7 +1,7 @@
 import numpy as np
 
-from probekit.data import load_data
-from probekit.evaluate import evaluate
+from probekit.run.data import load_data
+from probekit.run.evaluate import evaluate
 
 
 def test_digits_accuracy_per_class_and_per_branch():

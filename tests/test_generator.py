@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from probekit import open_results
-from probekit.branches import DiscoveryConfig, discover
-from probekit.eye_segmentation import (SCORE, PairRule, RoleChoice, SegmentSettings, choose_roles,
+from probekit.models.branches import DiscoveryConfig, discover
+from probekit_plugins.chan_vese.segmentation import (SCORE, PairRule, RoleChoice, SegmentSettings, choose_roles,
                                        consistent_pairs, sample_prior, segment_eyes, value_images)
-from probekit.generator import BranchedGenerator, gaussian_blur
+from probekit.zoo.generator import BranchedGenerator, gaussian_blur
 
 
 def test_learnt_diffusion_reconstructs_the_input_exactly():
@@ -78,7 +78,7 @@ def test_consistent_pairs_counts_pairs_near_their_median():
 
 def test_no_pair_when_the_region_has_one_blob():
     mask = disk(64, (30, 30), 5)
-    from probekit.eye_segmentation import horizontal_pair
+    from probekit_plugins.chan_vese.segmentation import horizontal_pair
 
     eyes, centroids = horizontal_pair(mask, PairRule())
     assert not eyes.any() and np.isnan(centroids).all()
@@ -155,8 +155,8 @@ def image_tree(root, classes, per_class, size=20, seed=0, prefix=""):
 
 
 def test_gan_training_resumes_to_the_same_weights_and_reports_fidelity(tmp_path, monkeypatch):
-    from probekit import gan_training
-    from probekit.gan_training import GanRecipe, train_gan
+    from probekit.zoo import gan_training
+    from probekit.zoo.gan_training import GanRecipe, train_gan
 
     image_tree(tmp_path / "data" / "train", ["female", "male"], 4)
     image_tree(tmp_path / "data" / "test", ["female", "male", "other"], 2, seed=1, prefix="t")

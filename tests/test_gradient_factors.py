@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from probekit import ProbekitError
-from probekit.architectures import LEAKY_SLOPE
-from probekit.datasets import TOY_POINTS
-from probekit.zoo import load_zoo_model
+from probekit.zoo.architectures import LEAKY_SLOPE
+from probekit.run.datasets import TOY_POINTS
+from probekit.zoo.registry import load_zoo_model
 from helpers import run_analyses
 
 
@@ -34,7 +34,7 @@ def test_branch_gradient_norms_equal_per_sample_autograd(tmp_path):
                       batch_size=4)["gradient-factors"]
     assert ds.attrs["loss"] == "ce"
     model = load_zoo_model("digits-branched8")
-    from probekit.data import load_data
+    from probekit.run.data import load_data
 
     data = load_data("digits:test")
     for i in (0, 5):

@@ -6,14 +6,14 @@ import torch
 from torch import nn
 
 from probekit import open_results
-from probekit.branch_hessian import MemoryPlan, generic_hessian, naive_hessian, summed_hessian
-from probekit.branched import SummedBranches
-from probekit.branches import DiscoveryConfig, discover
-from probekit.datasets import TOY_POINTS
-from probekit.losses import summed_loss
-from probekit.param_selection import select_params
-from probekit.resnet import branched_resnet18
-from probekit.zoo import load_zoo_model
+from probekit_plugins.hessian.exact import MemoryPlan, generic_hessian, naive_hessian, summed_hessian
+from probekit.models.branched import SummedBranches
+from probekit.models.branches import DiscoveryConfig, discover
+from probekit.run.datasets import TOY_POINTS
+from probekit.models.losses import summed_loss
+from probekit_plugins.hessian.params import select_params
+from probekit.zoo.resnet import branched_resnet18
+from probekit.zoo.registry import load_zoo_model
 
 PLAN = MemoryPlan(2 ** 30)
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from probekit import hookimpl, hookspecs
-from probekit.branches import BranchLayer, BranchSet, DiscoveryConfig, discover
-from probekit.loading import load_model
+from probekit.models.branches import BranchLayer, BranchSet, DiscoveryConfig, discover
+from probekit.models.loading import load_model
 from probekit.plugins import manager
 from conftest import REPO
 from helpers import run_analyses
@@ -89,7 +89,7 @@ class Constant:
     def probekit_register_datasets(self, register):
         from torch.utils.data import TensorDataset
 
-        from probekit.data import ProbeData
+        from probekit.run.data import ProbeData
 
         register("ones", lambda argument, seed: ProbeData("ones", TensorDataset(torch.ones(6, 1), torch.zeros(6)),
                                                           [str(i) for i in range(6)]))

@@ -10,12 +10,12 @@ import torchvision
 from torch import nn
 
 from probekit import open_results
-from probekit.branched import SummedBranches
-from probekit.branches import DiscoveryConfig, discover
-from probekit.cluster_scores import UmapSettings, cluster, label_agreement, umap_embedding
+from probekit.models.branched import SummedBranches
+from probekit.models.branches import DiscoveryConfig, discover
+from probekit_plugins.kernels.cluster_scores import UmapSettings, cluster, label_agreement, umap_embedding
 from probekit.errors import ProbekitError
-from probekit.kernel_sets import collect_kernels, normalise
-from probekit.resnet import branched_resnet18
+from probekit_plugins.kernels.kernel_sets import collect_kernels, normalise
+from probekit.zoo.resnet import branched_resnet18
 
 
 def test_summed_branches_give_one_layer_per_shared_conv_path():

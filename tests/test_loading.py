@@ -6,9 +6,9 @@ import torch
 import torchvision
 
 from probekit import ProbekitError
-from probekit.architectures import digits_branched
-from probekit.loading import LoadOptions, load_model
-from probekit.safe_pickle import UnsafePickle
+from probekit.zoo.architectures import digits_branched
+from probekit.models.loading import LoadOptions, load_model
+from probekit.models.safe_pickle import UnsafePickle
 
 
 def test_zoo_models_load_with_their_weights_hash():
@@ -42,7 +42,7 @@ def test_state_dict_needs_arch_and_loads_with_it(tmp_path):
     torch.save(digits_branched(8).state_dict(), path)
     with pytest.raises(ProbekitError, match="--arch"):
         load_model(str(path))
-    loaded = load_model(str(path), LoadOptions(arch="probekit.architectures:digits_branched"))
+    loaded = load_model(str(path), LoadOptions(arch="probekit.zoo.architectures:digits_branched"))
     assert len(loaded.module.branches) == 8
 
 

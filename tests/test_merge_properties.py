@@ -9,12 +9,12 @@ import xarray as xr
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from probekit.analysis import Batch, RunContext
-from probekit.branches import DiscoveryConfig, discover
-from probekit.capture import capture
-from probekit.data import load_data
+from probekit.run.analysis import Batch, RunContext
+from probekit.models.branches import DiscoveryConfig, discover
+from probekit.run.capture import capture
+from probekit.run.data import load_data
 from probekit.plugins import analyses
-from probekit.zoo import load_zoo_model
+from probekit.zoo.registry import load_zoo_model
 
 N = 128
 STREAMING = ["activity", "covariance", "specialization", "intra-class", "gradient-factors"]

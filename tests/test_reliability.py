@@ -17,7 +17,7 @@ from probekit import Analysis, SummedBranches, open_results
 from probekit.errors import ProbekitError
 from probekit.hookspecs import hookimpl
 from probekit.plugins import analyses, manager
-from probekit.store import StoreWriter
+from probekit.store.results import StoreWriter
 
 from helpers import assert_activity_set_aside
 from plugin_scripts import plugin_script

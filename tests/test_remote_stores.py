@@ -7,7 +7,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from probekit import open_results
-from probekit.store_location import upload
+from probekit.store.location import upload
 
 
 @pytest.fixture()

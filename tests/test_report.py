@@ -12,8 +12,8 @@ from PIL import Image
 
 from probekit import hookimpl
 from probekit.plugins import manager
-from probekit.store import open_results
-from probekit.store_manifest import manifest
+from probekit.store.results import open_results
+from probekit.store.manifest import manifest
 from helpers import run_analyses
 
 

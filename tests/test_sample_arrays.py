@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from probekit import sample_arrays
-from probekit.sample_arrays import SampleArray
+from probekit.run import sample_arrays
+from probekit.run.sample_arrays import SampleArray
 
 
 @pytest.mark.parametrize("batch", [1, 3, 7, 50])

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from probekit import ProbekitError
-from probekit.data import load_data
-from probekit.zoo import load_zoo_model
+from probekit.run.data import load_data
+from probekit.zoo.registry import load_zoo_model
 from helpers import run_analyses
 
 

@@ -4,9 +4,9 @@ import torch
 import xarray as xr
 
 from probekit import ProbekitError
-from probekit.architectures import branched_perceptron
-from probekit.datasets import TOY_POINTS
-from probekit.toy_sweep import FlatNetworks, SweepConfig, initial_parameters, parse_branch_counts, run_sweep, train
+from probekit.zoo.architectures import branched_perceptron
+from probekit.run.datasets import TOY_POINTS
+from probekit.zoo.toy_sweep import FlatNetworks, SweepConfig, initial_parameters, parse_branch_counts, run_sweep, train
 
 
 def plain_training(w0, b0, task, steps, lr):

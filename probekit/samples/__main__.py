@@ -2,6 +2,6 @@
 
 import sys
 
-from . import build_cifar10_sample
+from probekit.samples import build_cifar10_sample
 
 print(build_cifar10_sample(sys.argv[1]))

@@ -92,7 +92,7 @@ def torchscript_writing_file(folder: Path, marker: Path) -> Path:
 
 def pickle_of_allowlisted_helper(folder: Path, marker: Path) -> Path:
     """A pickle that calls probekit's ``SampleArray`` (a probekit class that creates files) at ``marker``."""
-    from probekit.sample_arrays import SampleArray
+    from probekit.run.sample_arrays import SampleArray
 
     class Call:
         def __reduce__(self):

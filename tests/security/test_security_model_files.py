@@ -17,7 +17,7 @@ import torchvision
 
 import malicious
 from probekit import open_results
-from probekit.architectures import digits_branched
+from probekit.zoo.architectures import digits_branched
 
 HERE = Path(__file__).resolve().parent
 COMMANDS = {
@@ -77,14 +77,14 @@ def test_hostile_file_is_refused_and_runs_nothing(cli, tmp_path, kind, command):
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_allowlisted_package_helper_is_refused(cli, tmp_path, command):
-    """``probekit.sample_arrays.SampleArray`` creates files; it was allowed because every ``probekit.*`` class
+    """``probekit.run.sample_arrays.SampleArray`` creates files; it was allowed because every ``probekit.*`` class
     was. Mutation: ``allowed`` back to the old rule (any class under ``probekit.*``, found by importing its
     module) -> the pickle loads, the marker folder is created and this test fails."""
     marker = tmp_path / "made-by-pickle"
     path = malicious.pickle_of_allowlisted_helper(tmp_path, marker)
     code, _, err = invoke(cli, command, path, tmp_path)
     line = assert_one_escaped_line(code, err)
-    assert "'probekit.sample_arrays.SampleArray'" in line and "--trust" not in line
+    assert "'probekit.run.sample_arrays.SampleArray'" in line and "--trust" not in line
     assert not marker.exists()
 
 
@@ -115,7 +115,7 @@ def test_ansi_class_name_is_escaped_and_cannot_fake_the_message(cli, tmp_path, c
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 @pytest.mark.parametrize("arch", ["os:system", "builtins:exec", "subprocess:getoutput", "torch:save",
-                                  "probekit.architectures:nothing", "not a spec"])
+                                  "probekit.zoo.architectures:nothing", "not a spec"])
 def test_arch_accepts_only_module_builders(cli, tmp_path, command, arch):
     """Mutation: without the standard-library check, ``os:system`` and ``builtins:exec`` are called (and fail
     with another message): the standard-library assertion fails."""
@@ -145,7 +145,7 @@ def test_safetensors_file_loads_with_arch(cli, tmp_path):
     model = digits_branched(8)
     path = tmp_path / "weights.safetensors"
     save_file(model.state_dict(), path)
-    code, stdout, err = cli("evaluate", "--model", path, "--arch", "probekit.architectures:digits_branched",
+    code, stdout, err = cli("evaluate", "--model", path, "--arch", "probekit.zoo.architectures:digits_branched",
                             "--data", "digits:test", "--limit", "50", "--quiet")
     assert code == 0 and "accuracy" in stdout, err
     code, _, err = cli("evaluate", "--model", path, "--data", "digits:test", "--quiet")

@@ -10,8 +10,8 @@ import xarray as xr
 from torch.utils.data import TensorDataset
 
 from probekit import Analysis, Batch, ProbekitError, hookimpl
-from probekit.data import ProbeData
-from probekit.schema import branch_coords
+from probekit.run.data import ProbeData
+from probekit.store.schema import branch_coords
 
 
 @dataclass

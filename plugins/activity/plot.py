@@ -1,0 +1,72 @@
+"""Figures of an ``activity`` node: sorted branch norms (paper Figs. 4, 6) and per-class norms."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from probekit.api import (MAX_PANELS, axis_label, branch_ticks, layers_of, new_figure, panel_caption,
+                               short_names)
+
+ACTIVE_COLOR, SILENT_COLOR = "#2a6fbb", "#b8b8b8"
+
+
+def _layer_order(ds: xr.Dataset, layer: str) -> tuple[np.ndarray, list[str]]:
+    """Indices of ``layer``'s branches, sorted by norm (largest first), and their short names."""
+    in_layer = np.flatnonzero(ds.branch_layer.values == layer)
+    order = in_layer[np.argsort(-ds.norm.values[in_layer], kind="stable")]
+    return order, short_names(ds.branch.values[order], layer)
+
+
+def norm_bars(ds: xr.Dataset):
+    """One panel per layer: branch norms sorted, active in blue, silent in grey, the threshold dashed."""
+    layers = layers_of(ds)
+    threshold = float(ds.attrs.get("threshold", 0.1))
+    fig, axes = new_figure("norms", panel_caption("Branch response norms, sorted: active (blue) and silent (grey)",
+                                                  len(layers)), min(len(layers), MAX_PANELS))
+    norms, active = ds.norm.values, ds.active.values
+    for index, (ax, layer) in enumerate(zip(axes, layers[:MAX_PANELS], strict=True)):
+        order, names = _layer_order(ds, layer)
+        colors = np.where(active[order] == 1, ACTIVE_COLOR, SILENT_COLOR)
+        ax.bar(np.arange(len(order)), norms[order], color=colors)
+        ax.axhline(threshold * norms[order].max(), color="k", linestyle="--", linewidth=0.8,
+                   label=f"{threshold:g} x largest")
+        known = np.isfinite(active[order]).all()
+        ax.set_title(f"{layer}: {int(active[order].sum()) if known else 'unknown'}/{len(order)} active", fontsize=9)
+        ax.set_ylabel(axis_label(ds.norm), fontsize=8)
+        branch_ticks(ax, "x", names)
+        if index == 0:
+            ax.legend(fontsize=7, loc="upper right")
+    return fig
+
+
+def class_heatmaps(ds: xr.Dataset):
+    """One panel per layer: per class (rows), each branch's norm relative to the class's largest
+    branch in that layer (columns sorted by overall norm); a dot marks branches silent for the class."""
+    layers = layers_of(ds)
+    title = "Branch response norm per class, relative to the class's largest branch (dot: silent)"
+    fig, axes = new_figure("classes", panel_caption(title, len(layers)), min(len(layers), MAX_PANELS),
+                           panel_size=(4.8, 3.6))
+    class_norm, class_active = ds.class_norm.values, ds.class_active.values  # [cls, branch], small
+    class_names = [str(c) for c in ds.class_name.values]
+    for ax, layer in zip(axes, layers[:MAX_PANELS], strict=True):
+        order, names = _layer_order(ds, layer)
+        block = class_norm[:, order]
+        peak = block.max(axis=1, keepdims=True)
+        relative = np.divide(block, peak, out=np.zeros_like(block), where=peak > 0)
+        image = ax.imshow(relative, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
+        rows, cols = np.nonzero(class_active[:, order] == 0)
+        ax.scatter(cols, rows, s=6, color="white", marker="o", linewidths=0)
+        ax.set_title(layer, fontsize=9)
+        ax.set_yticks(np.arange(len(class_names)), class_names, fontsize=7)
+        ax.set_ylabel("class", fontsize=8)
+        branch_ticks(ax, "x", names)
+        fig.colorbar(image, ax=ax, label="norm / class's largest [1]")
+    return fig
+
+
+def plot_activity(ds: xr.Dataset) -> list:
+    figures = [norm_bars(ds)]
+    if "class_norm" in ds:
+        figures.append(class_heatmaps(ds))
+    return figures

@@ -1,0 +1,116 @@
+"""Which parameter elements an analysis differentiates, and the branch each belongs to.
+
+A selection is a tuple of :class:`ParamBlock` s: contiguous runs of a
+parameter tensor's flattened elements owned by one branch. For summed
+branches a run is a whole tensor inside the branch module; for a grouped
+conv it is one group's output-channel rows of the shared weight (and bias).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from probekit.api import BranchLayer, BranchSet, glob_regex
+from probekit.api import ProbekitError
+
+
+@dataclass(frozen=True)
+class ParamBlock:
+    """Elements ``start:stop`` of parameter ``name`` (flattened), owned by ``branch`` of branch layer ``layer``."""
+
+    name: str
+    branch: str
+    layer: str
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def _owned_blocks(model: nn.Module, layer: BranchLayer, name: str, param: torch.Tensor) -> list[ParamBlock] | None:
+    """The blocks of parameter ``name`` if it belongs to a branch of ``layer``, else None."""
+    if layer.kind == "grouped":
+        (conv,) = layer.modules
+        if name not in (f"{conv}.weight", f"{conv}.bias"):
+            return None
+        rows = param.numel() // len(layer.branches)
+        return [ParamBlock(name, branch, layer.name, k * rows, (k + 1) * rows)
+                for k, branch in enumerate(layer.branches)]
+    for path, branch in zip(layer.modules, layer.branches, strict=True):
+        if name.startswith(f"{path}."):
+            return [ParamBlock(name, branch, layer.name, 0, param.numel())]
+    return None
+
+
+def _first_layer_params(model: nn.Module, layer: BranchLayer) -> list[str]:
+    """The parameters of each branch's first module that has any (the default selection)."""
+    if layer.kind == "grouped":
+        return [name for name, _ in model.get_submodule(layer.modules[0]).named_parameters(prefix=layer.modules[0])]
+    names = []
+    for path in layer.modules:
+        for sub_path, sub in model.get_submodule(path).named_modules(prefix=path):
+            own = list(sub.named_parameters(prefix=sub_path, recurse=False))
+            if own:
+                names += [name for name, _ in own]
+                break
+    return names
+
+
+def select_params(model: nn.Module, branchset: BranchSet, pattern: str | None = None) -> tuple[ParamBlock, ...]:
+    """Blocks of the parameters matching ``pattern`` (a glob over dotted names, ``*`` within a segment,
+    ``**`` across), or by default the first layer of every branch of the first branch layer; in branch order."""
+    params = dict(model.named_parameters())
+    if pattern is None:
+        layer = branchset.layers[0]
+        names, layers = _first_layer_params(model, layer), [layer]
+        if not names:
+            raise ProbekitError(f"the branches of {layer.name!r} have no parameters to differentiate")
+    else:
+        regex = glob_regex(pattern)
+        names, layers = [name for name in params if regex.fullmatch(name)], list(branchset.layers)
+        if not names:
+            raise ProbekitError(f"params={pattern!r} matches no parameter; names look like "
+                                f"{', '.join(list(params)[:3])}")
+    blocks = []
+    for name in names:
+        owned = next((b for layer in layers if (b := _owned_blocks(model, layer, name, params[name]))), None)
+        if owned is None:
+            raise ProbekitError(f"parameter {name} is not inside any branch ({branchset.strategy}); "
+                                "choose parameters of branch modules")
+        blocks += owned
+    order = {branch: i for i, branch in enumerate(branchset.names)}
+    return tuple(sorted(blocks, key=lambda b: order[b.branch]))  # stable: tensor order within a branch
+
+
+def block_slices(blocks: tuple[ParamBlock, ...]) -> dict[str, slice]:
+    """Each branch's rows of the selection (contiguous, since blocks are sorted by branch)."""
+    slices, start = {}, 0
+    for block in blocks:
+        first = slices.get(block.branch, slice(start, start)).start
+        start += block.size
+        slices[block.branch] = slice(first, start)
+    return slices
+
+
+def param_coords(blocks: tuple[ParamBlock, ...], dim: str = "param") -> dict:
+    """Coordinates on ``dim``: ``<dim>_branch``, ``<dim>_layer``, ``<dim>_name``, ``<dim>_element``."""
+    branch, layer, name, element = [], [], [], []
+    for block in blocks:
+        branch += [block.branch] * block.size
+        layer += [block.layer] * block.size
+        name += [block.name] * block.size
+        element.append(np.arange(block.start, block.stop))
+    total = sum(block.size for block in blocks)
+    return {
+        dim: (dim, np.arange(total)),
+        f"{dim}_branch": (dim, np.array(branch, dtype=object)),
+        f"{dim}_layer": (dim, np.array(layer, dtype=object)),
+        f"{dim}_name": (dim, np.array(name, dtype=object)),
+        f"{dim}_element": (dim, np.concatenate(element) if element else np.zeros(0, np.int64)),
+    }

@@ -1,0 +1,66 @@
+"""The one declared API for plugin authors: an analysis plugin imports ``probekit.api`` and third-party libraries,
+nothing else of probekit (an import-linter contract checks the bundled plugins).
+
+Names load lazily, so importing this module costs nothing until a name is used. ``docs/writing-plugins.md``
+documents every name with its signature.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+_NAMES = {
+    # analyses and their run
+    "Analysis": "probekit.run.analysis", "Batch": "probekit.run.analysis", "RunContext": "probekit.run.analysis",
+    "NoOptions": "probekit.run.analysis", "Tap": "probekit.run.taps", "SampleArray": "probekit.run.sample_arrays",
+    "forward_hooks": "probekit.run.hooks",
+    "hookimpl": "probekit.hookspecs", "analysis_hooks": "probekit.hookspecs", "ProbekitError": "probekit.errors",
+    # branches and models
+    "BranchLayer": "probekit.models.branches", "BranchSet": "probekit.models.branches",
+    "glob_regex": "probekit.models.branches", "load_model": "probekit.models.loading",
+    "LoadOptions": "probekit.models.loading", "LoadedModel": "probekit.models.loading",
+    "BranchScores": "probekit.models.classifier", "classifier_layer": "probekit.models.classifier",
+    "require_classifier": "probekit.models.classifier",
+    "resolve_loss": "probekit.models.losses", "summed_loss": "probekit.models.losses",
+    "model_states": "probekit.models.initial_state", "init_note": "probekit.models.initial_state",
+    # shared measures
+    "relative_norms": "probekit.measures.activity_rule", "active_flags": "probekit.measures.activity_rule",
+    "count_flags": "probekit.measures.activity_rule", "describe_count": "probekit.measures.activity_rule",
+    "image_layer": "probekit.measures.image_components", "components": "probekit.measures.image_components",
+    "inputs_like": "probekit.measures.image_components", "pixel_correlation": "probekit.measures.image_components",
+    "fidelity": "probekit.measures.image_components",
+    # results: coordinates and stores
+    "branch_coords": "probekit.store.schema", "class_coords": "probekit.store.schema",
+    "layer_coords": "probekit.store.schema", "sample_coords": "probekit.store.schema",
+    "open_results": "probekit.store.results",
+    # figures
+    "new_figure": "probekit.report.plotting", "axis_label": "probekit.report.plotting",
+    "layers_of": "probekit.report.plotting", "panel_caption": "probekit.report.plotting",
+    "short_names": "probekit.report.plotting", "branch_ticks": "probekit.report.plotting",
+    "MAX_PANELS": "probekit.report.plotting", "MAX_MATRIX_LABELS": "probekit.report.plotting",
+}
+
+__all__ = sorted(_NAMES)
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time the names load on first use
+    from probekit.errors import ProbekitError  # noqa: F401
+    from probekit.hookspecs import analysis_hooks, hookimpl  # noqa: F401
+    from probekit.models.branches import BranchLayer, BranchSet, glob_regex  # noqa: F401
+    from probekit.models.loading import LoadedModel, LoadOptions, load_model  # noqa: F401
+    from probekit.run.analysis import Analysis, Batch, NoOptions, RunContext  # noqa: F401
+    from probekit.run.sample_arrays import SampleArray  # noqa: F401
+    from probekit.run.taps import Tap  # noqa: F401
+    from probekit.store.results import open_results  # noqa: F401
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(import_module(_NAMES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'probekit.api' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

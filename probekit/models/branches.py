@@ -1,0 +1,141 @@
+"""Branch sets: which module outputs are branches, and how to read them.
+
+A :class:`BranchSet` is a tuple of :class:`BranchLayer` s. Each layer is a
+group of sibling branches whose responses live in the same space (the M
+branches of one summed container, or the G groups of one grouped conv), so
+per-layer statistics such as "largest branch" or ``F F^T`` are well defined.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from probekit.errors import ProbekitError
+
+ROOT_LAYER = "model"
+LayerKind = Literal["sum", "grouped", "glob"]
+
+
+@dataclass(frozen=True)
+class BranchLayer:
+    """Sibling branches read from one place in the model.
+
+    ``kind='sum'`` or ``'glob'``: ``modules[k]`` is branch k's module path and
+    its output is branch k's response. ``kind='grouped'``: ``modules`` holds
+    one grouped conv whose output channels split into ``len(branches)``
+    equal, contiguous slices, one per group.
+    """
+
+    name: str
+    kind: LayerKind
+    branches: tuple[str, ...]
+    modules: tuple[str, ...]
+    container: str | None = None  # for kind 'sum': the module path of the container that sums them
+
+    def stack(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Turn the hooked outputs into responses of shape ``[N, K, D]``."""
+        if self.kind == "grouped":
+            (out,) = outputs
+            return out.reshape(out.shape[0], len(self.branches), -1)
+        shapes = {tuple(o.shape) for o in outputs}
+        if len(shapes) != 1:
+            raise ProbekitError(
+                f"branches of layer {self.name!r} return different shapes {sorted(shapes)}; "
+                "branches of one layer must have outputs of one shape"
+            )
+        return torch.stack(outputs, dim=1).flatten(2)
+
+
+@dataclass(frozen=True)
+class BranchSet:
+    """All branch layers of a model and the strategy that found them."""
+
+    layers: tuple[BranchLayer, ...]
+    strategy: str
+
+    def __post_init__(self):
+        names = [b for layer in self.layers for b in layer.branches]
+        if len(set(names)) != len(names):
+            raise ProbekitError(f"branch names are not unique in the {self.strategy} branch set")
+
+    @property
+    def names(self) -> list[str]:
+        """Every branch name, layer by layer (the ``branch`` coordinate)."""
+        return [b for layer in self.layers for b in layer.branches]
+
+    @property
+    def layer_of_branch(self) -> list[str]:
+        """The layer name of each branch, aligned with :attr:`names`."""
+        return [layer.name for layer in self.layers for _ in layer.branches]
+
+    @property
+    def group_of_branch(self) -> list[int]:
+        """Each branch's index within its layer, aligned with :attr:`names`."""
+        return [k for layer in self.layers for k in range(len(layer.branches))]
+
+    def __len__(self) -> int:
+        return sum(len(layer.branches) for layer in self.layers)
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """What the user asked of discovery: ``pattern`` is ``--branches GLOB``."""
+
+    pattern: str | None = None
+
+
+def layer_name(path: str) -> str:
+    """A module path as a layer name (the root module is called ``model``)."""
+    return path or ROOT_LAYER
+
+
+def glob_regex(pattern: str) -> re.Pattern:
+    """A module-path glob as a regex: ``*`` and ``?`` stay within one dotted segment, ``**`` spans any."""
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    wildcard = {"**": ".*", "*": "[^.]*", "?": "[^.]"}
+    return re.compile("".join(wildcard.get(p, re.escape(p)) for p in parts) + r"\Z")
+
+
+def by_glob(model: nn.Module, pattern: str) -> BranchSet:
+    """Branches named by hand: every module whose path matches ``pattern`` (see :func:`glob_regex`).
+
+    Matches are grouped into layers by their parent module path.
+    """
+    regex = glob_regex(pattern)
+    matches = [path for path, _ in model.named_modules() if path and regex.match(path)]
+    if not matches:
+        raise ProbekitError(f"--branches {pattern!r} matches no module path (see `probekit branches --model ...`)")
+    by_parent: dict[str, list[str]] = {}
+    for path in matches:
+        by_parent.setdefault(path.rpartition(".")[0], []).append(path)
+    layers = tuple(
+        BranchLayer(layer_name(parent), "glob", tuple(paths), tuple(paths)) for parent, paths in by_parent.items()
+    )
+    return BranchSet(layers, "glob")
+
+
+def discover(model: nn.Module, config: DiscoveryConfig) -> BranchSet:
+    """Find the branches of ``model``: the user's glob, else the first strategy plugin that finds any."""
+    if config.pattern:
+        return by_glob(model, config.pattern)
+    from probekit.plugins import manager
+
+    hook = manager().hook.probekit_discover_branches
+    found = hook(model=model, config=config)
+    if found is not None and len(found):
+        return found
+    tried = [description for impl in reversed(hook.get_hookimpls())  # a strategy plugin may describe itself
+             for description in getattr(impl.plugin, "STRATEGY_DESCRIPTIONS", (f"plugin {impl.plugin_name!r}",))]
+    graph_note = (
+        " (graph-captured models lose the probekit_branches marker)"
+        if type(model).__name__ in ("UnflattenedModule", "GraphModule") else ""
+    )
+    raise ProbekitError(
+        f"no branches found in {type(model).__name__}: tried {'; '.join(tried)}. "
+        f"Name them with --branches GLOB, e.g. --branches 'branches.*'{graph_note}"
+    )

@@ -1,0 +1,40 @@
+"""A model's initialisation, for comparing an analysis before and after training."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from probekit.errors import ProbekitError
+
+
+def initialised_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` with every module's ``reset_parameters()`` rerun under ``seed`` (eval mode).
+
+    This is PyTorch's default initialisation of each layer; a recipe that initialises some layers
+    differently (e.g. zeroed heads) is not reproduced.
+    """
+    fresh = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for module in fresh.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return fresh.eval()
+
+
+def model_states(model: nn.Module | None, analysis: str, compare_init: bool, seed: int) -> dict[str, nn.Module]:
+    """``{"trained": model}``, plus ``"init"`` (:func:`initialised_copy`) with ``compare_init``; the analysis
+    named ``analysis`` needs the module itself."""
+    if model is None:
+        raise ProbekitError(f"{analysis} needs the model itself (not just its recorded responses)")
+    states = {"trained": model}
+    if compare_init:
+        states["init"] = initialised_copy(model, seed)
+    return states
+
+
+def init_note(states, seed: int) -> str:
+    """The ``init`` attr of a node with a ``state`` dim."""
+    return f"PyTorch default init (reset_parameters), seed {seed}" if "init" in states else "not computed"

@@ -1,0 +1,2 @@
+"""HTML reports of results stores (:mod:`probekit.report.html`) and the figure helpers plots use
+(:mod:`probekit.report.plotting`)."""

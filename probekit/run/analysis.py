@@ -1,0 +1,167 @@
+"""The Analysis base class and its typed options.
+
+An analysis is a class with a ``name``, an ``Options`` dataclass (unknown keys
+are an error), ``update(batch)`` called once per batch with streaming state
+only, and ``finalize() -> xr.Dataset``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, get_type_hints
+
+import torch
+
+from probekit.errors import ProbekitError
+from probekit.run.merging import merge_value
+from probekit.run.sample_arrays import SampleArray
+
+if TYPE_CHECKING:
+    import xarray as xr
+    from torch import nn
+
+    from probekit.models.branches import BranchSet
+    from probekit.run.data import ProbeData
+
+
+@dataclass
+class Batch:
+    """One batch of the streaming pass.
+
+    ``index``: ``[N]`` positions in the probed data; ``inputs``: ``[N, ...]``;
+    ``targets``: ``[N]`` or ``None``; ``outputs``: the model's output ``[N, ...]``;
+    ``responses``: ``{layer name: [N, K, D]}`` branch responses (K branches,
+    each flattened to D values), all on the run's device.
+    """
+
+    index: torch.Tensor
+    inputs: torch.Tensor
+    targets: torch.Tensor | None
+    outputs: torch.Tensor
+    responses: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What an analysis knows about the run when it is created.
+
+    ``staging`` maps an analysis name to the folder of its node being
+    written, or is ``None`` when no store is written (per-sample arrays then
+    stay in memory). ``model`` is the probed module, for analyses that run
+    their own forward and backward passes (``needs_grad``).
+    """
+
+    branchset: BranchSet
+    data: ProbeData
+    n_samples: int
+    device: torch.device
+    seed: int
+    staging: Callable[[str], Path] | None = None
+    model: nn.Module | None = None
+    shard: range | None = None  # the sample positions this process probes (all by default)
+    align: int | None = None  # shards start at multiples of this; per-sample chunks must divide it
+    resume_from: int = 0  # a resumed run: rows before this position are already on disk
+    arrays: list = dataclasses.field(default_factory=list)  # every SampleArray made, for checkpoints
+
+    @property
+    def rows(self) -> range:
+        """The sample positions this process probes."""
+        return self.shard if self.shard is not None else range(self.n_samples)
+
+    def sample_array(self, analysis: str, name: str, dims: tuple[str, ...], tail: tuple[int, ...], dtype,
+                     attrs: dict) -> SampleArray:
+        """A ``[n_samples, *tail]`` per-sample variable of ``analysis``'s node, streamed to disk (this
+        process writes the rows of its shard)."""
+        group = self.staging(analysis) if self.staging is not None else None
+        array = SampleArray(group, name, dims, (self.n_samples, *tail), dtype, attrs, self.rows, self.align,
+                            self.resume_from)
+        self.arrays.append(array)
+        return array
+
+
+@dataclass
+class NoOptions:
+    """An analysis without options."""
+
+
+class Analysis:
+    """Base class for analyses; subclass it and register it from a plugin.
+
+    ``merge_rules`` names the attributes that hold streaming state and how two shards' values combine
+    (:mod:`probekit.run.merging`); ``{}`` means no streaming state, ``None`` (the default) that it is not
+    declared, and such an analysis cannot run on several processes.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    needs_grad: ClassVar[bool] = False
+    merge_rules: ClassVar[dict[str, str] | None] = None
+
+    def __init__(self, context: RunContext, options: Any):
+        self.context = context
+        self.options = options
+
+    def update(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def finalize(self) -> xr.Dataset:
+        raise NotImplementedError
+
+    def summary(self, ds: xr.Dataset) -> dict[str, Any]:
+        """Key numbers of a finalized result, shown by ``probekit show`` (JSON-able)."""
+        return {}
+
+    def state(self) -> dict[str, Any]:
+        """The streaming state named by ``merge_rules``."""
+        return {name: getattr(self, name) for name in self.merge_rules or {}}
+
+    def merge(self, other: dict[str, Any], rows: range) -> None:
+        """Fold in ``other``, the :meth:`state` of the same analysis over sample positions ``rows``."""
+        for name, rule in (self.merge_rules or {}).items():
+            custom = getattr(self, f"merge_{name}", None)
+            setattr(self, name, merge_value(rule, getattr(self, name), other[name], rows, custom))
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(text: str, kind: type, where: str):
+    if kind is bool:
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise ProbekitError(f"{where} must be true or false, not {text!r}")
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ProbekitError(f"{where} must be {kind.__name__}, not {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise ProbekitError(f"{where} must be a finite number, not {text!r}")
+    return value
+
+
+def parse_options(analysis: type[Analysis], pairs: dict[str, str]):
+    """Build ``analysis.Options`` from ``{key: text}``; unknown keys and bad values are errors."""
+    fields = {f.name: f for f in dataclasses.fields(analysis.Options)}
+    hints = get_type_hints(analysis.Options)
+    values = {}
+    for key, text in pairs.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields)) or "none"
+            raise ProbekitError(f"unknown option {key!r} of {analysis.name} (its options: {valid})")
+        values[key] = _convert(text, hints[key], f"{analysis.name}.{key}")
+    options = analysis.Options(**values)
+    check = getattr(options, "check", None)
+    if check is not None:
+        check()
+    return options
+
+
+def options_json(options: Any) -> str:
+    return json.dumps(dataclasses.asdict(options), sort_keys=True)

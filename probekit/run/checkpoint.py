@@ -1,0 +1,80 @@
+"""Checkpoints of a run in progress, so ``probekit run --resume`` continues an interrupted run.
+
+Every ``--checkpoint-every`` batches the runner writes every per-sample
+row it has buffered to the store, then ``<store>.tmp/checkpoint.pt``
+(atomically): the position of the next sample, each analysis's streaming
+state (its ``merge_rules`` attributes), the errors so far and the samples
+flagged NaN/Inf, with a fingerprint of the run's settings. ``--resume``
+restores the state into fresh analyses (by merging it into their empty
+state), reopens the per-sample arrays at that position and probes the rest,
+so no sample is counted twice or skipped. The file loads with
+``torch.load(weights_only=True)``: numpy arrays are stored as tensors and
+restored, so reading a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from probekit.run.atomic import save_atomically
+from probekit.errors import ProbekitError
+
+CHECKPOINT = "checkpoint.pt"
+NUMPY = "__numpy__"  # the key that marks an encoded numpy array
+
+
+def encode(value: Any) -> Any:
+    """``value`` with every numpy array (and scalar) turned into what ``weights_only`` loading accepts."""
+    if isinstance(value, np.ndarray):
+        return {NUMPY: torch.from_numpy(np.ascontiguousarray(value))}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: encode(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return type(value)(encode(item) for item in value)
+    return value
+
+
+def decode(value: Any) -> Any:
+    """The inverse of :func:`encode`."""
+    if isinstance(value, dict):
+        if set(value) == {NUMPY}:
+            return value[NUMPY].numpy()
+        return {key: decode(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return type(value)(decode(item) for item in value)
+    return value
+
+
+def fingerprint(settings: dict) -> str:
+    """A canonical text of the settings a resumed run must share with the interrupted one."""
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def save(folder: Path, settings: str, position: int, states: dict, errors: dict, nonfinite: list[int],
+         arrays: list) -> None:
+    """Flush ``arrays`` (per-sample rows before ``position``), then write the checkpoint atomically."""
+    for array in arrays:
+        array.checkpoint()
+    save_atomically({"settings": settings, "position": position, "states": encode(states), "errors": errors,
+                     "nonfinite": nonfinite}, folder / CHECKPOINT)
+
+
+def load(folder: Path, settings: str) -> dict:
+    """The checkpoint in ``folder``; clear errors when there is none or it belongs to other settings."""
+    path = folder / CHECKPOINT
+    if not path.is_file():
+        raise ProbekitError(f"no checkpoint at {path}: the run stopped before its first checkpoint; start it "
+                            "again without --resume (pass --overwrite)")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved["states"] = decode(saved["states"])
+    if saved["settings"] != settings:
+        raise ProbekitError("the interrupted run used other settings (model, data, plugins, options, batch size, "
+                            "limit or seed); resume it with the same command")
+    return saved

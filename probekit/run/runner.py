@@ -1,0 +1,361 @@
+"""One streaming pass of a model over data, feeding every analysis, into a store."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from probekit.run import checkpoint as run_checkpoint
+from probekit.run import distributed
+from probekit.run.analysis import Batch, RunContext, options_json, parse_options
+from probekit.models.branches import BranchSet, DiscoveryConfig, discover
+from probekit.run.capture import capture
+from probekit.run.data import ProbeData, batches, load_data
+from probekit.errors import ProbekitError
+from probekit.models.graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_tapped
+from probekit.models.loading import LoadedModel, LoadOptions, load_model
+from probekit.plugins import analyses, manager, plugin_version
+from probekit.store.provenance import base_attrs
+from probekit.store.results import StoreWriter, check_node_name, store_writer
+
+
+CHECKPOINT_EVERY = 100
+
+
+@dataclass
+class RunSpec:
+    """Everything ``probekit run`` was asked to do."""
+
+    model: str
+    data: str
+    plugins: list[str]
+    out: str
+    options: dict[str, dict[str, str]] = field(default_factory=dict)
+    load: LoadOptions = LoadOptions()
+    branches: str | None = None
+    limit: int | None = None
+    batch_size: int = 64
+    device: str = "cpu"
+    seed: int = 0
+    overwrite: bool = False
+    progress: bool = True
+    resume: bool = False
+    checkpoint_every: int = CHECKPOINT_EVERY  # batches; 0: no checkpoints
+
+
+@dataclass
+class Run:
+    """A run in progress: what the ``probekit_run_start`` hook receives."""
+
+    spec: RunSpec
+    model: LoadedModel
+    data: ProbeData
+    branchset: BranchSet
+    n_samples: int
+    analyses: dict = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    nonfinite: list[int] = field(default_factory=list)  # positions of samples with NaN/Inf outputs or responses
+    module: torch.nn.Module | None = None  # what is probed (a TorchScript model converted to a tapped graph)
+    device: torch.device | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ProbekitError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ProbekitError(f"--device {name!r} is not a device: {exc}") from exc
+
+
+def _analysis_classes(spec: RunSpec) -> dict:
+    registered = analyses()
+    unknown = [p for p in spec.plugins if p not in registered]
+    if unknown:
+        raise ProbekitError(f"unknown plugin {unknown[0]!r}; available: {', '.join(sorted(registered)) or 'none'}")
+    for name in spec.options:
+        if name not in spec.plugins:
+            raise ProbekitError(f"--option {name}.*: {name!r} is not among --plugins {','.join(spec.plugins)}")
+    return {name: registered[name][0] for name in spec.plugins}
+
+
+def _forward(model, x: torch.Tensor) -> torch.Tensor:
+    """Run the model, padding to its fixed batch size when it has one."""
+    fixed = getattr(model, FIXED_BATCH_ATTR, None)
+    n = x.shape[0]
+    if fixed is not None and n != fixed:
+        if n > fixed:
+            raise ProbekitError(f"this model takes batches of exactly {fixed}: pass --batch-size {fixed}")
+        x = torch.cat([x, x[-1:].expand(fixed - n, *x.shape[1:])])
+    return model(x)[:n]
+
+
+def _first_forward(model, x: torch.Tensor, data: ProbeData, spec: RunSpec) -> None:
+    """Try the first batch, turning a shape error into one clear line."""
+    try:
+        with torch.no_grad():
+            _forward(model, x)
+    except ProbekitError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ProbekitError(
+            f"data {data.name} (samples of shape {tuple(x.shape[1:])}) does not fit model {spec.model}: {first}"
+        ) from exc
+
+
+def provenance(run: Run, spec: RunSpec) -> dict:
+    """Run-level attrs stored on the root and every node (see docs/schema.md)."""
+    return {
+        **base_attrs(spec.seed),
+        "model": json.dumps({"spec": spec.model, "sha256": run.model.sha256}),
+        "dataset": run.data.name,
+        "n_samples": run.n_samples,
+        "branch_strategy": run.branchset.strategy,
+        "n_branches": len(run.branchset),
+    }
+
+
+def execute(spec: RunSpec) -> Run:
+    """Do the run; return it with any per-analysis errors (the store is written either way).
+
+    Launched by torchrun with several processes, each probes its shard and rank 0 writes the store
+    (:mod:`probekit.run.distributed`).
+    """
+    ranks = distributed.from_env(spec.device)
+    try:
+        return _execute(spec, ranks)
+    finally:
+        if ranks is not None:
+            distributed.finish()
+
+
+def _check_mergeable(classes: dict, ranks: distributed.Ranks | None, resume: bool = False) -> None:
+    """Several processes and ``--resume`` both rebuild an analysis's state by merging: refuse analyses that do
+    not declare how (``merge_rules``), which would silently lose what they saw."""
+    undeclared = [name for name, cls in classes.items() if cls.merge_rules is None]
+    if ranks is not None and undeclared:
+        raise ProbekitError(f"analysis {undeclared[0]!r} does not declare how its state merges (merge_rules), so "
+                            "it cannot run on several processes; run it without --nproc")
+    if resume and undeclared:
+        raise ProbekitError(f"analysis {undeclared[0]!r} does not declare how its state merges (merge_rules), so "
+                            "its checkpoint cannot be restored; start the run again with --overwrite instead of "
+                            "--resume")
+
+
+def check_launch(spec: RunSpec) -> None:
+    """What ``--nproc`` can check before launching processes: plugins, options, mergeability, the store."""
+    from probekit.store.location import exists
+
+    classes = _analysis_classes(spec)
+    _check_mergeable(classes, distributed.Ranks(0, 2, 0))
+    for name, cls in classes.items():
+        parse_options(cls, spec.options.get(name, {}))
+    if exists(spec.out) and not spec.overwrite:
+        raise ProbekitError(f"output store {spec.out} already exists; pass --overwrite to replace it")
+
+
+def _open_staging(writer: StoreWriter | None, attrs: dict, ranks: distributed.Ranks | None):
+    """Rank 0 (or a single process) creates the store; every rank gets its staging-folder function."""
+    if ranks is None:
+        writer.create(attrs)
+        return writer.staging
+    failure = tmp = None
+    if ranks.is_main:
+        try:
+            writer.create(attrs)
+            tmp = str(writer.tmp)
+        except ProbekitError as exc:
+            failure = str(exc)
+    failure, tmp = distributed.broadcast((failure, tmp))
+    if failure:
+        raise ProbekitError(failure)
+    return lambda name: Path(tmp) / check_node_name(name)
+
+
+def _create_analyses(classes: dict, context: RunContext, options: dict, ranks: distributed.Ranks | None) -> dict:
+    """The analyses; rank 0 first, so it creates the shared per-sample arrays the other ranks open."""
+    if ranks is None:
+        return {name: cls(context, options[name]) for name, cls in classes.items()}
+    made = {name: cls(context, options[name]) for name, cls in classes.items()} if ranks.is_main else None
+    distributed.barrier()
+    if not ranks.is_main:
+        made = {name: cls(context, options[name]) for name, cls in classes.items()}
+    return made
+
+
+def _merge_ranks(run: Run, shard: range, ranks: distributed.Ranks) -> None:
+    """Gather every rank's streaming state and errors on rank 0 and merge them there, in rank order."""
+    states = {name: analysis.state() for name, analysis in run.analyses.items()}
+    gathered = distributed.gather((shard, states, run.errors, run.nonfinite), ranks)
+    if not ranks.is_main:
+        return
+    for rows, other, errors, nonfinite in gathered[1:]:
+        run.errors.update(errors)
+        run.nonfinite += nonfinite
+        for name in list(run.analyses):
+            if name in run.errors:
+                del run.analyses[name]
+            else:
+                run.analyses[name].merge(other[name], rows)
+
+
+def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
+    classes = _analysis_classes(spec)
+    _check_mergeable(classes, ranks, spec.resume)
+    options = {name: parse_options(cls, spec.options.get(name, {})) for name, cls in classes.items()}
+    main = ranks is None or ranks.is_main
+    if spec.resume and ranks is not None:
+        raise ProbekitError("--resume does not combine with --nproc; resume the run in one process")
+    writer = store_writer(spec.out, overwrite=spec.overwrite, resume=spec.resume) if main else None
+    if spec.batch_size <= 0 or (spec.limit is not None and spec.limit <= 0) or spec.checkpoint_every < 0:
+        raise ProbekitError("--batch-size and --limit must be positive, --checkpoint-every at least 0")
+    device = resolve_device(distributed.device_for(spec.device, ranks))
+    torch.manual_seed(spec.seed)
+    data = load_data(spec.data, spec.seed)
+    loaded = load_model(spec.model, spec.load)
+    n_samples = data.count(spec.limit)
+    shard = distributed.shard_of(n_samples, ranks) if ranks is not None else None
+    first_batch = next(batches(data.loader(spec.batch_size, spec.limit)))
+    module = loaded.module.to(device)
+    _first_forward(module, first_batch[1].to(device), data, spec)
+    if is_torchscript(module):
+        module = torchscript_to_tapped(module, first_batch[1].to(device))
+    branchset = discover(module, DiscoveryConfig(spec.branches))
+    run = Run(spec, loaded, data, branchset, n_samples, module=module, device=device)
+    attrs = provenance(run, spec)
+    settings = run_checkpoint.fingerprint({**asdict(replace(spec, overwrite=False, progress=True, resume=False,
+                                                            checkpoint_every=0)),
+                                           "sha256": loaded.sha256, "n_samples": n_samples})
+    try:
+        _probe_and_write(run, writer, ranks, classes, options, attrs, settings, shard)
+    finally:
+        if writer is not None:
+            writer.release()  # idempotent: the store's lock never outlives the run
+    if ranks is not None:
+        distributed.barrier()  # the other ranks return once the store is complete
+    if main:
+        from probekit.store.results import open_results
+
+        manager().hook.probekit_run_finish(run=run, tree=open_results(spec.out))
+    return run
+
+
+def _probe_and_write(run: Run, writer: StoreWriter | None, ranks: distributed.Ranks | None, classes: dict,
+                     options: dict, attrs: dict, settings: str, shard: range | None) -> None:
+    """Open (or reopen) the store, stream every batch through the analyses, merge ranks, write the nodes.
+
+    A failure before the end removes the unfinished store unless a checkpoint can resume it; a failure while
+    writing the nodes (a full disk) frees this run's staging and keeps what sits at the store's path."""
+    spec, main = run.spec, ranks is None or ranks.is_main
+    saved = None
+    if spec.resume:
+        writer.reopen()
+        saved = run_checkpoint.load(writer.tmp, settings)
+        staging = writer.staging
+    else:
+        staging = _open_staging(writer, {**attrs, "plugins": json.dumps(spec.plugins)}, ranks)
+    start = saved["position"] if saved else 0
+    context = RunContext(run.branchset, run.data, run.n_samples, run.device, spec.seed, staging=staging,
+                         model=run.module, shard=shard,
+                         align=distributed.SHARD_ALIGN if ranks is not None else None, resume_from=start)
+    try:
+        run.analyses = _create_analyses(classes, context, options, ranks)
+        if saved:
+            _restore(run, saved)
+        if main:
+            manager().hook.probekit_run_start(run=run)
+        checkpoints = (lambda position: run_checkpoint.save(
+            writer.tmp, settings, position, {n: a.state() for n, a in run.analyses.items()}, run.errors,
+            run.nonfinite, context.arrays)) if ranks is None and spec.checkpoint_every else None
+        rows = range(start, run.n_samples) if ranks is None else shard
+        _stream(run.module, run.data.loader(spec.batch_size, spec.limit, rows), run, run.device,
+                spec if main else replace(spec, progress=False), checkpoints)
+        if ranks is not None:
+            _merge_ranks(run, shard, ranks)
+    except BaseException:
+        if writer is not None and not (writer.tmp / run_checkpoint.CHECKPOINT).exists():
+            writer.discard()  # nothing to resume from: leave no half-made store behind
+        raise
+    if not main:
+        return
+    try:
+        _finalize(run, writer, attrs, classes, options)
+        writer.finish(run.errors, nonfinite_attrs(run))
+    except OSError:
+        writer.drop_staging()
+        raise
+
+
+def _restore(run: Run, saved: dict) -> None:
+    """Put an interrupted run's checkpointed state into its freshly made analyses."""
+    run.errors.update(saved["errors"])
+    run.nonfinite = list(saved["nonfinite"])
+    done = range(0, saved["position"])
+    for name in list(run.analyses):
+        if name in run.errors:
+            del run.analyses[name]
+        else:
+            run.analyses[name].merge(saved["states"][name], done)
+
+
+def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec, checkpoint=None) -> None:
+    """Every batch through the model and the analyses; ``checkpoint(position)`` every
+    ``spec.checkpoint_every`` batches."""
+    needs_grad = any(a.needs_grad for a in run.analyses.values())
+    with capture(module, run.branchset) as recorder, torch.set_grad_enabled(needs_grad):
+        progress = tqdm(batches(loader), total=len(loader), desc="probing", unit="batch", disable=not spec.progress,
+                        file=sys.stderr)
+        for count, (index, x, target) in enumerate(progress, 1):
+            x = x.to(device)
+            outputs = _forward(module, x)
+            batch = Batch(index, x, target.to(device) if run.data.has_targets else None, outputs,
+                          recorder.take(x.shape[0]))
+            run.nonfinite += nonfinite_positions(batch)
+            for name, analysis in list(run.analyses.items()):
+                try:
+                    analysis.update(batch)
+                except Exception as exc:
+                    run.errors[name] = f"{type(exc).__name__}: {exc}"
+                    del run.analyses[name]
+            if checkpoint is not None and count % spec.checkpoint_every == 0:
+                checkpoint(int(index[-1]) + 1)
+
+
+def nonfinite_positions(batch: Batch) -> list[int]:
+    """Positions of the batch's samples whose output or any branch response holds NaN or Inf."""
+    bad = ~torch.isfinite(batch.outputs.detach().flatten(1)).all(1)
+    for responses in batch.responses.values():
+        bad |= ~torch.isfinite(responses.detach().flatten(1)).all(1)
+    return batch.index[bad.cpu()].tolist()
+
+
+def nonfinite_attrs(run: Run) -> dict:
+    """Root attrs that flag samples with NaN/Inf: their count and the first 20 ids."""
+    ids = [str(run.data.sample_ids[i]) for i in sorted(run.nonfinite)[:20]]
+    return {"nonfinite_samples": len(run.nonfinite), "nonfinite_sample_ids": json.dumps(ids)}
+
+
+def _finalize(run: Run, writer: StoreWriter, attrs: dict, classes: dict, options: dict) -> None:
+    for name, analysis in run.analyses.items():
+        try:
+            ds = analysis.finalize()
+            ds.attrs.update({
+                **attrs,
+                "plugin": name,
+                "plugin_version": plugin_version(_plugin_of(name)),
+                "options": options_json(options[name]),
+                "summary": json.dumps(analysis.summary(ds)),
+            })
+            writer.write_node(name, ds)
+        except Exception as exc:
+            run.errors[name] = f"{type(exc).__name__}: {exc}"
+
+
+def _plugin_of(analysis_name: str) -> str:
+    return analyses()[analysis_name][1]

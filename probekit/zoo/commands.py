@@ -1,0 +1,110 @@
+"""The zoo's commands (``probekit models``, ``probekit train``, ``probekit experiment``), registered through the
+``probekit_register_commands`` hook from the ``probekit.commands`` entry-point group: the core CLI knows nothing of
+recipes. This module imports only argparse-level code; each command imports its work when it runs.
+"""
+
+from __future__ import annotations
+
+from probekit.cli import check_report_target_of, print_store
+from probekit.hookspecs import hookimpl
+
+
+def cmd_experiment(args) -> int:
+    from probekit.zoo import experiments
+
+    if args.report:
+        check_report_target_of(args.out, args.overwrite)
+    print_store(getattr(experiments, args.experiment.replace("-", "_"))(args), args.report)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from probekit.zoo.registry import ZOO
+
+    for name, entry in sorted(ZOO.items()):
+        missing = "" if entry.weights_path(name).is_file() else f"  [weights not bundled: probekit train {name}]"
+        print(f"{name:20s} {entry.description} (data: {entry.data}){missing}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from probekit.zoo.training import TrainOptions, train_recipe
+
+    options = TrainOptions(branches=args.branches, seed=args.seed, data_root=args.data_root, epochs=args.epochs,
+                           resume=args.resume, checkpoint_dir=args.checkpoint_dir, scheme=args.scheme,
+                           iterations=args.iterations, max_lr=args.max_lr, init_from=args.init_from,
+                           progress=not args.quiet)
+    train_recipe(args.recipe, out=args.out, overwrite=args.overwrite, options=options)
+    return 0
+
+
+@hookimpl
+def probekit_register_commands(subparsers):
+    sub = subparsers
+    experiment = sub.add_parser("experiment", help="run a built-in experiment that trains its own models")
+    experiments = experiment.add_subparsers(dest="experiment", required=True)
+    sweep = experiments.add_parser("toy-sweep", help="the paper's toy experiments (section 4.1, Figs. 2-4)")
+    sweep.add_argument("--task", default="toy1", help="toy1 or toy2")
+    sweep.add_argument("--branches", default="2:30", help="branch counts M: 2:30 (inclusive) or 2,4,8")
+    sweep.add_argument("--trials", type=int, default=1000, help="networks per M, each from its own random init")
+    sweep.add_argument("--steps", type=int, default=5000, help="full-batch gradient-descent steps")
+    sweep.add_argument("--lr", type=float, default=0.02, help="learning rate")
+    sweep.add_argument("--init", default="uniform:1", help="uniform:A (w, b ~ U(-A, A)) or normal:S")
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--dtype", default="float32", help="float32 or float64")
+    sweep.add_argument("--record-dynamics", type=int, default=0, metavar="K",
+                       help="store the training trajectories of the first K trials of each M")
+    sweep.add_argument("--dynamics-every", type=int, default=25, metavar="N", help="record every N steps")
+    sweep.add_argument("--out", required=True, help="results store to create")
+    sweep.add_argument("--overwrite", action="store_true")
+    sweep.add_argument("--report", action="store_true", help="also write the HTML report")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(func=cmd_experiment)
+
+    count = experiments.add_parser("branch-count", help="active and silent branches against M on CIFAR-10 "
+                                   "(Fig. 5 left): trains one branched-resnet18 per M")
+    count.add_argument("--data-root", help="CIFAR-10 folder (e.g. ../shared/data/cifar10)")
+    count.add_argument("--branches", default="2,4,8,16,32", help="branch counts M: 2,4,8 or 2:8")
+    count.add_argument("--epochs", type=int, default=3, help="epochs per model (the reduced budget)")
+    count.add_argument("--train-limit", type=int, default=10_000,
+                       help="train on a fixed random subset of this many images (0: all 50,000)")
+    count.add_argument("--probe-data", default="cifar10-sample", help="data the activity analysis probes")
+    count.add_argument("--checkpoint-dir", default="runs/branch-count",
+                       help="epoch checkpoints and models, one folder per M; a rerun resumes from them")
+    count.add_argument("--seed", type=int, default=0)
+    count.add_argument("--head-init", choices=("zero", "default"), default="zero",
+                       help="each branch's last linear layer: zero (f = 0 at the start) or PyTorch's default init")
+    count.add_argument("--scheme", choices=("clamped", "logits"), default="clamped",
+                       help="loss: the paper's clamped scheme or plain logits")
+    count.add_argument("--max-lr", type=float, default=0.02, help="peak of the one-cycle schedule")
+    count.add_argument("--out", required=True, help="results store to create")
+    count.add_argument("--overwrite", action="store_true")
+    count.add_argument("--report", action="store_true", help="also write the HTML report")
+    count.add_argument("--quiet", action="store_true", help="no progress bars")
+    count.set_defaults(func=cmd_experiment)
+
+    models = sub.add_parser("models", help="list the bundled zoo models")
+    models.set_defaults(func=cmd_models)
+
+    train = sub.add_parser("train", help="train a bundled model from its recipe")
+    train.add_argument("recipe", help="toy1, toy2, digits-branched8, cifar10-branched16, afhq-cat-branched9 or "
+                       "celeba-branched9")
+    train.add_argument("--out", help="weights file to write (default: the zoo's own file)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--branches", type=int, help="number of branches M (default: the recipe's)")
+    train.add_argument("--overwrite", action="store_true")
+    train.add_argument("--data-root", help="dataset folder: ../shared/data/cifar10 for cifar10-branched16, "
+                       "../shared/data for the generators")
+    train.add_argument("--epochs", type=int, help="epochs (default: the recipe's)")
+    train.add_argument("--iterations", type=int, help="generator recipes: training iterations (default: the "
+                       "recipe's)")
+    train.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    train.add_argument("--scheme", choices=("clamped", "logits"),
+                       help="cifar10-branched16 loss: the paper's clamped scheme (default) or plain logits")
+    train.add_argument("--max-lr", type=float, help="cifar10-branched16: peak of the one-cycle schedule "
+                       "(default 0.02)")
+    train.add_argument("--init-from", metavar="WEIGHTS", help="cifar10-branched16: start from these weights (a "
+                       "zoo-format file) instead of the recipe's init: a fine-tune")
+    train.add_argument("--checkpoint-dir", help="where epoch checkpoints go (default: runs/<recipe>)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)

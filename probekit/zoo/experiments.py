@@ -1,0 +1,83 @@
+"""``probekit experiment ...``: experiments that train their own models and write a store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import xarray as xr
+
+from probekit import __version__
+from probekit.store.provenance import base_attrs
+from probekit.store.results import store_writer
+
+TOY_SWEEP_NODE = "toy-sweep"
+BRANCH_COUNT_NODE = "branch-count"
+
+
+def _write_experiment(args, node: str, attrs: dict, build: Callable[[], xr.Dataset], summary) -> str:
+    """Create the store, build the node, write it with provenance; nothing is left behind on failure."""
+    writer = store_writer(args.out, overwrite=args.overwrite)
+    attrs = {**base_attrs(args.seed), **attrs}
+    writer.create({**attrs, "plugins": json.dumps([node])})
+    try:
+        ds = build()
+        ds.attrs.update({**attrs, "plugin": node, "plugin_version": __version__, "summary": json.dumps(summary(ds))})
+        writer.write_node(node, ds)
+    except BaseException:
+        writer.discard()
+        raise
+    try:
+        writer.finish({})
+    finally:
+        writer.release()
+    return args.out
+
+
+def toy_sweep(args) -> str:
+    """Run the toy sweep the CLI asked for and write its store; return the store path."""
+    from probekit.zoo.toy_sweep import SweepConfig, parse_branch_counts, run_sweep, summary
+
+    config = SweepConfig(
+        task=args.task, branches=parse_branch_counts(args.branches), trials=args.trials, steps=args.steps,
+        lr=args.lr, init=args.init, seed=args.seed, dtype=args.dtype, record_dynamics=args.record_dynamics,
+        dynamics_every=args.dynamics_every,
+    )
+    config.check()
+    counts = config.branches
+    attrs = {
+        "model": json.dumps({"spec": f"toy networks sum_k LeakyReLU(w_k x + b_k), M = {counts[0]}..{counts[-1]}",
+                             "sha256": "none (trained in this run)"}),
+        "dataset": config.task,
+        "n_samples": 4,
+        "branch_strategy": "toy sweep",
+        "n_branches": f"{min(counts)}..{max(counts)}",
+    }
+    return _write_experiment(args, TOY_SWEEP_NODE, attrs, lambda: run_sweep(config, progress=not args.quiet), summary)
+
+
+def branch_count(args) -> str:
+    """Train and probe branched-resnet18 for each M (Fig. 5 left) and write the store; return its path."""
+    from probekit.zoo.branch_count import BranchCountConfig, run_branch_count, summary
+    from probekit.run.data import load_data
+    from probekit.errors import ProbekitError
+    from probekit.zoo.toy_sweep import parse_branch_counts
+
+    if not args.data_root:
+        raise ProbekitError("branch-count needs --data-root (e.g. ../shared/data/cifar10)")
+    config = BranchCountConfig(branches=parse_branch_counts(args.branches), epochs=args.epochs,
+                               train_limit=args.train_limit or None, probe_data=args.probe_data, seed=args.seed,
+                               checkpoint_dir=args.checkpoint_dir, head_init=args.head_init, scheme=args.scheme,
+                               max_lr=args.max_lr)
+    config.check()
+    counts = config.branches
+    attrs = {
+        "model": json.dumps({"spec": f"branched-resnet18, M = {counts[0]}..{counts[-1]}",
+                             "sha256": f"see {config.checkpoint_dir}/M<m>/model.pt"}),
+        "dataset": config.probe_data,
+        "n_samples": len(load_data(config.probe_data).dataset),
+        "branch_strategy": "summed branches",
+        "n_branches": f"{min(counts)}..{max(counts)}",
+    }
+    return _write_experiment(args, BRANCH_COUNT_NODE, attrs,
+                             lambda: run_branch_count(config, args.data_root, progress=not args.quiet), summary)

@@ -1,0 +1,72 @@
+"""Bundled models: name -> architecture + committed weights (``weights/<name>.pt``).
+
+Each weights file is ``{"recipe": name, "config": {...builder kwargs}, "state_dict": ...,
+"metrics": {...}}``, written by ``probekit train <name>``; ``docs/models.md`` records how.
+Files of that form trained elsewhere (``probekit train toy2 --branches 40 --out f.pt``)
+load as ``--model f.pt``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from probekit.zoo.architectures import branched_perceptron, digits_branched
+from probekit.zoo.generator import branched_generator
+from probekit.zoo.resnet import branched_resnet18
+from probekit.errors import ProbekitError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A bundled model: its builder, description and the data it was trained on."""
+
+    build: Callable[..., nn.Module]
+    description: str
+    data: str
+
+    def weights_path(self, name: str) -> Path:
+        return WEIGHTS_DIR / f"{name}.pt"
+
+
+ZOO: dict[str, ZooEntry] = {
+    "toy1": ZooEntry(branched_perceptron, "paper toy 1: 10 LeakyReLU perceptron branches", "toy1"),
+    "toy2": ZooEntry(branched_perceptron, "paper toy 2: 20 LeakyReLU perceptron branches", "toy2"),
+    "digits-branched8": ZooEntry(digits_branched, "8 summed small-CNN branches on 8x8 digits", "digits:test"),
+    "cifar10-branched16": ZooEntry(branched_resnet18, "16 summed slim-ResNet18 branches on CIFAR-10 (paper section 6)",
+                                   "cifar10:../shared/data/cifar10"),
+    "afhq-cat-branched9": ZooEntry(branched_generator, "9-branch generator re-generating AFHQ cats (paper section 7)",
+                                   "imagefolder:../shared/data/samples/afhq"),
+    "celeba-branched9": ZooEntry(branched_generator, "9-branch generator, CelebA female<->male (paper section 7)",
+                                 "imagefolder:../shared/data/celeba-64/test"),
+}
+
+
+def load_zoo_model(name: str) -> nn.Module:
+    """Build a bundled model and load its committed weights."""
+    entry = ZOO[name]
+    path = entry.weights_path(name)
+    if not path.is_file():
+        raise ProbekitError(f"weights of zoo model {name!r} are missing ({path}); run `probekit train {name}`")
+    return build_from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def is_zoo_checkpoint(obj) -> bool:
+    """Whether ``obj`` is a checkpoint written by ``probekit train``."""
+    return isinstance(obj, dict) and obj.get("recipe") in ZOO and "state_dict" in obj and "config" in obj
+
+
+def build_from_checkpoint(checkpoint: dict) -> nn.Module:
+    """The zoo architecture named by ``checkpoint['recipe']``, with its weights (and class names, if any)."""
+    model = ZOO[checkpoint["recipe"]].build(**checkpoint["config"])
+    model.load_state_dict(checkpoint["state_dict"])
+    names = checkpoint.get("metrics", {}).get("classes")
+    if names and hasattr(model, "class_names"):
+        model.class_names = list(names)
+    return model

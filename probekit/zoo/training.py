@@ -1,0 +1,141 @@
+"""Training recipes for the bundled models (``probekit train <recipe>``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from probekit.zoo.architectures import branched_perceptron, digits_branched
+from probekit.run.datasets import TOY_POINTS, digits_arrays
+from probekit.errors import ProbekitError
+from probekit.zoo.registry import ZOO
+
+TOY_STEPS = 5000
+TOY_LR = 0.05
+DIGITS_EPOCHS = 30
+DIGITS_LR = 3e-3
+DIGITS_BATCH = 64
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What ``probekit train`` was asked; recipes use the fields they need."""
+
+    branches: int | None = None
+    seed: int = 0
+    data_root: str | None = None
+    epochs: int | None = None
+    resume: bool = False
+    checkpoint_dir: str | None = None
+    scheme: str | None = None
+    iterations: int | None = None
+    max_lr: float | None = None
+    init_from: str | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe: default branch count and the function that trains it."""
+
+    branches: int
+    train: object  # (branches, options: TrainOptions) -> (model, config, metrics)
+
+
+def train_toy(name: str, branches: int, seed: int):
+    """Full-batch gradient descent on the four points with L = 1/2 ||f - y||^2."""
+    torch.manual_seed(seed)
+    xs, ys = TOY_POINTS[name]
+    x, y = torch.tensor(xs).unsqueeze(1), torch.tensor(ys).unsqueeze(1)
+    model = branched_perceptron(branches)
+    optimizer = torch.optim.SGD(model.parameters(), lr=TOY_LR)
+    for _ in tqdm(range(TOY_STEPS), desc=f"train {name}", unit="step", mininterval=1.0):
+        optimizer.zero_grad()
+        loss = 0.5 * (model(x) - y).pow(2).sum()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        final = float(0.5 * (model(x) - y).pow(2).sum())
+    metrics = {"final_loss": final, "success": 2 * final < 1e-4, "steps": TOY_STEPS, "lr": TOY_LR}
+    return model, {"branches": branches}, metrics
+
+
+def train_digits(branches: int, seed: int):
+    """Adam on the digits train split (4/5 of scikit-learn's digits), cross-entropy on summed logits."""
+    torch.manual_seed(seed)
+    x_train, y_train, _ = digits_arrays("train")
+    x_test, y_test, _ = digits_arrays("test")
+    model = digits_branched(branches)
+    optimizer = torch.optim.Adam(model.parameters(), lr=DIGITS_LR)
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in tqdm(range(DIGITS_EPOCHS), desc="train digits-branched", unit="epoch"):
+        model.train()
+        for idx in torch.randperm(len(x_train)).split(DIGITS_BATCH):
+            optimizer.zero_grad()
+            loss_fn(model(x_train[idx]), y_train[idx]).backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(x_test).argmax(1) == y_test).float().mean())
+    metrics = {"test_accuracy": accuracy, "epochs": DIGITS_EPOCHS, "lr": DIGITS_LR, "batch_size": DIGITS_BATCH}
+    return model, {"branches": branches}, metrics
+
+
+def train_cifar10_branched(branches: int, options: TrainOptions):
+    """``cifar10-branched16``: see :mod:`probekit.zoo.cifar_training`."""
+    from probekit.zoo.cifar_training import CifarRecipe, train_cifar
+
+    recipe = CifarRecipe(branches=branches, seed=options.seed,
+                         **({"epochs": options.epochs} if options.epochs else {}),
+                         **({"scheme": options.scheme} if options.scheme else {}),
+                         **({"max_lr": options.max_lr} if options.max_lr else {}),
+                         **({"init_from": str(Path(options.init_from).resolve())} if options.init_from else {}))
+    checkpoints = Path(options.checkpoint_dir or Path("runs") / f"cifar10-branched{branches}")
+    return train_cifar(recipe, options.data_root, checkpoints, options.resume, options.progress)
+
+
+GENERATORS = {
+    "afhq-cat-branched9": dict(train="afhq-cat-128/train", held_out="samples/afhq"),
+    "celeba-branched9": dict(train="celeba-64/train", held_out="celeba-64/test"),
+}
+
+
+def train_generator(name: str, branches: int, options: TrainOptions):
+    """``afhq-cat-branched9`` and ``celeba-branched9``: see :mod:`probekit.zoo.gan_training`."""
+    from probekit.zoo.gan_training import GanRecipe, train_gan
+
+    recipe = GanRecipe(**GENERATORS[name], branches=branches, seed=options.seed,
+                       **({"iterations": options.iterations} if options.iterations else {}))
+    checkpoints = Path(options.checkpoint_dir or Path("runs") / name)
+    return train_gan(recipe, options.data_root, checkpoints, options.resume, options.progress)
+
+
+RECIPES = {
+    "toy1": Recipe(10, lambda m, options: train_toy("toy1", m, options.seed)),
+    "toy2": Recipe(20, lambda m, options: train_toy("toy2", m, options.seed)),
+    "digits-branched8": Recipe(8, lambda m, options: train_digits(m, options.seed)),
+    "cifar10-branched16": Recipe(16, train_cifar10_branched),
+    **{name: Recipe(9, lambda m, options, name=name: train_generator(name, m, options)) for name in GENERATORS},
+}
+
+
+def train_recipe(name: str, out: str | None, overwrite: bool, options: TrainOptions) -> Path:
+    """Train ``name`` and save ``{recipe, config, state_dict, metrics}``; refuses to overwrite unless asked."""
+    if name not in RECIPES:
+        raise ProbekitError(f"unknown recipe {name!r}; recipes: {', '.join(sorted(RECIPES))}")
+    recipe = RECIPES[name]
+    path = Path(out) if out else ZOO[name].weights_path(name)
+    if path.exists() and not overwrite:
+        raise ProbekitError(f"{path} already exists; pass --overwrite to replace it")
+    started = time.perf_counter()
+    model, config, metrics = recipe.train(options.branches or recipe.branches, options)
+    metrics = {**metrics, "seed": options.seed, "wall_seconds": round(time.perf_counter() - started, 1)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"recipe": name, "config": config, "state_dict": model.state_dict(), "metrics": metrics}, path)
+    print(f"wrote {path}: {metrics}")
+    return path
