@@ -31,8 +31,8 @@ _NAMES = {
     "inputs_like": "probekit.measures.image_components", "pixel_correlation": "probekit.measures.image_components",
     "fidelity": "probekit.measures.image_components",
     # results: coordinates and stores
-    "branch_coords": "probekit.store.schema", "class_coords": "probekit.store.schema",
-    "layer_coords": "probekit.store.schema", "sample_coords": "probekit.store.schema",
+    "branch_coords": "probekit.run.coords", "class_coords": "probekit.run.coords",
+    "layer_coords": "probekit.run.coords", "sample_coords": "probekit.run.coords",
     "open_results": "probekit.store.results",
     # figures
     "new_figure": "probekit.report.plotting", "axis_label": "probekit.report.plotting",

@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from probekit import Analysis, Batch, ProbekitError, hookimpl
 from probekit.run.data import ProbeData
-from probekit.store.schema import branch_coords
+from probekit.run.coords import branch_coords
 
 
 @dataclass
