@@ -21,7 +21,7 @@ from probekit.run.analysis import Batch, RunContext
 from probekit.models.branches import DiscoveryConfig, discover
 from probekit.run.capture import capture
 from probekit.run.data import load_data
-from probekit.plugins import analyses
+from probekit.run.registry import analyses
 from probekit.zoo.registry import load_zoo_model
 
 

@@ -14,7 +14,7 @@ _NAMES = {
     # analyses and their run
     "Analysis": "probekit.run.analysis", "Batch": "probekit.run.analysis", "RunContext": "probekit.run.analysis",
     "NoOptions": "probekit.run.analysis", "Tap": "probekit.run.taps", "SampleArray": "probekit.run.sample_arrays",
-    "forward_hooks": "probekit.run.hooks",
+    "forward_hooks": "probekit.run.hooks", "ProbeData": "probekit.run.data",
     "hookimpl": "probekit.hookspecs", "analysis_hooks": "probekit.hookspecs", "ProbekitError": "probekit.errors",
     # branches and models
     "BranchLayer": "probekit.models.branches", "BranchSet": "probekit.models.branches",

@@ -163,7 +163,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from probekit.plugins import analyses, plugin_infos
+    from probekit.plugins import plugin_infos
+    from probekit.run.registry import analyses
 
     by_plugin: dict[str, list[str]] = {}
     for name, (_, plugin) in analyses().items():

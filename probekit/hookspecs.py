@@ -104,12 +104,11 @@ def probekit_plot(name, node):
     """
 
 
-def analysis_hooks(analysis, plot: str | None = None):
+def analysis_hooks(analysis):
     """The two hook implementations of a plugin module that provides one analysis.
 
-    ``plot`` names the drawing function as ``"module:function"``; it is
-    imported only when a report draws this analysis. Use as
-    ``probekit_register_analyses, probekit_plot = analysis_hooks(MyAnalysis, "my_plugin.plots:draw")``.
+    The drawing function is the class's ``plot`` (``"module:function"``), imported only when a report draws
+    this analysis. Use as ``probekit_register_analyses, probekit_plot = analysis_hooks(MyAnalysis)``.
     """
 
     @hookimpl
@@ -118,11 +117,11 @@ def analysis_hooks(analysis, plot: str | None = None):
 
     @hookimpl
     def probekit_plot(name, node):
-        if name != analysis.name or plot is None:
+        if name != analysis.name or analysis.plot is None:
             return None
         from importlib import import_module
 
-        module, _, function = plot.partition(":")
+        module, _, function = analysis.plot.partition(":")
         return getattr(import_module(module), function)(node)
 
     return probekit_register_analyses, probekit_plot

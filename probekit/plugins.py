@@ -13,7 +13,6 @@ none), which is handy in tests.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -58,6 +57,10 @@ def _make_manager(group: str = ENTRY_POINT_GROUP, builtins: tuple[str, ...] = _B
         pm.register(plugin, name=ep.name)
         dist = ep.dist
         _versions[ep.name] = dist.version if dist is not None else "unknown"
+    try:
+        pm.check_pending()  # a hook implementation whose name matches no hook (a typo) is an error now
+    except pluggy.PluginValidationError as exc:
+        raise ProbekitError(f"plugin {exc.plugin_name!r}: {str(exc).splitlines()[0]}") from exc
     return pm
 
 
@@ -88,7 +91,7 @@ def plugin_infos() -> list[PluginInfo]:
     return sorted(infos, key=lambda i: i.name)
 
 
-def _collect(hook_name: str) -> dict:
+def collect(hook_name: str) -> dict:
     """Call a ``register``-style hook; return ``{key: (value, plugin_name)}``."""
     pm = manager()
     found: dict = {}
@@ -103,30 +106,14 @@ def _collect(hook_name: str) -> dict:
     return found
 
 
-def analyses() -> dict:
-    """``{analysis name: (Analysis class, plugin name)}``; names that could not be a store node (see
-    :func:`probekit.store.results.check_node_name`) are left out with a warning."""
-    from probekit.store.results import check_node_name
-
-    found = {}
-    for name, (cls, plugin) in _collect("probekit_register_analyses").items():
-        try:
-            check_node_name(name)
-        except ProbekitError as exc:
-            warnings.warn(f"plugin {plugin!r}: {exc}; the analysis is ignored", stacklevel=2)
-            continue
-        found[name] = (cls, plugin)
-    return found
-
-
 def datasets() -> dict:
     """``{scheme: (factory, plugin name)}``."""
-    return _collect("probekit_register_datasets")
+    return collect("probekit_register_datasets")
 
 
 def model_loaders() -> dict:
     """``{scheme: (loader, plugin name)}``."""
-    return _collect("probekit_register_model_loaders")
+    return collect("probekit_register_model_loaders")
 
 
 def model_names() -> dict:

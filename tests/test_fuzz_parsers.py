@@ -6,13 +6,13 @@ import functools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probekit.run.analysis import parse_options
+from probekit.run.options import parse_options
 from probekit.models.branches import DiscoveryConfig, discover
 from probekit.cli import _parse_option
 from probekit.run.data import load_data
 from probekit.errors import ProbekitError
 from probekit.models.loading import LoadOptions, load_model
-from probekit.plugins import analyses
+from probekit.run.registry import analyses
 from probekit.zoo.registry import load_zoo_model
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -118,7 +118,7 @@ def test_decomposition_and_chan_vese_through_the_cli(cli, tmp_path, tiny_generat
 def test_bad_roles_and_non_image_models_are_clear_errors(cli, tmp_path, tiny_generator):
     code, _, err = cli("run", "--model", tiny_generator, "--data", "random:3,16,16", "--limit", "2", "--plugins",
                        "chan-vese", "--option", "chan-vese.init=eyes", "--out", tmp_path / "a.zarr", "--quiet")
-    assert code == 2 and "chan-vese.init must be auto or branch indices" in err
+    assert code == 2 and "chan-vese.init must be one of auto or comma-separated int" in err
     code, _, err = cli("run", "--model", "digits-branched8", "--data", "digits:test", "--limit", "4", "--plugins",
                        "decomposition", "--out", tmp_path / "b.zarr", "--quiet")
     assert code == 1 and "decomposition needs a model that outputs images" in err

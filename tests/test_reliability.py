@@ -16,7 +16,8 @@ from torch import nn
 from probekit import Analysis, SummedBranches, open_results
 from probekit.errors import ProbekitError
 from probekit.hookspecs import hookimpl
-from probekit.plugins import analyses, manager
+from probekit.plugins import manager
+from probekit.run.registry import analyses
 from probekit.store.results import StoreWriter
 
 from helpers import assert_activity_set_aside

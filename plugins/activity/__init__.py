@@ -14,11 +14,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import Analysis, Batch
-from probekit.api import active_flags, count_flags, describe_count, relative_norms
-from probekit.api import analysis_hooks
-from probekit.api import ProbekitError
-from probekit.api import branch_coords, class_coords, layer_coords, sample_coords
+from probekit.api import (active_flags, Analysis, analysis_hooks, Batch, branch_coords, class_coords, count_flags,
+                          describe_count, layer_coords, ProbekitError, relative_norms, sample_coords)
 
 
 @dataclass
@@ -34,6 +31,7 @@ class ActivityOptions:
 
 class Activity(Analysis):
     name = "activity"
+    plot = "probekit_plugins.activity.plot:plot_activity"
     merge_rules = {"total_sq": "sum", "class_sq": "sum", "targets": "rows"}
     description = "per-branch response norms; active/silent by the paper's 10% rule"
     Options = ActivityOptions
@@ -125,4 +123,4 @@ class Activity(Analysis):
         } | ({"layers": len(ds.layer)} if len(ds.layer) > 8 else {})
 
 
-probekit_register_analyses, probekit_plot = analysis_hooks(Activity, "probekit_plugins.activity.plot:plot_activity")
+probekit_register_analyses, probekit_plot = analysis_hooks(Activity)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from probekit.api import (MAX_PANELS, axis_label, branch_ticks, layers_of, new_figure, panel_caption,
-                               short_names)
+from probekit.api import axis_label, branch_ticks, layers_of, MAX_PANELS, new_figure, panel_caption, short_names
 
 ACTIVE_COLOR, SILENT_COLOR = "#2a6fbb", "#b8b8b8"
 

@@ -18,11 +18,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import Analysis, Batch
-from probekit.api import analysis_hooks
-from probekit.api import require_classifier
-from probekit.api import ProbekitError
-from probekit.api import class_coords
+from probekit.api import Analysis, analysis_hooks, Batch, class_coords, forward_hooks, ProbekitError, require_classifier
 
 METHODS = ("integrated-gradients", "saliency")
 
@@ -58,6 +54,7 @@ def attribute(branch: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tens
 
 class Attribution(Analysis):
     name = "attribution"
+    plot = "probekit_plugins.attribution.plot:plot_attribution"
     merge_rules = {"sums": "sum", "count": "sum", "kept": "custom"}
     description = "per-branch captum attributions of the true-class output, averaged per class"
     Options = AttributionOptions
@@ -75,16 +72,11 @@ class Attribution(Analysis):
 
     def _branch_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """What each branch module receives for ``x`` (one forward pass with pre-hooks)."""
-        model, seen, handles = self.context.model, {}, []
-        try:
-            for path in self.layer.modules:
-                handles.append(model.get_submodule(path).register_forward_pre_hook(
-                    lambda module, args, path=path: seen.__setitem__(path, args[0].detach())))
-            with torch.no_grad():
-                model(x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        model, seen = self.context.model, {}
+        before = [(path, lambda module, args, path=path: seen.__setitem__(path, args[0].detach()))
+                  for path in self.layer.modules]
+        with forward_hooks(model, before=before), torch.no_grad():
+            model(x)
         return seen
 
     def update(self, batch: Batch) -> None:
@@ -144,5 +136,4 @@ class Attribution(Analysis):
         return {"method": ds.attrs["method"], "samples attributed": int(ds.attributed.sum())}
 
 
-probekit_register_analyses, probekit_plot = analysis_hooks(
-    Attribution, "probekit_plugins.attribution.plot:plot_attribution")
+probekit_register_analyses, probekit_plot = analysis_hooks(Attribution)

@@ -9,17 +9,14 @@ the same for every sample.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import xarray as xr
 
-from probekit.api import Analysis, Batch
-from probekit.api import ProbekitError
+from probekit.api import Analysis, analysis_hooks, Batch, components, image_layer, ProbekitError, sample_coords
 from .segmentation import (SCORE, RoleChoice, SegmentSettings, choose_roles, sample_prior,
                                        segment_eyes, value_images)
-from probekit.api import analysis_hooks
-from probekit.api import components, image_layer
-from probekit.api import sample_coords
 
 
 @dataclass
@@ -31,8 +28,8 @@ class ChanVeseOptions:
     share of pixels the level set starts positive on; ``sigma``: smoothing of the init score [pixels];
     ``mu``: Chan-Vese's length weight; ``iterations``: its most iterations."""
 
-    init: str = "auto"
-    segment: str = "auto"
+    init: Literal["auto"] | list[int] = "auto"
+    segment: Literal["auto", "init"] | list[int] = "auto"
     max_init: int = 3
     role_samples: int = 16
     consistency: float = 0.1
@@ -43,11 +40,10 @@ class ChanVeseOptions:
     iterations: int = 200
 
     def check(self):
-        for key, words in (("init", ("auto",)), ("segment", ("auto", SCORE))):
-            text = getattr(self, key)
-            if text not in words and not all(part.strip().isdigit() for part in text.split(",")):
-                raise ProbekitError(f"chan-vese.{key} must be {' or '.join(words)} or branch indices like 3,5, "
-                                    f"not {text!r}")
+        for key in ("init", "segment"):
+            value = getattr(self, key)
+            if isinstance(value, list) and (not value or min(value) < 0):
+                raise ProbekitError(f"chan-vese.{key} needs branch indices like 3,5, not {value!r}")
         if self.max_init < 1 or self.role_samples < 1 or self.iterations < 1 or not 0 < self.init_quantile < 1:
             raise ProbekitError("chan-vese: max_init, role_samples and iterations must be >= 1, "
                                 "init_quantile in (0, 1)")
@@ -61,15 +57,15 @@ class ChanVeseOptions:
         return RoleChoice(self.max_init, self.role_samples, self.consistency, self.prior)
 
 
-def _indices(text: str, k: int, key: str) -> list[int]:
-    values = [int(part) for part in text.split(",")]
+def _indices(values: list[int], k: int, key: str) -> list[int]:
     if any(v >= k for v in values):
-        raise ProbekitError(f"chan-vese.{key}={text!r}: the model has branches 0..{k - 1}")
+        raise ProbekitError(f"chan-vese.{key}={','.join(map(str, values))}: the model has branches 0..{k - 1}")
     return values
 
 
 class ChanVese(Analysis):
     name = "chan-vese"
+    plot = "probekit_plugins.chan_vese.plot:plot_chan_vese"
     merge_rules = {"found": "rows", "centroids": "rows", "roles": "custom", "prior": "custom"}
     description = "cat-eye segmentation with Chan-Vese on generator components (appendix F)"
     Options = ChanVeseOptions
@@ -171,4 +167,4 @@ class ChanVese(Analysis):
                 "init components": ds.attrs["init"], "segment components": ds.attrs["segment"]}
 
 
-probekit_register_analyses, probekit_plot = analysis_hooks(ChanVese, "probekit_plugins.chan_vese.plot:plot_chan_vese")
+probekit_register_analyses, probekit_plot = analysis_hooks(ChanVese)

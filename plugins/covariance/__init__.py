@@ -13,13 +13,12 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import Analysis, Batch
-from probekit.api import analysis_hooks
-from probekit.api import branch_coords
+from probekit.api import Analysis, analysis_hooks, Batch, branch_coords
 
 
 class Covariance(Analysis):
     name = "covariance"
+    plot = "probekit_plugins.covariance.plot:plot_covariance"
     merge_rules = {"gram": "sum", "count": "sum"}
     description = "streaming F F^T between branch responses, and their correlation"
 
@@ -69,5 +68,4 @@ class Covariance(Analysis):
         return {"mean |corr| off the diagonal": round(float(np.abs(off).mean()), 4) if off.size else "n/a"}
 
 
-probekit_register_analyses, probekit_plot = analysis_hooks(
-    Covariance, "probekit_plugins.covariance.plot:plot_covariance")
+probekit_register_analyses, probekit_plot = analysis_hooks(Covariance)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from probekit.api import (MAX_MATRIX_LABELS, MAX_PANELS, axis_label, branch_ticks, layers_of, new_figure,
-                               panel_caption, short_names)
+from probekit.api import (axis_label, branch_ticks, layers_of, MAX_MATRIX_LABELS, MAX_PANELS, new_figure,
+                          panel_caption, short_names)
 
 
 def _ordered_block(ds: xr.Dataset, var: str, layer: str) -> tuple[np.ndarray, list[str]]:

@@ -16,12 +16,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import Analysis, Batch
-from probekit.api import active_flags, count_flags, describe_count, relative_norms
-from probekit.api import ProbekitError
-from probekit.api import analysis_hooks
-from probekit.api import components, fidelity, image_layer, inputs_like, pixel_correlation
-from probekit.api import sample_coords
+from probekit.api import (active_flags, Analysis, analysis_hooks, Batch, components, count_flags, describe_count,
+                          fidelity, image_layer, inputs_like, pixel_correlation, ProbekitError, relative_norms,
+                          sample_coords)
 
 
 @dataclass
@@ -39,6 +36,7 @@ class DecompositionOptions:
 
 class Decomposition(Analysis):
     name = "decomposition"
+    plot = "probekit_plugins.decomposition.plot:plot_decomposition"
     merge_rules = {"energy": "sum", "corr": "sum", "abs_corr": "sum", "fidelity_sums": "sum", "targets": "rows"}
     description = "generator branch outputs as image components: energy shares, correlation, fidelity"
     Options = DecompositionOptions
@@ -142,5 +140,4 @@ class Decomposition(Analysis):
         return out
 
 
-probekit_register_analyses, probekit_plot = analysis_hooks(
-    Decomposition, "probekit_plugins.decomposition.plot:plot_decomposition")
+probekit_register_analyses, probekit_plot = analysis_hooks(Decomposition)

@@ -24,11 +24,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import Analysis, Batch
-from probekit.api import analysis_hooks
-from probekit.api import ProbekitError
-from probekit.api import resolve_loss, summed_loss
-from probekit.api import sample_coords
+from probekit.api import (Analysis, analysis_hooks, Batch, forward_hooks, ProbekitError, resolve_loss, sample_coords,
+                          summed_loss)
 
 CAUSES = ("neither", "collaborative", "distributive", "both")  # code = collaborative + 2 * distributive
 
@@ -71,6 +68,7 @@ def branch_factors(module, x: torch.Tensor, g: torch.Tensor, chunk: int) -> tupl
 
 class GradientFactors(Analysis):
     name = "gradient-factors"
+    plot = "probekit_plugins.gradient_factors.plot:plot_gradient_factors"
     merge_rules = {"counts": "sum"}
     description = "collaborative and distributive gradient factors per sample and branch (paper section 5)"
     Options = GradientFactorsOptions
@@ -106,7 +104,7 @@ class GradientFactors(Analysis):
     def _forward_backward(self, batch: Batch):
         """Container outputs' gradients ``dL/df`` and each branch's input, from one forward and backward."""
         model = self.context.model
-        outputs, inputs, handles = {}, {}, []
+        outputs, inputs = {}, {}
 
         def keep_output(name):
             return lambda module, args, out: outputs.__setitem__(name, out)
@@ -114,17 +112,11 @@ class GradientFactors(Analysis):
         def keep_input(path):
             return lambda module, args: inputs.__setitem__(path, args[0].detach())
 
-        try:
-            for layer in self.layers:
-                handles.append(model.get_submodule(layer.container).register_forward_hook(keep_output(layer.name)))
-                for path in layer.modules:
-                    handles.append(model.get_submodule(path).register_forward_pre_hook(keep_input(path)))
-            with torch.enable_grad():
-                loss = summed_loss(self.loss, model(batch.inputs), batch.targets, self.name)
-                grads = torch.autograd.grad(loss, [outputs[layer.name] for layer in self.layers])
-        finally:
-            for handle in handles:
-                handle.remove()
+        after = [(layer.container, keep_output(layer.name)) for layer in self.layers]
+        before = [(path, keep_input(path)) for layer in self.layers for path in layer.modules]
+        with forward_hooks(model, after, before), torch.enable_grad():
+            loss = summed_loss(self.loss, model(batch.inputs), batch.targets, self.name)
+            grads = torch.autograd.grad(loss, [outputs[layer.name] for layer in self.layers])
         return dict(zip([layer.name for layer in self.layers], grads, strict=True)), inputs
 
     def update(self, batch: Batch) -> None:
@@ -193,5 +185,4 @@ class GradientFactors(Analysis):
         return out
 
 
-probekit_register_analyses, probekit_plot = analysis_hooks(
-    GradientFactors, "probekit_plugins.gradient_factors.plot:plot_gradient_factors")
+probekit_register_analyses, probekit_plot = analysis_hooks(GradientFactors)

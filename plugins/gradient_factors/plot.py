@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from probekit.api import MAX_PANELS, axis_label, layers_of, new_figure, panel_caption, short_names
+from probekit.api import axis_label, layers_of, MAX_PANELS, new_figure, panel_caption, short_names
 
 COLORS = {"neither": "#2a6fbb", "collaborative": "#7fbf7b", "distributive": "#d95f02", "both": "#9e9e9e"}
 

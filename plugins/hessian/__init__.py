@@ -16,13 +16,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import Analysis, Batch
+from probekit.api import (Analysis, analysis_hooks, Batch, init_note, model_states, ProbekitError, resolve_loss,
+                          summed_loss)
 from .exact import (MAX_HEAD_OUTPUTS, WITHIN, ZERO_PROBES, MemoryPlan, generic_hessian, parse_bytes,
                                      saved_bytes, summed_hessian, summed_layer_of)
-from probekit.api import ProbekitError
-from probekit.api import analysis_hooks
-from probekit.api import init_note, model_states
-from probekit.api import resolve_loss, summed_loss
 from .params import block_slices, param_coords, select_params
 
 METHODS = ("auto", "summed", "generic")
@@ -61,6 +58,7 @@ class HessianOptions:
 
 class Hessian(Analysis):
     name = "hessian"
+    plot = "probekit_plugins.hessian.plot:plot_hessian"
     merge_rules = {"sums": "sum", "samples": "sum", "batches": "sum", "zero_within": "custom"}
     description = "exact loss Hessian over chosen parameters, blocked by branch (paper section 5, Fig. 5)"
     Options = HessianOptions
@@ -193,4 +191,4 @@ def top_eigenvalues(h: np.ndarray, slices: dict[str, slice], k: int) -> np.ndarr
     return out
 
 
-probekit_register_analyses, probekit_plot = analysis_hooks(Hessian, "probekit_plugins.hessian.plot:plot_hessian")
+probekit_register_analyses, probekit_plot = analysis_hooks(Hessian)

@@ -30,8 +30,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vjp, vmap
 from tqdm import tqdm
 
-from probekit.api import BranchLayer
-from probekit.api import ProbekitError
+from probekit.api import BranchLayer, forward_hooks, ProbekitError
 from .params import ParamBlock, block_slices
 
 MAX_HEAD_OUTPUTS = 1024  # the summed method takes dim(s) backward passes through the head; beyond this, generic
@@ -187,7 +186,7 @@ class SummedParts:
 def _container_io(model: nn.Module, layer: BranchLayer, x: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """One forward pass: each branch's input, a zero leaf ``delta`` added to the first branch's output (so
     ``dL/d delta = dL/ds`` through whatever the container and the model do after the sum), the model output."""
-    inputs, captured, handles = {}, {}, []
+    inputs, captured = {}, {}
 
     def keep_input(path):
         return lambda module, args: inputs.__setitem__(path, args[0].detach())
@@ -196,15 +195,10 @@ def _container_io(model: nn.Module, layer: BranchLayer, x: torch.Tensor) -> tupl
         captured["delta"] = delta = torch.zeros_like(out, requires_grad=True)
         return out.detach() + delta
 
-    try:
-        for path in layer.modules:
-            handles.append(model.get_submodule(path).register_forward_pre_hook(keep_input(path)))
-        handles.append(model.get_submodule(layer.modules[0]).register_forward_hook(shift_output))
-        with grad_only_for(model, set()), torch.enable_grad():
-            outputs = model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    before = [(path, keep_input(path)) for path in layer.modules]
+    with forward_hooks(model, [(layer.modules[0], shift_output)], before), grad_only_for(model, set()), \
+            torch.enable_grad():
+        outputs = model(x)
     return inputs, captured["delta"], outputs
 
 

@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from probekit.api import BranchLayer, BranchSet, glob_regex
-from probekit.api import ProbekitError
+from probekit.api import BranchLayer, BranchSet, glob_regex, ProbekitError
 
 
 @dataclass(frozen=True)

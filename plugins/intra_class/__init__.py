@@ -19,11 +19,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import Analysis, Batch
-from probekit.api import analysis_hooks
-from probekit.api import BranchScores
-from probekit.api import ProbekitError
-from probekit.api import class_coords
+from probekit.api import Analysis, analysis_hooks, Batch, BranchScores, class_coords, ProbekitError
 
 
 THUMB_SIZE = 64
@@ -61,6 +57,7 @@ def ranked(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Ten
 
 class IntraClass(Analysis):
     name = "intra-class"
+    plot = "probekit_plugins.intra_class.plot:plot_intra_class"
     merge_rules = {"leaders": "custom", "count": "sum"}
     description = "per branch and class, the samples the branch alone is most confident about"
     Options = IntraClassOptions
@@ -154,5 +151,4 @@ class IntraClass(Analysis):
                     round(float(np.nanmean(ds.top_score.values)), 4)}
 
 
-probekit_register_analyses, probekit_plot = analysis_hooks(
-    IntraClass, "probekit_plugins.intra_class.plot:plot_intra_class")
+probekit_register_analyses, probekit_plot = analysis_hooks(IntraClass)

@@ -16,12 +16,9 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
-from probekit.api import Analysis, Batch
+from probekit.api import Analysis, analysis_hooks, Batch, init_note, model_states, ProbekitError
 from .cluster_scores import (CLUSTERINGS, SCORES, ScoreSet, UmapSettings, cluster, label_agreement,
                                      umap_embedding)
-from probekit.api import ProbekitError
-from probekit.api import analysis_hooks
-from probekit.api import init_note, model_states
 from .kernel_sets import NORMALISATIONS, LayerKernels, collect_kernels, normalise
 
 SPACES = ("umap", "raw")
@@ -89,6 +86,7 @@ def score_layer(layer: LayerKernels, options: KernelsOptions, seed: int
 
 class Kernels(Analysis):
     name = "kernels"
+    plot = "probekit_plugins.kernels.plot:plot_kernels"
     merge_rules = {}  # reads the weights at finalize; no streaming state
     description = "UMAP clustering of conv kernels by branch, with permutation-tested ARI, NMI and silhouette"
     Options = KernelsOptions
@@ -175,4 +173,4 @@ class Kernels(Analysis):
         return out
 
 
-probekit_register_analyses, probekit_plot = analysis_hooks(Kernels, "probekit_plugins.kernels.plot:plot_kernels")
+probekit_register_analyses, probekit_plot = analysis_hooks(Kernels)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from probekit.api import BranchLayer, BranchSet, glob_regex
-from probekit.api import ProbekitError
+from probekit.api import BranchLayer, BranchSet, glob_regex, ProbekitError
 
 NORMALISATIONS = ("none", "l2", "zero-mean-l2")
 

@@ -27,14 +27,12 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import Analysis, Batch
-from probekit.api import analysis_hooks
-from probekit.api import BranchScores
-from probekit.api import class_coords, sample_coords
+from probekit.api import Analysis, analysis_hooks, Batch, BranchScores, class_coords, sample_coords
 
 
 class Specialization(Analysis):
     name = "specialization"
+    plot = "probekit_plugins.specialization.plot:plot_specialization"
     merge_rules = {name: "sum" for name in ("score", "confidence", "share", "top", "count")}
     description = "per branch and class: confidence alone, share of the true-class score; specialization index"
 
@@ -132,5 +130,4 @@ class Specialization(Analysis):
             "distinct best classes across branches": int(len(set(best.tolist()))),
         }
 
-probekit_register_analyses, probekit_plot = analysis_hooks(
-    Specialization, "probekit_plugins.specialization.plot:plot_specialization")
+probekit_register_analyses, probekit_plot = analysis_hooks(Specialization)

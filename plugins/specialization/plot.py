@@ -6,8 +6,7 @@ import numpy as np
 import xarray as xr
 from matplotlib import colormaps
 
-from probekit.api import (MAX_PANELS, axis_label, branch_ticks, layers_of, new_figure, panel_caption,
-                               short_names)
+from probekit.api import axis_label, branch_ticks, layers_of, MAX_PANELS, new_figure, panel_caption, short_names
 
 
 def _heatmap(fig, ax, values, ds, label, cmap, vmin=None, vmax=None):

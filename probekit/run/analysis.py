@@ -8,16 +8,13 @@ only, and ``finalize() -> xr.Dataset``.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from probekit.errors import ProbekitError
 from probekit.run.merging import merge_value
 from probekit.run.sample_arrays import SampleArray
 
@@ -36,7 +33,9 @@ class Batch:
     ``index``: ``[N]`` positions in the probed data; ``inputs``: ``[N, ...]``;
     ``targets``: ``[N]`` or ``None``; ``outputs``: the model's output ``[N, ...]``;
     ``responses``: ``{layer name: [N, K, D]}`` branch responses (K branches,
-    each flattened to D values), all on the run's device.
+    each flattened to D values); ``taps``: ``{tap name: {module path or branch
+    name: [N, ...]}}``, the unflattened tensors the analyses' ``taps`` asked for
+    (:mod:`probekit.run.taps`); all on the run's device.
     """
 
     index: torch.Tensor
@@ -44,6 +43,7 @@ class Batch:
     targets: torch.Tensor | None
     outputs: torch.Tensor
     responses: dict[str, torch.Tensor]
+    taps: dict[str, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ class RunContext:
         group = self.staging(analysis) if self.staging is not None else None
         array = SampleArray(group, name, dims, (self.n_samples, *tail), dtype, attrs, self.rows, self.align,
                             self.resume_from)
+        array.analysis = analysis
         self.arrays.append(array)
         return array
 
@@ -94,7 +95,11 @@ class Analysis:
 
     ``merge_rules`` names the attributes that hold streaming state and how two shards' values combine
     (:mod:`probekit.run.merging`); ``{}`` means no streaming state, ``None`` (the default) that it is not
-    declared, and such an analysis cannot run on several processes.
+    declared, and such an analysis cannot run on several processes or resume. Per-sample arrays made with
+    ``context.sample_array`` are never merge state: the runner writes and restores them. ``plot`` names the
+    drawing function as ``"module:function"`` (imported only when a report draws the node); ``taps`` the raw
+    module tensors the analysis needs (:class:`probekit.run.taps.Tap`). Every class is validated when it is
+    registered (:mod:`probekit.run.validation`).
     """
 
     name: ClassVar[str]
@@ -102,6 +107,8 @@ class Analysis:
     Options: ClassVar[type] = NoOptions
     needs_grad: ClassVar[bool] = False
     merge_rules: ClassVar[dict[str, str] | None] = None
+    plot: ClassVar[str | None] = None
+    taps: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, context: RunContext, options: Any):
         self.context = context
@@ -126,42 +133,3 @@ class Analysis:
         for name, rule in (self.merge_rules or {}).items():
             custom = getattr(self, f"merge_{name}", None)
             setattr(self, name, merge_value(rule, getattr(self, name), other[name], rows, custom))
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _convert(text: str, kind: type, where: str):
-    if kind is bool:
-        if text.lower() in _TRUE | _FALSE:
-            return text.lower() in _TRUE
-        raise ProbekitError(f"{where} must be true or false, not {text!r}")
-    try:
-        value = kind(text)
-    except ValueError:
-        raise ProbekitError(f"{where} must be {kind.__name__}, not {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise ProbekitError(f"{where} must be a finite number, not {text!r}")
-    return value
-
-
-def parse_options(analysis: type[Analysis], pairs: dict[str, str]):
-    """Build ``analysis.Options`` from ``{key: text}``; unknown keys and bad values are errors."""
-    fields = {f.name: f for f in dataclasses.fields(analysis.Options)}
-    hints = get_type_hints(analysis.Options)
-    values = {}
-    for key, text in pairs.items():
-        if key not in fields:
-            valid = ", ".join(sorted(fields)) or "none"
-            raise ProbekitError(f"unknown option {key!r} of {analysis.name} (its options: {valid})")
-        values[key] = _convert(text, hints[key], f"{analysis.name}.{key}")
-    options = analysis.Options(**values)
-    check = getattr(options, "check", None)
-    if check is not None:
-        check()
-    return options
-
-
-def options_json(options: Any) -> str:
-    return json.dumps(dataclasses.asdict(options), sort_keys=True)

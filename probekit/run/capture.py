@@ -1,4 +1,4 @@
-"""Forward hooks that capture branch responses, removed in ``finally``."""
+"""Forward hooks that capture branch responses and the analyses' taps, always removed on exit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from torch import nn
 from probekit.models.branches import BranchSet
 from probekit.errors import ProbekitError
 from probekit.models.graph_models import tap_sink
+from probekit.run.hooks import forward_hooks
 
 
 class ResponseCapture:
@@ -22,6 +23,24 @@ class ResponseCapture:
     def __init__(self, branchset: BranchSet):
         self.branchset = branchset
         self._outputs: dict[str, torch.Tensor] = {}
+        self._taps: dict[str, dict[str, torch.Tensor]] = {}
+
+    def _tap_hook(self, tap: str, key: str, kind: str):
+        def keep(value):
+            if not isinstance(value, torch.Tensor):
+                raise ProbekitError(f"tap {tap!r}: {key} gives {type(value).__name__}, not a tensor")
+            self._taps.setdefault(tap, {})[key] = value.detach().clone()
+
+        if kind == "input":
+            return lambda module, args: keep(args[0] if args else None)
+        return lambda module, args, output: keep(output)
+
+    def take_taps(self, n: int | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """``{tap: {key: [N, ...]}}`` of the last pass (first ``n`` samples), and reset."""
+        taps = {tap: {key: value if n is None else value[:n] for key, value in found.items()}
+                for tap, found in self._taps.items()}
+        self._taps = {}
+        return taps
 
     def _hook(self, path: str):
         def hook(module, inputs, output):
@@ -48,18 +67,16 @@ class ResponseCapture:
 
 
 @contextmanager
-def capture(model: nn.Module, branchset: BranchSet):
-    """Register one forward hook per branch module (or listen to graph taps); always remove them on exit."""
+def capture(model: nn.Module, branchset: BranchSet, taps: dict[str, dict[str, tuple[str, str]]] | None = None):
+    """Register one forward hook per branch module (or listen to graph taps), and one per tapped module
+    (``taps``: ``{tap: {key: (module path, "output" or "input")}}``); always remove them on exit."""
     recorder = ResponseCapture(branchset)
     tapped = getattr(model, "probekit_taps", {})
-    handles = []
-    try:
-        for layer in branchset.layers:
-            for path in layer.modules:
-                if path not in tapped:
-                    handles.append(model.get_submodule(path).register_forward_hook(recorder._hook(path)))
-        with tap_sink(lambda path, output: recorder._hook(path)(None, None, output)):
-            yield recorder
-    finally:
-        for handle in handles:
-            handle.remove()
+    after = [(path, recorder._hook(path)) for layer in branchset.layers for path in layer.modules if path not in tapped]
+    before = []
+    for tap, found in (taps or {}).items():
+        for key, (path, kind) in found.items():
+            (before if kind == "input" else after).append((path, recorder._tap_hook(tap, key, kind)))
+    with forward_hooks(model, after, before), \
+            tap_sink(lambda path, output: recorder._hook(path)(None, None, output)):
+        yield recorder

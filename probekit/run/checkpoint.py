@@ -3,8 +3,8 @@
 Every ``--checkpoint-every`` batches the runner writes every per-sample
 row it has buffered to the store, then ``<store>.tmp/checkpoint.pt``
 (atomically): the position of the next sample, each analysis's streaming
-state (its ``merge_rules`` attributes), the errors so far and the samples
-flagged NaN/Inf, with a fingerprint of the run's settings. ``--resume``
+state (its ``merge_rules`` attributes), the errors so far, the samples
+flagged NaN/Inf and the targets seen so far, with a fingerprint of the run's settings. ``--resume``
 restores the state into fresh analyses (by merging it into their empty
 state), reopens the per-sample arrays at that position and probes the rest,
 so no sample is counted twice or skipped. The file loads with
@@ -58,12 +58,12 @@ def fingerprint(settings: dict) -> str:
 
 
 def save(folder: Path, settings: str, position: int, states: dict, errors: dict, nonfinite: list[int],
-         arrays: list) -> None:
+         arrays: list, targets=None) -> None:
     """Flush ``arrays`` (per-sample rows before ``position``), then write the checkpoint atomically."""
     for array in arrays:
         array.checkpoint()
     save_atomically({"settings": settings, "position": position, "states": encode(states), "errors": errors,
-                     "nonfinite": nonfinite}, folder / CHECKPOINT)
+                     "nonfinite": nonfinite, "targets": encode(targets)}, folder / CHECKPOINT)
 
 
 def load(folder: Path, settings: str) -> dict:
@@ -74,6 +74,7 @@ def load(folder: Path, settings: str) -> dict:
                             "again without --resume (pass --overwrite)")
     saved = torch.load(path, map_location="cpu", weights_only=True)
     saved["states"] = decode(saved["states"])
+    saved["targets"] = decode(saved.get("targets"))
     if saved["settings"] != settings:
         raise ProbekitError("the interrupted run used other settings (model, data, plugins, options, batch size, "
                             "limit or seed); resume it with the same command")

@@ -7,19 +7,26 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from probekit.run import checkpoint as run_checkpoint
 from probekit.run import distributed
-from probekit.run.analysis import Batch, RunContext, options_json, parse_options
+from probekit.run.analysis import Batch, RunContext
+from probekit.run.coords import sample_coords
+from probekit.run.merging import merge_value
+from probekit.run.options import options_json, parse_options
+from probekit.run.taps import resolve as resolve_tap
+from probekit.run.validation import check_instance
 from probekit.models.branches import BranchSet, DiscoveryConfig, discover
 from probekit.run.capture import capture
 from probekit.run.data import ProbeData, batches, load_data
 from probekit.errors import ProbekitError
 from probekit.models.graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_tapped
 from probekit.models.loading import LoadedModel, LoadOptions, load_model
-from probekit.plugins import analyses, manager, plugin_version
+from probekit.plugins import manager, plugin_version
+from probekit.run.registry import analyses, invalid_analyses
 from probekit.store.provenance import base_attrs
 from probekit.store.results import StoreWriter, check_node_name, store_writer
 
@@ -62,6 +69,8 @@ class Run:
     nonfinite: list[int] = field(default_factory=list)  # positions of samples with NaN/Inf outputs or responses
     module: torch.nn.Module | None = None  # what is probed (a TorchScript model converted to a tapped graph)
     device: torch.device | None = None
+    context: RunContext | None = None
+    targets: np.ndarray | None = None  # [n_samples] every probed sample's target (this shard's rows), for coords
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,7 +83,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _analysis_classes(spec: RunSpec) -> dict:
-    registered = analyses()
+    registered, invalid = analyses(), invalid_analyses()
+    broken = [p for p in spec.plugins if p in invalid]
+    if broken:
+        raise ProbekitError(f"{invalid[broken[0]]}; fix the plugin before running {broken[0]!r}")
     unknown = [p for p in spec.plugins if p not in registered]
     if unknown:
         raise ProbekitError(f"unknown plugin {unknown[0]!r}; available: {', '.join(sorted(registered)) or 'none'}")
@@ -179,25 +191,33 @@ def _open_staging(writer: StoreWriter | None, attrs: dict, ranks: distributed.Ra
 
 
 def _create_analyses(classes: dict, context: RunContext, options: dict, ranks: distributed.Ranks | None) -> dict:
-    """The analyses; rank 0 first, so it creates the shared per-sample arrays the other ranks open."""
+    """The analyses, each checked (:func:`check_instance`); rank 0 first, so it creates the shared per-sample
+    arrays the other ranks open."""
+
+    def make() -> dict:
+        made = {}
+        for name, cls in classes.items():
+            made[name] = cls(context, options[name])
+            check_instance(made[name])
+        return made
+
     if ranks is None:
-        return {name: cls(context, options[name]) for name, cls in classes.items()}
-    made = {name: cls(context, options[name]) for name, cls in classes.items()} if ranks.is_main else None
+        return make()
+    made = make() if ranks.is_main else None
     distributed.barrier()
-    if not ranks.is_main:
-        made = {name: cls(context, options[name]) for name, cls in classes.items()}
-    return made
+    return made if ranks.is_main else make()
 
 
 def _merge_ranks(run: Run, shard: range, ranks: distributed.Ranks) -> None:
     """Gather every rank's streaming state and errors on rank 0 and merge them there, in rank order."""
     states = {name: analysis.state() for name, analysis in run.analyses.items()}
-    gathered = distributed.gather((shard, states, run.errors, run.nonfinite), ranks)
+    gathered = distributed.gather((shard, states, run.errors, run.nonfinite, run.targets), ranks)
     if not ranks.is_main:
         return
-    for rows, other, errors, nonfinite in gathered[1:]:
+    for rows, other, errors, nonfinite, targets in gathered[1:]:
         run.errors.update(errors)
         run.nonfinite += nonfinite
+        run.targets = merge_value("rows", run.targets, targets, rows, None)
         for name in list(run.analyses):
             if name in run.errors:
                 del run.analyses[name]
@@ -264,6 +284,7 @@ def _probe_and_write(run: Run, writer: StoreWriter | None, ranks: distributed.Ra
     context = RunContext(run.branchset, run.data, run.n_samples, run.device, spec.seed, staging=staging,
                          model=run.module, shard=shard,
                          align=distributed.SHARD_ALIGN if ranks is not None else None, resume_from=start)
+    run.context = context
     try:
         run.analyses = _create_analyses(classes, context, options, ranks)
         if saved:
@@ -272,7 +293,7 @@ def _probe_and_write(run: Run, writer: StoreWriter | None, ranks: distributed.Ra
             manager().hook.probekit_run_start(run=run)
         checkpoints = (lambda position: run_checkpoint.save(
             writer.tmp, settings, position, {n: a.state() for n, a in run.analyses.items()}, run.errors,
-            run.nonfinite, context.arrays)) if ranks is None and spec.checkpoint_every else None
+            run.nonfinite, context.arrays, run.targets)) if ranks is None and spec.checkpoint_every else None
         rows = range(start, run.n_samples) if ranks is None else shard
         _stream(run.module, run.data.loader(spec.batch_size, spec.limit, rows), run, run.device,
                 spec if main else replace(spec, progress=False), checkpoints)
@@ -296,6 +317,7 @@ def _restore(run: Run, saved: dict) -> None:
     """Put an interrupted run's checkpointed state into its freshly made analyses."""
     run.errors.update(saved["errors"])
     run.nonfinite = list(saved["nonfinite"])
+    run.targets = saved.get("targets")
     done = range(0, saved["position"])
     for name in list(run.analyses):
         if name in run.errors:
@@ -308,15 +330,16 @@ def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec, check
     """Every batch through the model and the analyses; ``checkpoint(position)`` every
     ``spec.checkpoint_every`` batches."""
     needs_grad = any(a.needs_grad for a in run.analyses.values())
-    with capture(module, run.branchset) as recorder, torch.set_grad_enabled(needs_grad):
+    with capture(module, run.branchset, tap_plan(run)) as recorder, torch.set_grad_enabled(needs_grad):
         progress = tqdm(batches(loader), total=len(loader), desc="probing", unit="batch", disable=not spec.progress,
                         file=sys.stderr)
         for count, (index, x, target) in enumerate(progress, 1):
             x = x.to(device)
             outputs = _forward(module, x)
             batch = Batch(index, x, target.to(device) if run.data.has_targets else None, outputs,
-                          recorder.take(x.shape[0]))
+                          recorder.take(x.shape[0]), recorder.take_taps(x.shape[0]))
             run.nonfinite += nonfinite_positions(batch)
+            _record_targets(run, batch)
             for name, analysis in list(run.analyses.items()):
                 try:
                     analysis.update(batch)
@@ -325,6 +348,38 @@ def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec, check
                     del run.analyses[name]
             if checkpoint is not None and count % spec.checkpoint_every == 0:
                 checkpoint(int(index[-1]) + 1)
+
+
+def tap_plan(run: Run) -> dict[str, dict[str, tuple[str, str]]]:
+    """Every running analysis's taps resolved on the probed module: ``{tap: {key: (module path, kind)}}``. Two
+    analyses may share a tap name only for the same tap."""
+    plan, declared = {}, {}
+    for name, analysis in run.analyses.items():
+        for tap_name, tap in analysis.taps.items():
+            if declared.setdefault(tap_name, tap) != tap:
+                raise ProbekitError(f"analyses declare different taps named {tap_name!r}; rename one")
+            found = resolve_tap(tap, run.module, run.branchset, f"analysis {name!r}")
+            plan[tap_name] = {key: (path, tap.kind) for key, path in found.items()}
+    return plan
+
+
+def _record_targets(run: Run, batch: Batch) -> None:
+    """Keep every sample's target (for the ``target`` coordinate the runner adds to per-sample variables)."""
+    if batch.targets is None:
+        return
+    values = batch.targets.detach().cpu().numpy()
+    if run.targets is None:
+        run.targets = np.zeros((run.n_samples, *values.shape[1:]), dtype=values.dtype)
+    run.targets[batch.index.numpy()] = values
+
+
+def with_sample_coords(ds, run: Run, name: str):
+    """``ds`` with ``sample``, ``sample_id`` and ``target`` coordinates when it (or a per-sample array the analysis
+    streamed) has a ``sample`` dim and the analysis did not set them itself."""
+    streamed = any(getattr(a, "analysis", None) == name and "sample" in a.dims for a in run.context.arrays)
+    if "sample" in ds.coords or not (streamed or "sample" in ds.dims):
+        return ds
+    return ds.assign_coords(sample_coords(run.context, run.targets))
 
 
 def nonfinite_positions(batch: Batch) -> list[int]:
@@ -344,7 +399,7 @@ def nonfinite_attrs(run: Run) -> dict:
 def _finalize(run: Run, writer: StoreWriter, attrs: dict, classes: dict, options: dict) -> None:
     for name, analysis in run.analyses.items():
         try:
-            ds = analysis.finalize()
+            ds = with_sample_coords(analysis.finalize(), run, name)
             ds.attrs.update({
                 **attrs,
                 "plugin": name,

@@ -9,9 +9,7 @@ import torch
 import xarray as xr
 from torch.utils.data import TensorDataset
 
-from probekit import Analysis, Batch, ProbekitError, hookimpl
-from probekit.run.data import ProbeData
-from probekit.run.coords import branch_coords
+from probekit.api import Analysis, Batch, ProbekitError, ProbeData, branch_coords, hookimpl
 
 
 @dataclass

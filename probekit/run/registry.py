@@ -1,0 +1,42 @@
+"""The registered analyses, each validated (:mod:`probekit.run.validation`) when the registry is read."""
+
+from __future__ import annotations
+
+import warnings
+
+from probekit.errors import ProbekitError
+from probekit.plugins import collect
+
+
+def analyses() -> dict:
+    """``{analysis name: (Analysis class, plugin name)}`` of the valid analyses. Names that could not be a store
+    node (see :func:`probekit.store.results.check_node_name`) are left out with a warning; classes that fail
+    :func:`probekit.run.validation.check_class` are left out and listed by :func:`invalid_analyses`."""
+    return _checked_analyses()[0]
+
+
+def invalid_analyses() -> dict[str, str]:
+    """``{analysis name: what is wrong}`` of the registered analyses that failed validation."""
+    return _checked_analyses()[1]
+
+
+def _checked_analyses() -> tuple[dict, dict[str, str]]:
+    from probekit.run.validation import check_class
+    from probekit.store.results import check_node_name
+
+    found, invalid = {}, {}
+    for name, (cls, plugin) in collect("probekit_register_analyses").items():
+        try:
+            check_node_name(name)
+        except ProbekitError as exc:
+            warnings.warn(f"plugin {plugin!r}: {exc}; the analysis is ignored", stacklevel=2)
+            continue
+        try:
+            check_class(cls)
+        except ProbekitError as exc:
+            invalid[name] = f"plugin {plugin!r}: {exc}"
+            continue
+        found[name] = (cls, plugin)
+    return found, invalid
+
+
