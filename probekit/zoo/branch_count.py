@@ -17,10 +17,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.measures.activity_rule import describe_count
+from probekit.measures.activity_rule import active_flags, describe_count, relative_norms
 from probekit.errors import ProbekitError
 
 ZOO_RECIPE = "cifar10-branched16"
+ACTIVE_THRESHOLD = 0.1  # the paper's rule, as the activity analysis applies it by default
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ class BranchCountConfig:
             raise ProbekitError("--max-lr must be a positive finite number")
 
 
-def train_one(config: BranchCountConfig, m: int, data_root: str, progress: bool) -> tuple[Path, dict]:
-    """Train (or resume, or reuse) the M-branch model; return its zoo-format checkpoint file and metrics."""
+def train_one(config: BranchCountConfig, m: int, data_root: str, progress: bool) -> tuple[torch.nn.Module, dict]:
+    """Train (or resume, or reuse) the M-branch model, saved as a zoo-format ``model.pt`` beside its checkpoints;
+    return it and its metrics."""
     from probekit.zoo.cifar_training import CifarRecipe, train_cifar
 
     folder = Path(config.checkpoint_dir) / f"M{m}"
@@ -57,18 +59,25 @@ def train_one(config: BranchCountConfig, m: int, data_root: str, progress: bool)
     path = folder / "model.pt"
     torch.save({"recipe": ZOO_RECIPE, "config": model_config, "state_dict": model.state_dict(),
                 "metrics": metrics}, path)
-    return path, metrics
+    return model, metrics
 
 
-def probe_activity(config: BranchCountConfig, model_path: Path) -> xr.Dataset:
-    """The ``activity`` node of ``model_path`` over the probe data (written next to the model)."""
-    from probekit.run.runner import RunSpec, execute
-    from probekit.store.results import open_results
+def relative_branch_norms(model: torch.nn.Module, probe_data: str, batch_size: int = 250) -> np.ndarray:
+    """``[M]``: each branch's response norm over the probe data, relative to the largest (the paper's activity
+    measure, :mod:`probekit.measures.activity_rule`; NaN when a norm is NaN/Inf)."""
+    from probekit.models.branches import DiscoveryConfig, discover
+    from probekit.run.capture import capture
+    from probekit.run.data import batches, load_data
 
-    out = model_path.with_name("activity.zarr")
-    execute(RunSpec(model=str(model_path), data=config.probe_data, plugins=["activity"], out=str(out),
-                    batch_size=250, seed=config.seed, overwrite=True, progress=False))
-    return open_results(out)["activity"].to_dataset().load()
+    data = load_data(probe_data)
+    branchset = discover(model, DiscoveryConfig())
+    (layer,) = branchset.layers
+    total = torch.zeros(len(layer.branches), dtype=torch.float64)
+    with capture(model, branchset) as recorder, torch.no_grad():
+        for _, x, _ in batches(data.loader(batch_size, None)):
+            model(x)
+            total += recorder.take()[layer.name].double().pow(2).sum((0, 2))
+    return relative_norms(total.sqrt().numpy())
 
 
 def run_branch_count(config: BranchCountConfig, data_root: str, progress: bool = True) -> xr.Dataset:
@@ -77,15 +86,12 @@ def run_branch_count(config: BranchCountConfig, data_root: str, progress: bool =
     counts = np.array(config.branches)
     relative = np.full((len(counts), counts.max()), np.nan, np.float32)
     accuracy, seconds, n_active = (np.zeros(len(counts)) for _ in range(3))
-    threshold = None
     for i, m in enumerate(counts):
         if progress:
             print(f"M = {m}: training ({config.epochs} epochs) and probing", flush=True)
-        path, metrics = train_one(config, int(m), data_root, progress)
-        activity = probe_activity(config, path)
-        relative[i, :m] = activity.relative_norm.values
-        n_active[i] = activity.active.values.sum()  # NaN when any flag is unknown
-        threshold = activity.attrs["threshold"]
+        model, metrics = train_one(config, int(m), data_root, progress)
+        relative[i, :m] = relative_branch_norms(model.eval(), config.probe_data)
+        n_active[i] = active_flags(relative[i, :m], ACTIVE_THRESHOLD).sum()  # NaN when any flag is unknown
         accuracy[i], seconds[i] = metrics["test_accuracy"], metrics["train_seconds"]
     return xr.Dataset(
         {
@@ -104,7 +110,7 @@ def run_branch_count(config: BranchCountConfig, data_root: str, progress: bool =
         },
         coords={"n_branches": ("n_branches", counts),
                 "branch": ("branch", np.array([f"branches.{k}" for k in range(counts.max())], dtype=object))},
-        attrs={"threshold": threshold,
+        attrs={"threshold": ACTIVE_THRESHOLD,
                "options": json.dumps({**asdict(config), "branches": [int(m) for m in counts]}, sort_keys=True)},
     )
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from probekit.zoo.architectures import LEAKY_SLOPE
 from probekit.run.datasets import TOY_POINTS
 from probekit.errors import ProbekitError
+from probekit.measures.activity_rule import active_flags, relative_norms
 
 SUCCESS_DELTA = 1e-4  # success: sum_j (f(x_j) - y_j)^2 < delta (the paper's choice)
 ACTIVE_FRACTION = 0.1  # active: response norm >= 10% of the network's largest branch
@@ -206,9 +207,8 @@ def assemble(config: SweepConfig, responses: np.ndarray, f: torch.Tensor, record
     residual = f.double().numpy().T.reshape(groups, trials, -1) - y  # [G, T, 4]
     sse = (residual ** 2).sum(-1)
     norms = np.sqrt(np.nansum(responses ** 2, axis=-1))  # [G, T, m_max], 0 on padding
-    peak = norms.max(axis=-1, keepdims=True)
     valid = np.arange(m_max)[None, None, :] < counts[:, None, None]
-    active = valid & (norms >= ACTIVE_FRACTION * peak)
+    active = valid & (active_flags(relative_norms(norms), ACTIVE_FRACTION) == 1)  # the activity analysis's rule
     n_active = active.sum(-1)
     success = sse < SUCCESS_DELTA
     rate = success.mean(1)
