@@ -102,6 +102,35 @@ def cmd_run(args) -> int:
     return 1 if run.errors else 0
 
 
+def describe_analysis(name: str) -> int:
+    """``probekit plugins NAME``: an analysis's description, options (type and default) and needs."""
+    import dataclasses
+
+    from probekit.run.options import describe, option_types
+    from probekit.run.registry import analyses, invalid_analyses
+
+    registered, invalid = analyses(), invalid_analyses()
+    if name in invalid:
+        raise ProbekitError(invalid[name])
+    if name not in registered:
+        raise ProbekitError(f"unknown analysis {name!r}; available: {', '.join(sorted(registered))}")
+    cls, plugin = registered[name]
+    print(f"{name} (plugin {plugin}): {cls.description or 'no description'}")
+    kinds = option_types(cls.Options)
+    fields = dataclasses.fields(cls.Options)
+    print("options:" if fields else "options: none")
+    for field in fields:
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        print(f"  {name}.{field.name}: {describe(kinds[field.name])} (default {default!r})")
+    merges = "declared (runs with --nproc and --resume)" if cls.merge_rules is not None else \
+        "undeclared (no --nproc, no --resume)"
+    print(f"needs: gradients {'yes' if cls.needs_grad else 'no'}; merge rules {merges}")
+    for tap_name, tap in cls.taps.items():
+        print(f"  tap {tap_name}: {tap.kind} of {tap.path!r}{' in each branch' if tap.per_branch else ''}")
+    print(f"figures: {cls.plot or 'none'}")
+    return 0
+
+
 def _without_nproc(argv: list[str]) -> list[str]:
     """The command line minus ``--nproc N`` / ``--nproc=N``."""
     out, skip = [], False
@@ -164,8 +193,12 @@ def cmd_evaluate(args) -> int:
 
 def cmd_plugins(args) -> int:
     from probekit.plugins import plugin_infos
-    from probekit.run.registry import analyses
+    from probekit.run.registry import analyses, invalid_analyses
 
+    if args.name:
+        return describe_analysis(args.name)
+    for name, problem in sorted(invalid_analyses().items()):
+        print(f"invalid analysis {name}: {escape(problem)}")
     by_plugin: dict[str, list[str]] = {}
     for name, (_, plugin) in analyses().items():
         by_plugin.setdefault(plugin, []).append(name)
@@ -243,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    plugins = sub.add_parser("plugins", help="list plugins, their versions and hooks")
+    plugins = sub.add_parser("plugins", help="list plugins, their versions and hooks; with NAME, describe one "
+                             "analysis (options, types, defaults, needs)")
+    plugins.add_argument("name", nargs="?", help="an analysis name, e.g. hessian")
     plugins.set_defaults(func=cmd_plugins)
 
     from probekit.plugins import command_manager

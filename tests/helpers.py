@@ -1,5 +1,7 @@
 """Run analyses in-process on a real model and read the results back."""
 
+from torch import nn
+
 from probekit.run.runner import RunSpec, execute
 from probekit.store.results import open_results
 
@@ -23,3 +25,11 @@ def assert_activity_set_aside(cli, store, covariance, problem: str = ""):
     np.testing.assert_array_equal(tree["covariance"].cov.values, covariance)
     code, stdout, _ = cli("show", store)
     assert code == 0 and "DAMAGED activity:" in stdout and "[covariance]" in stdout
+
+
+class PicklableBlock(nn.Module):
+    """A module class outside probekit's pickle allowlist until a plugin names this module as safe."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)

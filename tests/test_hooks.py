@@ -8,7 +8,8 @@ from torch import nn
 
 from probekit import hookimpl, hookspecs
 from probekit.models.branches import BranchLayer, BranchSet, DiscoveryConfig, discover
-from probekit.models.loading import load_model
+from probekit.errors import ProbekitError
+from probekit.models.loading import LoadedModel, load_model
 from probekit.plugins import manager
 from conftest import REPO
 from helpers import run_analyses
@@ -128,3 +129,62 @@ def test_a_failing_analysis_keeps_the_others_and_exits_non_zero(cli, tmp_path, p
     tree = open_results(out)
     assert list(tree.children) == ["activity"] and tree.attrs["probekit_status"] == "failed"
     assert "kaboom" in tree.attrs["errors"]
+
+
+class NamedAndCheckpointed:
+    """A third-party model zoo: a bare name, a checkpoint format and a module allowed in pickles."""
+
+    @hookimpl
+    def probekit_register_model_names(self, register):
+        register("tiny-twin", lambda name, options: LoadedModel(nn.Linear(3, 2), name, "sha-of-tiny"), "a twin", "x")
+
+    @hookimpl
+    def probekit_model_from_checkpoint(self, checkpoint):
+        return nn.Linear(*checkpoint["shape"]) if checkpoint.get("format") == "twin" else None
+
+    @hookimpl
+    def probekit_safe_model_modules(self):
+        return ["helpers"]
+
+
+def test_register_model_names_and_model_from_checkpoint(plugin, tmp_path):
+    plugin(NamedAndCheckpointed())
+    loaded = load_model("tiny-twin")
+    assert isinstance(loaded.module, nn.Linear) and loaded.sha256 == "sha-of-tiny"
+    path = tmp_path / "twin.pt"
+    torch.save({"format": "twin", "shape": [4, 5]}, path)
+    assert load_model(str(path)).module.out_features == 5
+    torch.save({"format": "other"}, path)
+    with pytest.raises(ProbekitError, match="holds weights"):
+        load_model(str(path))
+
+
+def test_safe_model_modules_extend_the_pickle_allowlist(plugin, tmp_path):
+    from helpers import PicklableBlock
+
+    path = tmp_path / "block.pt"
+    torch.save(PicklableBlock(), path)
+    with pytest.raises(ProbekitError, match="helpers.PicklableBlock"):
+        load_model(str(path))
+    plugin(NamedAndCheckpointed())
+    assert isinstance(load_model(str(path)).module, PicklableBlock)
+
+
+class Hello:
+    @hookimpl
+    def probekit_register_commands(self, subparsers):
+        hello = subparsers.add_parser("hello", help="say hello")
+        hello.set_defaults(func=lambda args: print("hello from a plugin") or 0)
+
+
+def test_register_commands(capsys):
+    from probekit.cli import main
+    from probekit.plugins import command_manager
+
+    command_manager().register(Hello())
+    try:
+        assert main(["hello"]) == 0
+    finally:
+        command_manager().unregister(name=command_manager().get_name(next(
+            p for p in command_manager().get_plugins() if isinstance(p, Hello))))
+    assert capsys.readouterr().out.strip() == "hello from a plugin"
