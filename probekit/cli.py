@@ -281,9 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("name", nargs="?", help="an analysis name, e.g. hessian")
     plugins.set_defaults(func=cmd_plugins)
 
-    from probekit.plugins import command_manager
+    from probekit.commands import add_plugin_commands
 
-    command_manager().hook.probekit_register_commands(subparsers=sub)
+    add_plugin_commands(sub)
     return parser
 
 

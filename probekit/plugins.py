@@ -4,7 +4,7 @@ The core registers only its own built-ins (data sources, the torchvision
 loader, branch discovery). Bundled analyses (``probekit_plugins``) and the
 bundled model zoo (``probekit.zoo``) are found through the ``probekit``
 entry-point group exactly like third-party plugins; CLI commands through the
-``probekit.commands`` group (:func:`command_manager`), which ``--help`` loads
+``probekit.commands`` group (:mod:`probekit.commands`), which ``--help`` loads
 without the heavy analysis plugins. Set ``PROBEKIT_LOAD_PLUGINS`` to a
 comma-separated list of entry-point names to load only those (empty string:
 none), which is handy in tests.
@@ -23,7 +23,6 @@ from probekit import hookspecs
 from probekit.errors import ProbekitError
 
 ENTRY_POINT_GROUP = "probekit"
-COMMANDS_GROUP = "probekit.commands"
 _BUILTIN_MODULES = ("probekit.run.datasets", "probekit.models.loaders", "probekit.models.discovery")
 
 
@@ -71,12 +70,6 @@ _versions: dict[str, str] = {}
 def manager() -> pluggy.PluginManager:
     """The process-wide plugin manager (built once, on first use)."""
     return _make_manager()
-
-
-@cache
-def command_manager() -> pluggy.PluginManager:
-    """A manager of the ``probekit.commands`` plugins only, for building the CLI cheaply."""
-    return _make_manager(COMMANDS_GROUP, ())
 
 
 def plugin_infos() -> list[PluginInfo]:

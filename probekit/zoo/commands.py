@@ -6,7 +6,6 @@ recipes. This module imports only argparse-level code; each command imports its 
 from __future__ import annotations
 
 from probekit.cli import check_report_target_of, print_store
-from probekit.hookspecs import hookimpl
 
 
 def cmd_experiment(args) -> int:
@@ -38,8 +37,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-@hookimpl
-def probekit_register_commands(subparsers):
+def probekit_register_commands(subparsers):  # called directly by probekit.commands (no pluggy: --help stays fast)
     sub = subparsers
     experiment = sub.add_parser("experiment", help="run a built-in experiment that trains its own models")
     experiments = experiment.add_subparsers(dest="experiment", required=True)
