@@ -79,7 +79,7 @@ def cmd_run(args) -> int:
                          trust_code=args.trust_code, target_class=args.target_class),
         branches=args.branches, limit=args.limit, batch_size=args.batch_size, device=args.device,
         seed=args.seed, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=args.checkpoint_every, shuffle=args.shuffle,
     )
     if args.report:
         check_report_target_of(args.out, args.overwrite)
@@ -218,16 +218,33 @@ def _add_trust_flags(parser: argparse.ArgumentParser) -> None:
                              "which are programs")
 
 
+def _with_analyses(format_help):
+    """``run --help`` ends with the analyses (listed only when that help is printed: it loads the plugins)."""
+
+    def formatted() -> str:
+        from probekit.run.registry import analyses
+
+        found = analyses()
+        lines = [f"  {name:18s} {cls.description}" for name, (cls, _) in sorted(found.items())]
+        return format_help() + "\nanalyses (probekit plugins NAME describes one):\n" + "\n".join(lines) + "\n"
+
+    return formatted
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="probekit", description="Probe branched neural networks.")
     parser.add_argument("--version", action="version", version=f"probekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="probe a model over data and write a results store")
+    run = sub.add_parser("run", help="probe a model over data and write a results store",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run.format_help = _with_analyses(run.format_help)
     run.add_argument("--model", required=True, help="zoo name, torchvision:NAME, or a model file")
-    run.add_argument("--data", required=True, help="toy1, toy2, digits[:train|test], cifar10:ROOT, "
-                     "imagefolder:PATH, random:C,H,W")
-    run.add_argument("--plugins", required=True, help="comma-separated analyses, e.g. activity,covariance")
+    run.add_argument("--data", help="cifar10-sample[:SIZE] (bundled: 1,000 CIFAR-10 test images, class-interleaved), "
+                     "toy1, toy2, digits[:train|test], cifar10:ROOT[:train|test], imagefolder:PATH, random:C,H,W "
+                     "(default: the bundled sample resized to the size the model accepts)")
+    run.add_argument("--shuffle", action="store_true", help="probe the samples in a random order drawn from --seed")
+    run.add_argument("--plugins", required=True, help="comma-separated analyses (listed below)")
     run.add_argument("--out", help="results store to create (a .zarr directory; default: "
                      "probekit-runs/<model>-<UTC time>.zarr)")
     run.add_argument("--option", action="append", default=[], metavar="NAME.KEY=VALUE",
@@ -240,15 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "default: its first class)")
     run.add_argument("--branches", metavar="GLOB", help="name the branch modules by module path")
     run.add_argument("--limit", type=COUNT, help="probe only the first N samples")
-    run.add_argument("--batch-size", type=BATCH, default=64)
+    run.add_argument("--batch-size", type=BATCH, default=64, help="samples per batch")
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run of the same command from its last checkpoint")
     run.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
                      help="checkpoint the run every N batches, for --resume (0: never; default 100)")
     run.add_argument("--nproc", type=int, default=1,
                      help="probe with N processes (data parallel, launched through torchrun)")
-    run.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    run.add_argument("--seed", type=int, default=0, help="seeds torch, random: data and --shuffle")
     run.add_argument("--overwrite", action="store_true", help="replace an existing store (once the run is done)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--report", action="store_true", help="also write the HTML report (<out>-report/)")

@@ -55,6 +55,7 @@ def attribute(branch: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tens
 class Attribution(Analysis):
     name = "attribution"
     plot = "probekit_plugins.attribution.plot:plot_attribution"
+    needs_classes = True
     merge_rules = {"sums": "sum", "count": "sum", "kept": "custom"}
     description = "per-branch captum attributions of the true-class output, averaged per class"
     Options = AttributionOptions

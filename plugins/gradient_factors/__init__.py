@@ -69,6 +69,7 @@ def branch_factors(module, x: torch.Tensor, g: torch.Tensor, chunk: int) -> tupl
 class GradientFactors(Analysis):
     name = "gradient-factors"
     plot = "probekit_plugins.gradient_factors.plot:plot_gradient_factors"
+    needs_targets = True
     merge_rules = {"counts": "sum"}
     description = "collaborative and distributive gradient factors per sample and branch (paper section 5)"
     Options = GradientFactorsOptions

@@ -59,6 +59,7 @@ class HessianOptions:
 class Hessian(Analysis):
     name = "hessian"
     plot = "probekit_plugins.hessian.plot:plot_hessian"
+    needs_targets = True
     merge_rules = {"sums": "sum", "samples": "sum", "batches": "sum", "zero_within": "custom"}
     description = "exact loss Hessian over chosen parameters, blocked by branch (paper section 5, Fig. 5)"
     Options = HessianOptions
@@ -109,6 +110,15 @@ class Hessian(Analysis):
                 self.sums[state][key] = self.sums[state].get(key, 0) + value.double()
         self.samples += len(batch.inputs)
         self.batches += 1
+
+    def note(self) -> str:
+        names = sorted({block.name for block in self.blocks})
+        size = sum(block.size for block in self.blocks)
+        chosen = "default selection: the first layer of each branch" if not self.options.params else \
+            f"params={self.options.params}"
+        return (f"hessian: {size:,} parameters ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) in "
+                f"{len(block_slices(self.blocks))} branch blocks ({chosen}), method {self.method}, "
+                f"{self.samples} samples")
 
     def finalize(self) -> xr.Dataset:
         if not self.batches:

@@ -58,6 +58,7 @@ def ranked(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Ten
 class IntraClass(Analysis):
     name = "intra-class"
     plot = "probekit_plugins.intra_class.plot:plot_intra_class"
+    needs_classes = True
     merge_rules = {"leaders": "custom", "count": "sum"}
     description = "per branch and class, the samples the branch alone is most confident about"
     Options = IntraClassOptions

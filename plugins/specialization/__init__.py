@@ -33,6 +33,7 @@ from probekit.api import Analysis, analysis_hooks, Batch, BranchScores, class_co
 class Specialization(Analysis):
     name = "specialization"
     plot = "probekit_plugins.specialization.plot:plot_specialization"
+    needs_classes = True
     merge_rules = {name: "sum" for name in ("score", "confidence", "share", "top", "count")}
     description = "per branch and class: confidence alone, share of the true-class score; specialization index"
 

@@ -106,6 +106,8 @@ class Analysis:
     description: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     needs_grad: ClassVar[bool] = False
+    needs_targets: ClassVar[bool] = False  # checked before the pass (targets may be the model's predictions)
+    needs_classes: ClassVar[bool] = False
     merge_rules: ClassVar[dict[str, str] | None] = None
     plot: ClassVar[str | None] = None
     taps: ClassVar[dict[str, Any]] = {}
@@ -123,6 +125,11 @@ class Analysis:
     def summary(self, ds: xr.Dataset) -> dict[str, Any]:
         """Key numbers of a finalized result, shown by ``probekit show`` (JSON-able)."""
         return {}
+
+    def note(self) -> str | None:
+        """After the pass: one short clause on what the analysis chose for the user (a default selection, a
+        method), joined into the run's note line; ``None`` when there is nothing to say."""
+        return None
 
     def state(self) -> dict[str, Any]:
         """The streaming state named by ``merge_rules``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,15 @@ class ProbeData:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def shuffled(self, seed: int) -> ProbeData:
+        """The same samples in a random order drawn from ``seed`` (positions then follow the new order)."""
+        import torch
+        from torch.utils.data import Subset
+
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).tolist()
+        return dataclasses.replace(self, name=f"{self.name} (shuffled, seed {seed})",
+                                   dataset=Subset(self.dataset, order), sample_ids=[self.sample_ids[i] for i in order])
 
     def count(self, limit: int | None) -> int:
         """How many samples a run with ``--limit limit`` probes."""

@@ -147,15 +147,38 @@ def cifar10_data(argument: str) -> ProbeData:
     raise ProbekitError(f"no CIFAR-10 under {root}: expected cifar-10-batches-py/ or {split}/<class>/<image>")
 
 
-def cifar10_sample_data() -> ProbeData:
-    """The bundled class-balanced sample of 1,000 CIFAR-10 test images (``cifar10-sample``)."""
+def interleaved_by_class(labels: np.ndarray) -> np.ndarray:
+    """Positions that cycle through the classes (first image of each class, then the second, ...), so any
+    ``--limit`` or first batch of a class-sorted sample is class-balanced."""
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rank[members] = np.arange(len(members))
+    return np.lexsort((labels, rank))
+
+
+def cifar10_sample_data(argument: str = "") -> ProbeData:
+    """The bundled class-balanced sample of 1,000 CIFAR-10 test images (``cifar10-sample``), interleaved by class;
+    ``cifar10-sample:SIZE`` resizes them to SIZE x SIZE (bilinear, antialiased)."""
     from probekit.samples import load_cifar10_sample
 
+    size = None
+    if argument:
+        try:
+            size = int(argument)
+        except ValueError:
+            size = 0
+        if not 8 <= size <= 1024:
+            raise ProbekitError(f"cifar10-sample:SIZE needs a size in pixels from 8 to 1024, not {argument!r}")
     arrays = load_cifar10_sample()
-    images = torch.from_numpy(arrays["images"]).float() / 255
-    dataset = TensorDataset(images, torch.from_numpy(arrays["labels"]))
-    return ProbeData("cifar10-sample", dataset, [str(i) for i in arrays["ids"]],
-                     classes=[str(c) for c in arrays["classes"]])
+    order = interleaved_by_class(arrays["labels"])
+    images = torch.from_numpy(arrays["images"][order]).float() / 255
+    if size is not None and size != images.shape[-1]:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+                                                 align_corners=False).clamp(0, 1)
+    dataset = TensorDataset(images, torch.from_numpy(arrays["labels"][order]))
+    name = "cifar10-sample" + (f":{size}" if size is not None else "")
+    return ProbeData(name, dataset, [str(i) for i in arrays["ids"][order]], classes=[str(c) for c in arrays["classes"]])
 
 
 @hookimpl
@@ -165,5 +188,5 @@ def probekit_register_datasets(register):
     register("digits", lambda argument, seed: digits_data(argument))
     register("random", random_data)
     register("cifar10", lambda argument, seed: cifar10_data(argument))
-    register("cifar10-sample", lambda argument, seed: cifar10_sample_data())
+    register("cifar10-sample", lambda argument, seed: cifar10_sample_data(argument))
     register("imagefolder", lambda argument, seed: image_folder(argument, f"imagefolder:{argument}"))

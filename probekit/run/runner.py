@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from probekit.run.validation import check_instance
 from probekit.models.branches import BranchSet, DiscoveryConfig, discover
 from probekit.run.capture import capture
 from probekit.run.data import ProbeData, batches, load_data
+from probekit.run.data_choice import (DEFAULT_LIMIT, DEFAULT_SAMPLE, HUGE, check_channels, choose_targets,
+                                      default_data_spec, with_predicted_classes)
 from probekit.errors import ProbekitError
 from probekit.models.graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_tapped
 from probekit.models.loading import LoadedModel, LoadOptions, load_model
@@ -39,7 +42,7 @@ class RunSpec:
     """Everything ``probekit run`` was asked to do."""
 
     model: str
-    data: str
+    data: str | None  # None: the default (see probekit.run.data_choice)
     plugins: list[str]
     out: str
     options: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -53,6 +56,7 @@ class RunSpec:
     progress: bool = True
     resume: bool = False
     checkpoint_every: int = CHECKPOINT_EVERY  # batches; 0: no checkpoints
+    shuffle: bool = False  # probe the samples in a random order drawn from the seed
 
 
 @dataclass
@@ -71,6 +75,8 @@ class Run:
     device: torch.device | None = None
     context: RunContext | None = None
     targets: np.ndarray | None = None  # [n_samples] every probed sample's target (this shard's rows), for coords
+    notes: list[str] = field(default_factory=list)  # what the run chose for the user (data, targets, methods)
+    predicted_targets: bool = False  # targets are the model's own predicted classes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,11 +113,40 @@ def _forward(model, x: torch.Tensor) -> torch.Tensor:
     return model(x)[:n]
 
 
-def _first_forward(model, x: torch.Tensor, data: ProbeData, spec: RunSpec) -> None:
-    """Try the first batch, turning a shape error into one clear line."""
+def _choose_data(spec: RunSpec, model) -> tuple[ProbeData, list[str]]:
+    """The data to probe (``--data``, else the default for the model), shuffled with ``--shuffle``, and the notes
+    that say so; a warning for a huge implicit sample count."""
+    if spec.data is None:
+        data_spec, why = default_data_spec(model)
+        notes = [f"data: {data_spec}, {why}"]
+    else:
+        data_spec, notes = spec.data, [f"data: {spec.data}"]
+    data = load_data(data_spec, spec.seed)
+    if spec.shuffle:
+        data = data.shuffled(spec.seed)
+        notes[0] += f", shuffled with seed {spec.seed}"
+    if spec.limit is None and len(data) > HUGE and data_spec.startswith("random:"):
+        warnings.warn(f"{data_spec} without --limit means {len(data):,} samples; pass --limit N for fewer",
+                      stacklevel=2)
+    return data, notes
+
+
+def _check_needs(classes: dict, run: Run) -> None:
+    """What the analyses need from the data, checked before any costly work, cheapest fix first."""
+    for name, cls in classes.items():
+        if cls.needs_targets and not run.data.has_targets:
+            raise ProbekitError(f"{name} needs targets, and {run.data.name} has none while the model's outputs "
+                                "are not class scores; pass --data with labels")
+        if cls.needs_classes and not run.data.classes:
+            raise ProbekitError(f"{name} needs data with classes; {run.data.name} has none (pass --data with "
+                                "class labels, e.g. cifar10-sample or imagefolder:PATH)")
+
+
+def _first_forward(model, x: torch.Tensor, data: ProbeData, spec: RunSpec) -> torch.Tensor:
+    """Try the first batch, turning a shape error into one clear line; the outputs."""
     try:
         with torch.no_grad():
-            _forward(model, x)
+            return _forward(model, x)
     except ProbekitError:
         raise
     except Exception as exc:
@@ -130,6 +165,8 @@ def provenance(run: Run, spec: RunSpec) -> dict:
         "n_samples": run.n_samples,
         "branch_strategy": run.branchset.strategy,
         "n_branches": len(run.branchset),
+        "targets": "model predictions (argmax of the output)" if run.predicted_targets else
+                   "data labels" if run.data.has_targets else "none",
     }
 
 
@@ -237,17 +274,27 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
         raise ProbekitError("--batch-size and --limit must be positive, --checkpoint-every at least 0")
     device = resolve_device(distributed.device_for(spec.device, ranks))
     torch.manual_seed(spec.seed)
-    data = load_data(spec.data, spec.seed)
     loaded = load_model(spec.model, spec.load)
+    data, notes = _choose_data(spec, loaded.module)
+    if spec.data is None and spec.limit is None and data.name.startswith(f"{DEFAULT_SAMPLE}:"):
+        spec = replace(spec, limit=DEFAULT_LIMIT)  # a first look that finishes in minutes; --limit N for more
+        notes[0] += f", its first {DEFAULT_LIMIT} images (--limit N for more)"
     n_samples = data.count(spec.limit)
     shard = distributed.shard_of(n_samples, ranks) if ranks is not None else None
     first_batch = next(batches(data.loader(spec.batch_size, spec.limit)))
     module = loaded.module.to(device)
-    _first_forward(module, first_batch[1].to(device), data, spec)
+    check_channels(module, first_batch[1], data)
+    outputs = _first_forward(module, first_batch[1].to(device), data, spec)
+    targets = choose_targets(data, outputs)
+    if targets.source == "predictions":
+        data = with_predicted_classes(data, module, outputs)
+    notes.append(targets.note)
     if is_torchscript(module):
         module = torchscript_to_tapped(module, first_batch[1].to(device))
     branchset = discover(module, DiscoveryConfig(spec.branches))
-    run = Run(spec, loaded, data, branchset, n_samples, module=module, device=device)
+    run = Run(spec, loaded, data, branchset, n_samples, module=module, device=device, notes=notes,
+              predicted_targets=targets.source == "predictions")
+    _check_needs(classes, run)
     attrs = provenance(run, spec)
     settings = run_checkpoint.fingerprint({**asdict(replace(spec, overwrite=False, progress=True, resume=False,
                                                             checkpoint_every=0)),
@@ -307,7 +354,8 @@ def _probe_and_write(run: Run, writer: StoreWriter | None, ranks: distributed.Ra
         return
     try:
         _finalize(run, writer, attrs, classes, options)
-        writer.finish(run.errors, nonfinite_attrs(run))
+        run.notes += [note for a in run.analyses.values() if (note := a.note())]
+        writer.finish(run.errors, {**nonfinite_attrs(run), "note": "; ".join(run.notes)})
     except OSError:
         writer.drop_staging()
         raise
@@ -336,6 +384,8 @@ def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec, check
         for count, (index, x, target) in enumerate(progress, 1):
             x = x.to(device)
             outputs = _forward(module, x)
+            if run.predicted_targets:
+                target = outputs.detach().argmax(1)
             batch = Batch(index, x, target.to(device) if run.data.has_targets else None, outputs,
                           recorder.take(x.shape[0]), recorder.take_taps(x.shape[0]))
             run.nonfinite += nonfinite_positions(batch)

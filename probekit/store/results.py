@@ -317,6 +317,8 @@ def describe(tree: xr.DataTree) -> str:
         f"created: {root.get('created_at', '?')}  probekit {root.get('probekit_version', '?')}, "
         f"torch {root.get('torch_version', '?')}, seed {root.get('seed', '?')}",
     ]
+    if root.get("note"):
+        lines.append(f"note:    {root['note']}")
     errors = json.loads(root.get("errors", "{}") or "{}")
     for name, message in errors.items():
         lines.append(f"FAILED {name}: {message}")

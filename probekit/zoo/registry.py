@@ -30,17 +30,19 @@ class ZooEntry:
     build: Callable[..., nn.Module]
     description: str
     data: str
+    probe_data: str = ""  # what `probekit run` probes when --data is not given (bundled or offline where possible)
 
     def weights_path(self, name: str) -> Path:
         return WEIGHTS_DIR / f"{name}.pt"
 
 
 ZOO: dict[str, ZooEntry] = {
-    "toy1": ZooEntry(branched_perceptron, "paper toy 1: 10 LeakyReLU perceptron branches", "toy1"),
-    "toy2": ZooEntry(branched_perceptron, "paper toy 2: 20 LeakyReLU perceptron branches", "toy2"),
-    "digits-branched8": ZooEntry(digits_branched, "8 summed small-CNN branches on 8x8 digits", "digits:test"),
+    "toy1": ZooEntry(branched_perceptron, "paper toy 1: 10 LeakyReLU perceptron branches", "toy1", "toy1"),
+    "toy2": ZooEntry(branched_perceptron, "paper toy 2: 20 LeakyReLU perceptron branches", "toy2", "toy2"),
+    "digits-branched8": ZooEntry(digits_branched, "8 summed small-CNN branches on 8x8 digits", "digits:test",
+                                 "digits:test"),
     "cifar10-branched16": ZooEntry(branched_resnet18, "16 summed slim-ResNet18 branches on CIFAR-10 (paper section 6)",
-                                   "cifar10:../shared/data/cifar10"),
+                                   "cifar10:../shared/data/cifar10", "cifar10-sample"),
     "afhq-cat-branched9": ZooEntry(branched_generator, "9-branch generator re-generating AFHQ cats (paper section 7)",
                                    "imagefolder:../shared/data/samples/afhq"),
     "celeba-branched9": ZooEntry(branched_generator, "9-branch generator, CelebA female<->male (paper section 7)",
@@ -64,8 +66,10 @@ def is_zoo_checkpoint(obj) -> bool:
 
 def build_from_checkpoint(checkpoint: dict) -> nn.Module:
     """The zoo architecture named by ``checkpoint['recipe']``, with its weights (and class names, if any)."""
-    model = ZOO[checkpoint["recipe"]].build(**checkpoint["config"])
+    entry = ZOO[checkpoint["recipe"]]
+    model = entry.build(**checkpoint["config"])
     model.load_state_dict(checkpoint["state_dict"])
+    model.probekit_data = entry.probe_data or entry.data  # the default --data (probekit.run.data_choice)
     names = checkpoint.get("metrics", {}).get("classes")
     if names and hasattr(model, "class_names"):
         model.class_names = list(names)

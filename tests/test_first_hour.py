@@ -1,0 +1,96 @@
+"""A user's own model, first hour (issue 19's pitfalls): default data, predicted targets, class-balanced and
+shuffled order, needs checked before the costly work, mismatched channels and label spaces, huge implicit sizes,
+and `probekit plugins NAME`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from probekit import open_results
+from probekit.run.data import load_data
+
+
+def test_the_bundled_sample_is_interleaved_by_class():
+    data = load_data("cifar10-sample")
+    labels = [int(data.dataset[i][1]) for i in range(20)]
+    assert labels[:10] == list(range(10)) and labels[10:] == list(range(10))
+
+
+def test_shuffle_is_seeded_and_keeps_ids_with_their_samples():
+    data = load_data("cifar10-sample")
+    a, b, c = data.shuffled(1), data.shuffled(1), data.shuffled(2)
+    assert list(a.sample_ids) == list(b.sample_ids) != list(c.sample_ids)
+    position = list(data.sample_ids).index(a.sample_ids[0])
+    torch.testing.assert_close(a.dataset[0][0], data.dataset[position][0])
+
+
+def test_run_shuffle_flag_changes_the_order_and_says_so(cli, tmp_path):
+    code, stdout, err = cli("run", "--model", "digits-branched8", "--data", "digits:test", "--limit", "20",
+                            "--shuffle", "--seed", "3", "--plugins", "activity", "--out", tmp_path / "s.zarr", "--quiet")
+    assert code == 0, err
+    ids = open_results(tmp_path / "s.zarr")["activity"].sample_id.values
+    assert list(ids) != [str(i) for i in range(20)] and "shuffled with seed 3" in stdout
+
+
+def test_no_data_probes_the_bundled_sample_at_the_size_the_model_accepts_with_predicted_targets(cli, tmp_path):
+    path = tmp_path / "my_net.pt"
+    torch.save(torchvision.models.squeezenet1_1(), path)
+    code, stdout, err = cli("run", "--model", path, "--plugins", "activity,specialization", "--batch-size", "16",
+                            "--branches", "features.3.expand*", "--out", tmp_path / "r.zarr", "--quiet")
+    assert code == 0, err
+    tree = open_results(tmp_path / "r.zarr")
+    assert tree.attrs["dataset"] == "cifar10-sample:224" and tree["activity"].sizes["sample"] == 64
+    assert tree.attrs["targets"] == "model predictions (argmax of the output)"
+    note = next(line for line in stdout.splitlines() if line.startswith("note:"))
+    assert "resized to 224x224" in note and "the model's own predicted classes" in note
+    assert "10 classes do not match the model's 1000 outputs" in note
+
+
+def test_needs_are_checked_before_the_costly_work(cli, tmp_path):
+    code, _, err = cli("run", "--model", "toy2", "--data", "random:1", "--limit", "4", "--plugins", "hessian",
+                       "--option", "hessian.max_memory=1KiB", "--out", tmp_path / "h.zarr", "--quiet")
+    assert code == 2 and "hessian needs targets" in err and "max_memory" not in err
+    code, _, err = cli("run", "--model", "toy2", "--data", "toy2", "--plugins", "specialization",
+                       "--out", tmp_path / "s.zarr", "--quiet")
+    assert code == 2 and "specialization needs data with classes" in err
+
+
+@pytest.mark.parametrize("model, data", [("digits-branched8", "cifar10-sample"), ("torchvision:resnet18", "digits")])
+def test_images_with_the_wrong_channel_count_are_refused(cli, tmp_path, model, data):
+    code, _, err = cli("run", "--model", model, "--data", data, "--limit", "4", "--plugins", "activity",
+                       "--out", tmp_path / "c.zarr", "--quiet")
+    assert code == 2 and "-channel images but the model's first conv takes" in err
+
+
+def test_random_data_without_a_limit_warns(cli, tmp_path):
+    with pytest.warns(UserWarning, match="without --limit means 100,000 samples"):
+        from probekit.run.runner import RunSpec, _choose_data
+
+        _choose_data(RunSpec(model="toy2", data="random:1", plugins=["activity"], out=str(tmp_path / "x")), None)
+
+
+def test_plugins_name_describes_an_analysis(cli):
+    code, stdout, _ = cli("plugins", "hessian")
+    assert code == 0 and stdout.startswith("hessian (plugin hessian): exact loss Hessian")
+    assert "hessian.max_memory: str (default '4GiB')" in stdout and "needs: gradients" in stdout
+    code, _, err = cli("plugins", "nonsense")
+    assert code == 2 and "unknown analysis 'nonsense'" in err
+
+
+def test_run_help_shows_defaults_the_sample_and_the_analyses(cli, capsys):
+    with pytest.raises(SystemExit):
+        cli("run", "--help")
+    out = capsys.readouterr().out
+    assert "(default: 64)" in out and "cifar10-sample" in out and "covariance" in out and "hessian" in out
+
+
+def test_labels_that_fit_are_kept(cli, tmp_path):
+    code, stdout, err = cli("run", "--model", "cifar10-branched16", "--limit", "20", "--plugins", "activity",
+                            "--out", tmp_path / "l.zarr", "--quiet")
+    assert code == 0, err
+    tree = open_results(tmp_path / "l.zarr")
+    assert tree.attrs["targets"] == "data labels" and tree.attrs["dataset"] == "cifar10-sample"
+    np.testing.assert_array_equal(tree["activity"].target.values[:10], np.arange(10))
