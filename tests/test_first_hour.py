@@ -29,7 +29,8 @@ def test_shuffle_is_seeded_and_keeps_ids_with_their_samples():
 
 def test_run_shuffle_flag_changes_the_order_and_says_so(cli, tmp_path):
     code, stdout, err = cli("run", "--model", "digits-branched8", "--data", "digits:test", "--limit", "20",
-                            "--shuffle", "--seed", "3", "--plugins", "activity", "--out", tmp_path / "s.zarr", "--quiet")
+                            "--shuffle", "--seed", "3", "--plugins", "activity", "--out", tmp_path / "s.zarr",
+                            "--quiet")
     assert code == 0, err
     ids = open_results(tmp_path / "s.zarr")["activity"].sample_id.values
     assert list(ids) != [str(i) for i in range(20)] and "shuffled with seed 3" in stdout
