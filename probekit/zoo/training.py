@@ -102,6 +102,9 @@ def train_cifar10_branched(branches: int, options: TrainOptions):
 GENERATORS = {
     "afhq-cat-branched9": dict(train="afhq-cat-128/train", held_out="samples/afhq"),
     "celeba-branched9": dict(train="celeba-64/train", held_out="celeba-64/test"),
+    # toward the paper's cat model (issue 22): 128 px, wider branches, the learnt diffusion of Eqs. 16-17
+    "afhq-cat-diffusion9": dict(train="afhq-cat-128/train", held_out="samples/afhq", resolution=128,
+                                widths=(12, 24, 48), preprocessing="diffusion"),
 }
 
 
