@@ -46,7 +46,7 @@ ZOO: dict[str, ZooEntry] = {
     "afhq-cat-branched9": ZooEntry(branched_generator, "9-branch generator re-generating AFHQ cats (paper section 7)",
                                    "imagefolder:../shared/data/samples/afhq"),
     "afhq-cat-diffusion9": ZooEntry(branched_generator, "9-branch generator at 128 px with a learnt nonlinear "
-                                    "diffusion per branch (paper Eqs. 16-17), AFHQ cats; in training",
+                                    "diffusion (paper Eqs. 16-17), AFHQ cats; in training",
                                     "imagefolder:../shared/data/samples/afhq"),
     "celeba-branched9": ZooEntry(branched_generator, "9-branch generator, CelebA female<->male (paper section 7)",
                                  "imagefolder:../shared/data/celeba-64/test"),
