@@ -105,7 +105,7 @@ GENERATORS = {
     # toward the paper's cat model (issue 22): 128 px and the learnt diffusion of Eqs. 16-17; the branch widths
     # stay at 8/16/32 (12/24/48 cost about twice as much per iteration, too much for a 12-hour CPU budget)
     "afhq-cat-diffusion9": dict(train="afhq-cat-128/train", held_out="samples/afhq", resolution=128,
-                                preprocessing="diffusion", iterations=4000),
+                                preprocessing="diffusion", iterations=4000, checkpoint_every=25),
 }
 
 
