@@ -126,3 +126,53 @@ def test_bad_selection_and_tiny_budget_are_clear_errors(cli, tmp_path):
                        "--option", "hessian.max_memory=1KiB", "--quiet")
     assert code == 1 and "raise hessian.max_memory" in err
     assert "activity" in open_results(tmp_path / "b.zarr").children  # the other analysis is kept
+
+
+class GatedExperts(nn.Module):
+    """``sum_k softmax(g(x))_k e_k(x)``: a gated mixture marked as a summed container (as the docs invite)."""
+
+    probekit_branches = "experts"
+
+    def __init__(self):
+        super().__init__()
+        self.gate = nn.Linear(4, 3)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)) for _ in range(3))
+
+    def forward(self, x):
+        g = torch.softmax(self.gate(x), dim=1)
+        return sum(g[:, k:k + 1] * expert(x) for k, expert in enumerate(self.experts))
+
+
+def test_gated_mixture_gets_the_exact_hessian_and_summed_is_refused(tmp_path):
+    """The summed method trusted the mark and was off by 0.23 relative error on such a model; auto now checks the
+    container is a plain sum on the first batch and falls back to the generic (exact) method."""
+    from probekit.models.loading import LoadOptions
+    from probekit.run.datasets import RandomImages
+    from probekit.run.runner import RunSpec, execute
+    from probekit_plugins.hessian.exact import is_plain_sum
+
+    torch.manual_seed(0)
+    model = GatedExperts().double().eval()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    branchset = discover(model, DiscoveryConfig())
+    assert not is_plain_sum(model, branchset.layers[0], x)
+    assert is_plain_sum(SummedBranches([nn.Linear(4, 3) for _ in range(3)]), discover(
+        SummedBranches([nn.Linear(4, 3) for _ in range(3)]), DiscoveryConfig()).layers[0], x.float())
+    blocks = select_params(model, branchset, None)
+    reference = naive_hessian(lambda m: summed_loss("ce", m(x), y, "t"), model, blocks)
+    wrong = summed_hessian(model, branchset.layers[0], blocks, x, lambda o: summed_loss("ce", o, y, "t"), PLAN)
+    assert relative_error(wrong.hessian, reference) > 0.05  # why the check is needed
+    path = tmp_path / "gated.pt"
+    torch.save(model.float(), path)  # the run probes float32 data
+    spec = dict(model=str(path), data="random:4", plugins=["hessian"], limit=8, batch_size=8, progress=False,
+                load=LoadOptions(trust_pickle=True))
+    execute(RunSpec(out=str(tmp_path / "auto.zarr"), **spec))
+    node = open_results(tmp_path / "auto.zarr")["hessian"]
+    assert "generic" in node.attrs["method"]
+    inputs = torch.stack([RandomImages((4,), 8, 0)[i][0] for i in range(8)])
+    targets = model.float()(inputs).argmax(1)  # random data has no labels: the run uses the predicted classes
+    model.double()
+    exact = naive_hessian(lambda m: summed_loss("ce", m(inputs.double()), targets, "t"), model, blocks) / 8
+    assert relative_error(torch.from_numpy(node.hessian.sel(state="trained").values), exact) <= 1e-4
+    run = execute(RunSpec(out=str(tmp_path / "summed.zarr"), options={"hessian": {"method": "summed"}}, **spec))
+    assert "is not the plain sum of its branch outputs" in run.errors["hessian"]

@@ -18,8 +18,8 @@ import xarray as xr
 
 from probekit.api import (Analysis, analysis_hooks, Batch, init_note, model_states, ProbekitError, resolve_loss,
                           summed_loss)
-from .exact import (MAX_HEAD_OUTPUTS, WITHIN, ZERO_PROBES, MemoryPlan, generic_hessian, parse_bytes,
-                                     saved_bytes, summed_hessian, summed_layer_of)
+from .exact import (MAX_HEAD_OUTPUTS, WITHIN, ZERO_PROBES, MemoryPlan, generic_hessian, is_plain_sum, parse_bytes,
+                    saved_bytes, summed_hessian, summed_layer_of)
 from .params import block_slices, param_coords, select_params
 
 METHODS = ("auto", "summed", "generic")
@@ -78,11 +78,24 @@ class Hessian(Analysis):
         self.sums: dict[str, dict[str, torch.Tensor]] = {state: {} for state in self.models}
         self.samples = self.batches = 0
         self.zero_within: set[tuple[str, str]] = set()
+        self.not_plain = False  # auto fell back to generic: the container is not a plain sum
 
     def _choose_method(self, batch: Batch) -> str:
-        """auto: summed, unless the container output is so wide that H_s (one backward per output) costs more."""
-        if self.method != "auto":
+        """auto: summed, unless the container is not a plain sum (a gated mixture: then only generic is exact) or
+        its output is so wide that H_s (one backward per output) costs more. A forced summed method on a
+        container that is not a plain sum is refused."""
+        if self.method == "generic":
             return self.method
+        plain = is_plain_sum(self.context.model, self.layer, batch.inputs)
+        if self.method == "summed":
+            if not plain:
+                raise ProbekitError(f"hessian.method=summed: the output of {self.layer.container or 'the model'} "
+                                    "is not the plain sum of its branch outputs (a gated mixture?), so the summed "
+                                    "Hessian would be wrong; use method=auto or generic")
+            return "summed"
+        if not plain:
+            self.not_plain = True
+            return "generic"
         return "summed" if batch.responses[self.layer.name].shape[2] <= MAX_HEAD_OUTPUTS else "generic"
 
     def _one_batch(self, state: str, model, batch: Batch) -> dict[str, torch.Tensor]:
@@ -116,8 +129,9 @@ class Hessian(Analysis):
         size = sum(block.size for block in self.blocks)
         chosen = "default selection: the first layer of each branch" if not self.options.params else \
             f"params={self.options.params}"
+        fallback = " (the container is not a plain sum of its branches)" if self.not_plain else ""
         return (f"hessian: {size:,} parameters ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) in "
-                f"{len(block_slices(self.blocks))} branch blocks ({chosen}), method {self.method}, "
+                f"{len(block_slices(self.blocks))} branch blocks ({chosen}), method {self.method}{fallback}, "
                 f"{self.samples} samples")
 
     def finalize(self) -> xr.Dataset:

@@ -303,6 +303,28 @@ def summed_hessian(model: nn.Module, layer: BranchLayer, blocks: tuple[ParamBloc
     return SummedParts(hessian, dist, collab, zero)
 
 
+def is_plain_sum(model: nn.Module, layer: BranchLayer, x: torch.Tensor, rtol: float = 1e-4) -> bool:
+    """Whether the container's output is the plain sum of its branch outputs (plus its ``residual`` module's, when
+    it has one) on ``x``: a gated mixture ``sum_k g_k(x) e_k(x)`` marked as a sum is not, and the summed
+    method would give a wrong Hessian for it."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(path):
+        return lambda module, args, out: seen.__setitem__(path, out.detach())
+
+    container = model.get_submodule(layer.container)
+    residual = getattr(container, "residual", None)
+    after = [(path, keep(path)) for path in (layer.container, *layer.modules)]
+    if isinstance(residual, nn.Module):
+        after.append((f"{layer.container}.residual" if layer.container else "residual", keep("residual")))
+    with forward_hooks(model, after), torch.no_grad():
+        model(x)
+    total = sum(seen[path] for path in layer.modules) + seen.get("residual", 0)
+    out = seen[layer.container]
+    return out.shape == total.shape and bool(torch.allclose(out, total, rtol=rtol,
+                                                            atol=rtol * float(out.abs().max().clamp_min(1e-12))))
+
+
 def summed_layer_of(blocks: tuple[ParamBlock, ...], layers: tuple[BranchLayer, ...]) -> BranchLayer | None:
     """The summed branch layer holding every selected block, if there is exactly one."""
     names = {b.layer for b in blocks}
