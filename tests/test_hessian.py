@@ -123,8 +123,8 @@ def test_bad_selection_and_tiny_budget_are_clear_errors(cli, tmp_path):
     assert code == 2 and "matches no parameter" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli("run", "--model", "digits-branched8", "--data", "digits:test", "--plugins",
                        "hessian,activity", "--out", tmp_path / "b.zarr", "--limit", "32",
-                       "--option", "hessian.max_memory=1KiB", "--quiet")
-    assert code == 1 and "raise hessian.max_memory" in err
+                       "--option", "hessian.max_memory=1KiB", "--option", "hessian.mode=exact", "--quiet")
+    assert code == 1 and "raise hessian.max_memory" in err and "hessian.mode=estimate" in err
     assert "activity" in open_results(tmp_path / "b.zarr").children  # the other analysis is kept
 
 
@@ -176,3 +176,48 @@ def test_gated_mixture_gets_the_exact_hessian_and_summed_is_refused(tmp_path):
     assert relative_error(torch.from_numpy(node.hessian.sel(state="trained").values), exact) <= 1e-4
     run = execute(RunSpec(out=str(tmp_path / "summed.zarr"), options={"hessian": {"method": "summed"}}, **spec))
     assert "is not the plain sum of its branch outputs" in run.errors["hessian"]
+
+
+def test_matrix_free_estimates_agree_with_the_exact_hessian_within_their_error_bars():
+    """Hutchinson block energies and the off-block share against the dense Hessian of a small summed CNN; Lanczos
+    eigenvalues of the diagonal blocks against numpy's."""
+    from probekit_plugins.hessian import block_norms, off_block_share, top_eigenvalues
+    from probekit_plugins.hessian.estimate import estimate
+    from probekit_plugins.hessian.params import block_slices
+
+    torch.manual_seed(0)
+    model = SummedBranches([small_cnn_branch() for _ in range(3)]).double().eval()
+    x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (6,))
+    branchset = discover(model, DiscoveryConfig())
+    blocks = select_params(model, branchset, "branches.*.3.weight")  # 144 parameters per branch
+
+    def loss_of(m):
+        return summed_loss("ce", m(x), y, "t")
+
+    exact = (naive_hessian(loss_of, model, blocks) / 6).numpy()
+    slices = block_slices(blocks)
+    est = estimate(loss_of, model, blocks, 6, probes=64, eigenvalues=3, lanczos_steps=500, seed=0)
+    energy = block_norms(exact, slices) ** 2
+    z = np.abs(est.energy - energy) / est.energy_se
+    assert np.all(z < 5), z  # every block within 5 standard errors
+    assert np.mean(z < 2) > 0.75  # and most within 2
+    share, replicates = off_block_share(exact, slices), est.share_replicates
+    assert abs(replicates.mean() - share) < 5 * replicates.std(ddof=1) / np.sqrt(len(replicates))
+    np.testing.assert_allclose(est.eigenvalues, top_eigenvalues(exact, slices, 3), rtol=1e-6, atol=1e-9)
+    assert est.hvps > 3 * 64
+
+
+def test_auto_mode_switches_to_the_estimate_past_the_time_budget_and_exact_mode_fails_fast(cli, tmp_path):
+    base = ["run", "--model", "torchvision:resnet18", "--data", "cifar10-sample", "--limit", "4", "--plugins",
+            "hessian", "--branches", "layer1.*", "--option", "hessian.params=layer1.*.bn1.weight", "--quiet"]
+    code, stdout, err = cli(*base, "--option", "hessian.max_time=0.001", "--option", "hessian.probes=2",
+                            "--option", "hessian.eigenvalues=2", "--option", "hessian.lanczos_steps=20",
+                            "--out", tmp_path / "a.zarr")
+    assert code == 0, err
+    node = open_results(tmp_path / "a.zarr")["hessian"]
+    assert node.attrs["mode"] == "estimate" and "over hessian.max_time" in node.attrs["switched"]
+    assert node.block_energy.shape == (1, 2, 2) and np.isfinite(node.off_block_share_se.values).all()
+    assert "matrix-free estimate" in stdout
+    code, _, err = cli(*base, "--option", "hessian.max_time=0.001", "--option", "hessian.mode=exact",
+                       "--out", tmp_path / "b.zarr")
+    assert code == 1 and "over hessian.max_time" in err and "hessian.mode=estimate" in err

@@ -11,6 +11,7 @@ in eval mode, so BatchNorm uses its running statistics.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,11 +21,13 @@ from probekit.api import (Analysis, analysis_hooks, Batch, init_note, model_stat
                           summed_loss)
 from .exact import (MAX_HEAD_OUTPUTS, WITHIN, ZERO_PROBES, MemoryPlan, generic_hessian, is_plain_sum, parse_bytes,
                     saved_bytes, summed_hessian, summed_layer_of)
+from .estimate import estimate
 from .params import block_slices, param_coords, select_params
 
 METHODS = ("auto", "summed", "generic")
 SUMMED = "summed: J^T H_s J + blockdiag(R_k), per-branch Jacobians and HVPs"
 GENERIC = "generic: batched double-backward rows through the whole model"
+ESTIMATE = "estimate: matrix-free Hutchinson block energies and Lanczos eigenvalues from Hessian-vector products"
 
 
 @dataclass
@@ -34,7 +37,10 @@ class HessianOptions:
     (e.g. 4GiB); ``method``: auto, summed or generic; ``eigenvalues``: top eigenvalues kept per block;
     ``compare_init``: also compute everything at initialisation (PyTorch's default init, seeded by --seed);
     ``within_branch`` (summed method): auto skips a branch's second-order term R_k when random HVP probes show
-    it is identically zero, full computes every R_k row by row."""
+    it is identically zero, full computes every R_k row by row; ``mode``: exact (the whole matrix), estimate
+    (matrix-free block energies with standard errors and Lanczos eigenvalues, :mod:`.estimate`) or auto (exact,
+    unless the first chunk of rows projects past ``max_time`` seconds or the matrix cannot fit ``max_memory``);
+    ``probes``: Rademacher probes per block (estimate); ``lanczos_steps``: most Lanczos iterations per block."""
 
     params: str = ""
     batches: int = 1
@@ -44,8 +50,16 @@ class HessianOptions:
     eigenvalues: int = 10
     compare_init: bool = False
     within_branch: str = "auto"
+    mode: Literal["auto", "exact", "estimate"] = "auto"
+    max_time: float = 120.0
+    probes: int = 8
+    lanczos_steps: int = 300
 
     def check(self):
+        if self.max_time <= 0 or self.probes < 2 or self.lanczos_steps < 1:
+            raise ProbekitError("hessian.max_time must be > 0, hessian.probes at least 2, lanczos_steps at least 1")
+        if self.mode == "estimate" and self.batches != 1:
+            raise ProbekitError("hessian.mode=estimate probes one batch: leave hessian.batches at 1")
         if self.batches < 1 or self.eigenvalues < 1:
             raise ProbekitError("hessian.batches and hessian.eigenvalues must be at least 1")
         if self.method not in METHODS:
@@ -79,6 +93,9 @@ class Hessian(Analysis):
         self.samples = self.batches = 0
         self.zero_within: set[tuple[str, str]] = set()
         self.not_plain = False  # auto fell back to generic: the container is not a plain sum
+        self.mode = options.mode  # becomes "estimate" when auto finds the exact matrix too slow or too large
+        self.estimates: dict[str, object] = {}
+        self.switch_reason = ""
 
     def _choose_method(self, batch: Batch) -> str:
         """auto: summed, unless the container is not a plain sum (a gated mixture: then only generic is exact) or
@@ -110,19 +127,58 @@ class Hessian(Analysis):
                     "collaborative": parts.collaborative_sq}
         per_sample = saved_bytes(lambda: model(batch.inputs[:1]))
         h = generic_hessian(lambda m: loss(m(batch.inputs)), model, self.blocks, self.plan, per_sample,
-                            len(batch.inputs), progress=True)
+                            len(batch.inputs), progress=True, after_first_chunk=self._within_budget)
         return {"hessian": h}
 
+    def _within_budget(self, seconds: float, chunks: int) -> None:
+        """After the first chunk of rows: stop when the whole matrix would take longer than ``max_time``."""
+        projected = seconds * chunks
+        if projected > self.options.max_time:
+            raise OverBudget(f"the exact Hessian of {self._size():,} parameters would take about {projected:,.0f} s "
+                             f"({chunks} chunks of {seconds:.1f} s), over hessian.max_time={self.options.max_time:g}")
+
+    def _size(self) -> int:
+        return sum(block.size for block in self.blocks)
+
+    def _estimate(self, state: str, model, batch: Batch) -> None:
+        def loss_of(m):
+            return summed_loss(self.loss, m(batch.inputs), batch.targets, self.name)
+
+        self.estimates[state] = estimate(loss_of, model, self.blocks, len(batch.inputs), self.options.probes,
+                                         self.options.eigenvalues, self.options.lanczos_steps, self.context.seed,
+                                         progress=True)
+
     def update(self, batch: Batch) -> None:
-        if self.batches >= self.options.batches:
+        if self.batches >= (1 if self.mode == "estimate" else self.options.batches):
             return
         if not self.batches:
             self.method = self._choose_method(batch)
         for state, model in self.models.items():
-            for key, value in self._one_batch(state, model, batch).items():
+            if self.mode == "estimate":
+                self._estimate(state, model, batch)
+                continue
+            try:
+                parts = self._one_batch(state, model, batch)
+            except (OverBudget, ProbekitError) as exc:
+                if self.mode == "exact" or self.batches or not _switchable(exc):
+                    raise self._too_large(exc) from None
+                self.mode, self.switch_reason = "estimate", str(exc)
+                self.sums = {s: {} for s in self.models}
+                self._estimate(state, model, batch)
+                continue
+            for key, value in parts.items():
                 self.sums[state][key] = self.sums[state].get(key, 0) + value.double()
         self.samples += len(batch.inputs)
         self.batches += 1
+
+    def _too_large(self, exc: Exception) -> ProbekitError:
+        """One line: why, the selection's size, and two narrower ways to go on."""
+        if not _switchable(exc):
+            return exc if isinstance(exc, ProbekitError) else ProbekitError(str(exc))
+        first = self.blocks[0]
+        return ProbekitError(f"{exc}; the selection has {self._size():,} parameters in "
+                             f"{len(block_slices(self.blocks))} blocks. Narrower: hessian.params={first.name} with "
+                             f"--batch-size 8, or hessian.mode=estimate (matrix-free block energies)")
 
     def note(self) -> str:
         names = sorted({block.name for block in self.blocks})
@@ -130,11 +186,49 @@ class Hessian(Analysis):
         chosen = "default selection: the first layer of each branch" if not self.options.params else \
             f"params={self.options.params}"
         fallback = " (the container is not a plain sum of its branches)" if self.not_plain else ""
+        if self.mode == "estimate":
+            fallback += f", matrix-free estimate ({self.switch_reason or 'asked for'})"
         return (f"hessian: {size:,} parameters ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) in "
                 f"{len(block_slices(self.blocks))} branch blocks ({chosen}), method {self.method}{fallback}, "
                 f"{self.samples} samples")
 
+    def _finalize_estimate(self) -> xr.Dataset:
+        """The matrix-free node: block energies and their standard errors, the off-block share with its standard
+        error, and Lanczos eigenvalues of the diagonal blocks (no ``hessian`` matrix)."""
+        states = list(self.estimates)
+        names = np.array(list(block_slices(self.blocks)), dtype=object)
+        est = [self.estimates[s] for s in states]
+        shares = [e.share_replicates for e in est]
+        variables = {
+            "block_energy": (("state", "branch", "branch_other"), np.stack([e.energy for e in est]), {
+                "long_name": "Frobenius energy |H_ij|_F^2 of each block (Hutchinson estimate)",
+                "units": "(loss / parameter unit^2)^2"}),
+            "block_energy_se": (("state", "branch", "branch_other"), np.stack([e.energy_se for e in est]), {
+                "long_name": "standard error of block_energy", "units": "(loss / parameter unit^2)^2"}),
+            "block_norm": (("state", "branch", "branch_other"), np.sqrt(np.stack([e.energy for e in est])), {
+                "long_name": "Frobenius norm of each branch block (square root of the estimated energy)",
+                "units": "loss / parameter unit^2"}),
+            "off_block_share": ("state", np.array([np.nanmean(r) for r in shares]), {
+                "long_name": "share of Frobenius energy off the branch blocks (estimate)", "units": "1",
+                "description": "mean over probe replicates of |H - blockdiag(H)|_F^2 / |H|_F^2"}),
+            "off_block_share_se": ("state", np.array([np.nanstd(r, ddof=1) / np.sqrt(len(r)) for r in shares]), {
+                "long_name": "standard error of off_block_share", "units": "1"}),
+            "block_eigenvalues": (("state", "branch", "eig"), np.stack([e.eigenvalues for e in est]), {
+                "long_name": "largest eigenvalues of each diagonal block (Lanczos)",
+                "units": "loss / parameter unit^2", "description": "descending; NaN past the block's size"}),
+        }
+        k = self.options.eigenvalues
+        coords = {"state": ("state", np.array(states, dtype=object)), "branch": ("branch", names),
+                  "branch_other": ("branch_other", names), "eig": ("eig", np.arange(k))}
+        return xr.Dataset(variables, coords=coords, attrs={
+            "method": ESTIMATE, "mode": "estimate", "switched": self.switch_reason or "no (asked for)",
+            "loss": self.loss, "batches": 1, "samples": int(self.samples), "probes": self.options.probes,
+            "hvps": int(sum(e.hvps for e in est)), "params": self.options.params or "first layer",
+            "init": init_note(states, self.context.seed)})
+
     def finalize(self) -> xr.Dataset:
+        if self.mode == "estimate":
+            return self._finalize_estimate()
         if not self.batches:
             raise ProbekitError("hessian saw no batch")
         slices = block_slices(self.blocks)
@@ -186,10 +280,25 @@ class Hessian(Analysis):
                 f"of {branches} branches x states; computed row by row for the rest")
 
     def summary(self, ds: xr.Dataset) -> dict:
-        out = {"parameters": ds.sizes["param"], "branches": ds.sizes["branch"], "method": ds.attrs["method"]}
+        size = ds.sizes["param"] if "param" in ds.sizes else self._size()
+        out = {"parameters": size, "branches": ds.sizes["branch"], "method": ds.attrs["method"]}
         for state in ds.state.values:
-            out[f"off-block energy share ({state})"] = round(float(ds.off_block_share.sel(state=state)), 6)
+            share = float(ds.off_block_share.sel(state=state))
+            if "off_block_share_se" in ds:
+                out[f"off-block energy share ({state})"] = (f"{share:.4f} +- "
+                                                            f"{float(ds.off_block_share_se.sel(state=state)):.4f}")
+            else:
+                out[f"off-block energy share ({state})"] = round(share, 6)
         return out
+
+
+class OverBudget(ProbekitError):
+    """The exact Hessian would take longer than ``hessian.max_time``."""
+
+
+def _switchable(exc: Exception) -> bool:
+    """Whether auto may answer ``exc`` with the matrix-free estimate: over the time budget or the memory budget."""
+    return isinstance(exc, OverBudget) or "max_memory" in str(exc)
 
 
 def off_block_share(h: np.ndarray, slices: dict[str, slice]) -> float:

@@ -21,6 +21,7 @@ one sample.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,8 +147,12 @@ def naive_hessian(loss_of: Callable[[nn.Module], torch.Tensor], model: nn.Module
 
 
 def generic_hessian(loss_of: Callable[[nn.Module], torch.Tensor], model: nn.Module, blocks: tuple[ParamBlock, ...],
-                    plan: MemoryPlan, per_sample_bytes: int, n: int, progress: bool = False) -> torch.Tensor:
-    """The full ``[P, P]`` Hessian, rows in chunks of batched double-backward passes through the whole model."""
+                    plan: MemoryPlan, per_sample_bytes: int, n: int, progress: bool = False,
+                    after_first_chunk: Callable[[float, int], None] | None = None) -> torch.Tensor:
+    """The full ``[P, P]`` Hessian, rows in chunks of batched double-backward passes through the whole model.
+
+    ``after_first_chunk(seconds, chunks)`` is called once the first chunk is done (it may raise to stop early);
+    the progress bar shows the estimated time left."""
     names = list(dict.fromkeys(b.name for b in blocks))
     total = sum(b.size for b in blocks)
     with grad_only_for(model, set(names)) as chosen, torch.enable_grad():  # the run probes under no_grad
@@ -158,7 +163,10 @@ def generic_hessian(loss_of: Callable[[nn.Module], torch.Tensor], model: nn.Modu
                                    strict=True)), blocks, params[0])
         rows = []
         starts = range(0, total, chunk)
+        began = time.perf_counter()
         for start in tqdm(starts, desc="hessian rows", unit="chunk", disable=not progress, leave=False):
+            if len(rows) == 1 and after_first_chunk is not None:
+                after_first_chunk(time.perf_counter() - began, len(starts))
             stop = min(start + chunk, total)
             basis = torch.zeros(stop - start, total, dtype=g.dtype, device=g.device)
             basis[torch.arange(stop - start), torch.arange(start, stop)] = 1

@@ -57,4 +57,5 @@ def block_energy(ds: xr.Dataset):
 
 
 def plot_hessian(ds: xr.Dataset) -> list:
-    return [magnitude(ds), block_energy(ds)]
+    """|H| (exact mode only: an estimate stores no matrix) and the branch-block norms."""
+    return ([magnitude(ds)] if "hessian" in ds else []) + [block_energy(ds)]
