@@ -95,3 +95,15 @@ def test_labels_that_fit_are_kept(cli, tmp_path):
     tree = open_results(tmp_path / "l.zarr")
     assert tree.attrs["targets"] == "data labels" and tree.attrs["dataset"] == "cifar10-sample"
     np.testing.assert_array_equal(tree["activity"].target.values[:10], np.arange(10))
+
+
+def test_a_redirected_log_gets_no_progress_bar_escape_codes(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probekit = str(Path(sys.executable).with_name("probekit"))
+    result = subprocess.run([probekit, "run", "--model", "digits-branched8", "--data", "digits:test", "--limit",
+                             "40", "--batch-size", "8", "--plugins", "activity", "--out", tmp_path / "r.zarr"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "\x1b" not in result.stderr and "\r" not in result.stderr, result.stderr

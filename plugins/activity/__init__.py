@@ -120,7 +120,7 @@ class Activity(Analysis):
             f"active/total in {layer}": describe_count(float(ds.active_count.sel(layer=layer)),
                                                        int((ds.branch_layer == layer).sum()))
             for layer in ds.layer.values[:8]
-        } | ({"layers": len(ds.layer)} if len(ds.layer) > 8 else {})
+        } | ({"layers": f"{len(ds.layer)} (the first 8 shown above; all are in the node)"} if len(ds.layer) > 8 else {})
 
 
 probekit_register_analyses, probekit_plot = analysis_hooks(Activity)

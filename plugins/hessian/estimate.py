@@ -67,7 +67,7 @@ def estimate(loss_of, model: nn.Module, blocks: tuple[ParamBlock, ...], samples:
         products = HessianProducts(loss_of(model), [params_by_name[n] for n in names], names, blocks, samples)
         b = len(slices)
         energies = np.zeros((probes, b, b))
-        steps = tqdm(total=b * probes, desc="hessian probes", unit="hvp", disable=not progress, leave=False)
+        steps = tqdm(total=b * probes, desc="hessian probes", unit="hvp", disable=not progress or None, leave=False)
         for j, cols in enumerate(slices):
             for s in range(probes):
                 v = torch.zeros(total, dtype=products.g.dtype)
@@ -77,7 +77,7 @@ def estimate(loss_of, model: nn.Module, blocks: tuple[ParamBlock, ...], samples:
                 steps.update()
         steps.close()
         tops = np.stack([_top_eigenvalues(products, cols, total, eigenvalues, lanczos_steps, seed)
-                         for cols in tqdm(slices, desc="hessian lanczos", unit="block", disable=not progress,
+                         for cols in tqdm(slices, desc="hessian lanczos", unit="block", disable=not progress or None,
                                           leave=False)])
     diagonal = np.einsum("sii->s", energies)
     totals = energies.sum((1, 2))

@@ -164,7 +164,7 @@ def generic_hessian(loss_of: Callable[[nn.Module], torch.Tensor], model: nn.Modu
         rows = []
         starts = range(0, total, chunk)
         began = time.perf_counter()
-        for start in tqdm(starts, desc="hessian rows", unit="chunk", disable=not progress, leave=False):
+        for start in tqdm(starts, desc="hessian rows", unit="chunk", disable=not progress or None, leave=False):
             if len(rows) == 1 and after_first_chunk is not None:
                 after_first_chunk(time.perf_counter() - began, len(starts))
             stop = min(start + chunk, total)
@@ -294,7 +294,7 @@ def summed_hessian(model: nn.Module, layer: BranchLayer, blocks: tuple[ParamBloc
     jacobians, within_terms = [], []
     branches = [(path, branch) for path, branch in zip(layer.modules, layer.branches, strict=True)
                 if branch in slices]
-    for path, branch in tqdm(branches, desc="hessian branches", unit="branch", disable=not progress, leave=False):
+    for path, branch in tqdm(branches, desc="hessian branches", unit="branch", disable=not progress or None, leave=False):
         own = tuple(b for b in blocks if b.branch == branch)
         jacobian, r = branch_parts(model.get_submodule(path), path, own, inputs[path], g, plan, fixed, within)
         jacobians.append(jacobian)
