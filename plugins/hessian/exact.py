@@ -294,7 +294,8 @@ def summed_hessian(model: nn.Module, layer: BranchLayer, blocks: tuple[ParamBloc
     jacobians, within_terms = [], []
     branches = [(path, branch) for path, branch in zip(layer.modules, layer.branches, strict=True)
                 if branch in slices]
-    for path, branch in tqdm(branches, desc="hessian branches", unit="branch", disable=not progress or None, leave=False):
+    bar = tqdm(branches, desc="hessian branches", unit="branch", disable=not progress or None, leave=False)
+    for path, branch in bar:
         own = tuple(b for b in blocks if b.branch == branch)
         jacobian, r = branch_parts(model.get_submodule(path), path, own, inputs[path], g, plan, fixed, within)
         jacobians.append(jacobian)

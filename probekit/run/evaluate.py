@@ -67,7 +67,8 @@ def evaluate(model_spec: str, data_spec: str, load: LoadOptions | None = None, b
     branch_correct = np.zeros(len(branchset) if branchset else 0, np.int64)
     with torch.no_grad(), capture(model, branchset) if branchset else nullcontext() as recorder:
         loader = data.loader(batch_size, limit)
-        for _, x, y in tqdm(batches(loader), total=len(loader), desc="evaluating", unit="batch", disable=not progress or None):
+        bar = tqdm(batches(loader), total=len(loader), desc="evaluating", unit="batch", disable=not progress or None)
+        for _, x, y in bar:
             x, y = x.to(device), y.to(device)
             try:
                 hit = model(x).argmax(1) == y

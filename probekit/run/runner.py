@@ -379,8 +379,8 @@ def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec, check
     ``spec.checkpoint_every`` batches."""
     needs_grad = any(a.needs_grad for a in run.analyses.values())
     with capture(module, run.branchset, tap_plan(run)) as recorder, torch.set_grad_enabled(needs_grad):
-        progress = tqdm(batches(loader), total=len(loader), desc="probing", unit="batch", disable=not spec.progress or None,
-                        file=sys.stderr)
+        progress = tqdm(batches(loader), total=len(loader), desc="probing", unit="batch",
+                        disable=not spec.progress or None, file=sys.stderr)
         for count, (index, x, target) in enumerate(progress, 1):
             x = x.to(device)
             outputs = _forward(module, x)
