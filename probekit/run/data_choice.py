@@ -4,6 +4,7 @@ the data's labels fit the model, and the one-line note that says what was chosen
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from torch import nn
@@ -86,11 +87,17 @@ class TargetChoice:
                 "none": "targets: none"}[self.source]
 
 
-def choose_targets(data: ProbeData, outputs: torch.Tensor) -> TargetChoice:
+def choose_targets(data: ProbeData, outputs: torch.Tensor, chosen_for_user: bool) -> TargetChoice:
     """The data's labels when they fit the model's output; the model's predicted classes when the data has no
-    labels or its classes do not match the model's class scores."""
+    labels, or when probekit chose the data (``chosen_for_user``) and its classes do not match the model's class
+    scores. Labels the user chose that do not match are kept, with a warning."""
     scores = outputs.dim() == 2 and outputs.shape[1] > 1
-    if data.has_targets and (not data.classes or not scores or len(data.classes) == outputs.shape[1]):
+    mismatch = data.has_targets and bool(data.classes) and scores and len(data.classes) != outputs.shape[1]
+    if mismatch and not chosen_for_user:
+        warnings.warn(f"data {data.name} has {len(data.classes)} classes but the model outputs {outputs.shape[1]} "
+                      "scores: analyses that compare the two (specialization, losses) will not mean much",
+                      stacklevel=2)
+    if data.has_targets and not (mismatch and chosen_for_user):
         return TargetChoice("labels")
     if not scores:
         return TargetChoice("none")

@@ -132,7 +132,8 @@ def _choose_data(spec: RunSpec, model) -> tuple[ProbeData, list[str]]:
 
 
 def _check_needs(classes: dict, run: Run) -> None:
-    """What the analyses need from the data, checked before any costly work, cheapest fix first."""
+    """What the analyses need from the data, checked once they exist (so what the model lacks comes first) and
+    before any costly work (the Hessian's memory and time budgets are checked on the first batch)."""
     for name, cls in classes.items():
         if cls.needs_targets and not run.data.has_targets:
             raise ProbekitError(f"{name} needs targets, and {run.data.name} has none while the model's outputs "
@@ -285,7 +286,7 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
     module = loaded.module.to(device)
     check_channels(module, first_batch[1], data)
     outputs = _first_forward(module, first_batch[1].to(device), data, spec)
-    targets = choose_targets(data, outputs)
+    targets = choose_targets(data, outputs, chosen_for_user=spec.data is None)
     if targets.source == "predictions":
         data = with_predicted_classes(data, module, outputs)
     notes.append(targets.note)
@@ -294,7 +295,6 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
     branchset = discover(module, DiscoveryConfig(spec.branches))
     run = Run(spec, loaded, data, branchset, n_samples, module=module, device=device, notes=notes,
               predicted_targets=targets.source == "predictions")
-    _check_needs(classes, run)
     attrs = provenance(run, spec)
     settings = run_checkpoint.fingerprint({**asdict(replace(spec, overwrite=False, progress=True, resume=False,
                                                             checkpoint_every=0)),
@@ -333,7 +333,8 @@ def _probe_and_write(run: Run, writer: StoreWriter | None, ranks: distributed.Ra
                          align=distributed.SHARD_ALIGN if ranks is not None else None, resume_from=start)
     run.context = context
     try:
-        run.analyses = _create_analyses(classes, context, options, ranks)
+        run.analyses = _create_analyses(classes, context, options, ranks)  # what the model lacks, first
+        _check_needs(classes, run)  # then what the data lacks, before any costly work (memory, time)
         if saved:
             _restore(run, saved)
         if main:
