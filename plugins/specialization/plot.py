@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import xarray as xr
 from matplotlib import colormaps
@@ -59,8 +61,9 @@ def plot_specialization(ds: xr.Dataset) -> list:
                  label=str(ds.branch.values[k]))
         bottom += fractions[k]
     bars.set_xticks(np.arange(ds.sizes["cls"]), [str(c) for c in ds.class_name.values], rotation=60, fontsize=7)
-    bars.set_ylabel(axis_label(ds.top_fraction), fontsize=8)
-    bars.legend(fontsize=6, ncols=2, loc="upper right")
+    bars.set_ylabel(textwrap.fill(axis_label(ds.top_fraction), 45), fontsize=8)  # wrapped: never clipped
+    tops.legend(*bars.get_legend_handles_labels(), loc="outside lower center", fontsize=6,
+                ncols=min(8, ds.sizes["branch"]), title="branch", title_fontsize=7)  # below the bars, never on them
     index.barh(np.arange(ds.sizes["branch"]), ordered.specialization.values, color="#2a6fbb")
     index.set_yticks(np.arange(ds.sizes["branch"]), [str(b) for b in ordered.branch.values], fontsize=7)
     index.invert_yaxis()
