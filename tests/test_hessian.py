@@ -216,6 +216,7 @@ def test_auto_mode_switches_to_the_estimate_past_the_time_budget_and_exact_mode_
     assert code == 0, err
     node = open_results(tmp_path / "a.zarr")["hessian"]
     assert node.attrs["mode"] == "estimate" and "over hessian.max_time" in node.attrs["switched"]
+    assert list(node.state.values) == ["random-init"]  # torchvision:NAME without --weights is not "trained"
     assert node.block_energy.shape == (1, 2, 2) and np.isfinite(node.off_block_share_se.values).all()
     assert "matrix-free estimate" in stdout
     code, _, err = cli(*base, "--option", "hessian.max_time=0.001", "--option", "hessian.mode=exact",

@@ -80,7 +80,8 @@ class Hessian(Analysis):
 
     def __init__(self, context, options):
         super().__init__(context, options)
-        self.models = model_states(context.model, self.name, options.compare_init, context.seed)
+        self.models = model_states(context.model, self.name, options.compare_init, context.seed,
+                                   context.random_init)
         self.blocks = select_params(context.model, context.branchset, options.params or None)
         self.loss = resolve_loss(options.loss, context.model, bool(context.data.classes), self.name)
         self.plan = MemoryPlan(parse_bytes(options.max_memory))

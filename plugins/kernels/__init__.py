@@ -93,7 +93,8 @@ class Kernels(Analysis):
 
     def __init__(self, context, options):
         super().__init__(context, options)
-        self.models = model_states(context.model, self.name, options.compare_init, context.seed)
+        self.models = model_states(context.model, self.name, options.compare_init, context.seed,
+                                   context.random_init)
         self.layers = {state: collect_kernels(m, context.branchset, options.layers or None)
                        for state, m in self.models.items()}
 
@@ -116,7 +117,7 @@ class Kernels(Analysis):
         total = sum(len(layers) for layers in self.layers.values())
         with tqdm(total=total, desc="kernels", unit="layer", leave=False) as bar:
             results = {state: self._score_state(layers, bar) for state, layers in self.layers.items()}
-        layers = self.layers["trained"]
+        layers = next(iter(self.layers.values()))  # the model as loaded (trained, or random-init)
         states = list(results)
 
         def stack(field):

@@ -24,12 +24,13 @@ def initialised_copy(model: nn.Module, seed: int) -> nn.Module:
     return fresh.eval()
 
 
-def model_states(model: nn.Module | None, analysis: str, compare_init: bool, seed: int) -> dict[str, nn.Module]:
-    """``{"trained": model}``, plus ``"init"`` (:func:`initialised_copy`) with ``compare_init``; the analysis
-    named ``analysis`` needs the module itself."""
+def model_states(model: nn.Module | None, analysis: str, compare_init: bool, seed: int,
+                 random_init: bool = False) -> dict[str, nn.Module]:
+    """``{"trained": model}`` (``"random-init"`` for a model loaded without weights), plus ``"init"``
+    (:func:`initialised_copy`) with ``compare_init``; the analysis named ``analysis`` needs the module itself."""
     if model is None:
         raise ProbekitError(f"{analysis} needs the model itself (not just its recorded responses)")
-    states = {"trained": model}
+    states = {"random-init" if random_init else "trained": model}
     if compare_init:
         states["init"] = initialised_copy(model, seed)
     return states

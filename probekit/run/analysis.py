@@ -66,6 +66,7 @@ class RunContext:
     shard: range | None = None  # the sample positions this process probes (all by default)
     align: int | None = None  # shards start at multiples of this; per-sample chunks must divide it
     resume_from: int = 0  # a resumed run: rows before this position are already on disk
+    random_init: bool = False  # the model was loaded without weights (e.g. torchvision:NAME without --weights)
     arrays: list = dataclasses.field(default_factory=list)  # every SampleArray made, for checkpoints
 
     @property

@@ -330,7 +330,8 @@ def _probe_and_write(run: Run, writer: StoreWriter | None, ranks: distributed.Ra
     start = saved["position"] if saved else 0
     context = RunContext(run.branchset, run.data, run.n_samples, run.device, spec.seed, staging=staging,
                          model=run.module, shard=shard,
-                         align=distributed.SHARD_ALIGN if ranks is not None else None, resume_from=start)
+                         align=distributed.SHARD_ALIGN if ranks is not None else None, resume_from=start,
+                         random_init=run.model.sha256.startswith("none"))
     run.context = context
     try:
         run.analyses = _create_analyses(classes, context, options, ranks)  # what the model lacks, first
