@@ -107,3 +107,20 @@ def test_a_redirected_log_gets_no_progress_bar_escape_codes(tmp_path):
                              "40", "--batch-size", "8", "--plugins", "activity", "--out", tmp_path / "r.zarr"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "\x1b" not in result.stderr and "\r" not in result.stderr, result.stderr
+
+
+def test_mixed_image_sizes_can_be_resized(cli, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "mixed" / "cls"
+    folder.mkdir(parents=True)
+    for i, size in enumerate([(16, 16), (20, 12), (9, 30)]):
+        Image.fromarray(np.full((size[1], size[0], 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    spec = f"imagefolder:{tmp_path / 'mixed'}"
+    code, _, err = cli("run", "--model", "torchvision:resnet18", "--data", spec, "--plugins", "activity",
+                       "--branches", "layer1.*", "--out", tmp_path / "a.zarr", "--quiet")
+    assert code == 2 and "resize them with imagefolder:PATH:SIZE" in err
+    code, _, err = cli("run", "--model", "torchvision:resnet18", "--data", f"{spec}:32", "--plugins", "activity",
+                       "--branches", "layer1.*", "--out", tmp_path / "b.zarr", "--quiet")
+    assert code == 0, err
+    assert open_results(tmp_path / "b.zarr")["activity"].sizes["sample"] == 3

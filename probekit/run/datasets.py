@@ -82,25 +82,40 @@ def random_data(argument: str, seed: int) -> ProbeData:
     return ProbeData(f"random:{argument}", RandomImages(shape, n, seed), [str(i) for i in range(n)], has_targets=False)
 
 
+def split_size(argument: str) -> tuple[str, int | None]:
+    """``PATH:SIZE`` -> ``(PATH, SIZE)`` when the text after the last ``:`` is a whole number, else
+    ``(argument, None)``."""
+    head, _, tail = argument.rpartition(":")
+    if head and tail.isdigit():
+        size = int(tail)
+        if not 8 <= size <= 4096:
+            raise ProbekitError(f"image size must be 8 to 4096 pixels, not {size}")
+        return head, size
+    return argument, None
+
+
 def image_folder(path: str, name: str) -> ProbeData:
-    """An ImageFolder tree ``<path>/<class>/<file>``, as ``[3,H,W]`` tensors in [0,1]."""
+    """An ImageFolder tree ``<path>/<class>/<file>``, as ``[3,H,W]`` tensors in [0,1]; ``<path>:SIZE`` resizes
+    every image to SIZE x SIZE (for folders of mixed sizes)."""
     from torchvision import datasets, transforms
 
+    path, size = split_size(path)
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ProbekitError(f"image folder not found: {path}")
+    steps = ([transforms.Resize((size, size), antialias=True)] if size else []) + [transforms.ToTensor()]
     try:
-        dataset = datasets.ImageFolder(str(root), transform=transforms.ToTensor())
+        dataset = datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
     except (FileNotFoundError, RuntimeError) as exc:
         raise ProbekitError(f"{path} is not an ImageFolder tree (<class>/<image>): {exc}") from exc
     ids = [os.path.relpath(p, root) for p, _ in dataset.samples]
-    check_image_headers([p for p, _ in dataset.samples], ids)
+    check_image_headers([p for p, _ in dataset.samples], ids, same_size=size is None)
     return ProbeData(name, dataset, ids, classes=list(dataset.classes), num_workers=min(2, os.cpu_count() or 1))
 
 
-def check_image_headers(paths: list[str], ids: list[str]) -> None:
-    """Read every image's header (about 30 us each): an unreadable file or one whose size differs from the
-    first image's is one error line naming the file, before any batch is made."""
+def check_image_headers(paths: list[str], ids: list[str], same_size: bool = True) -> None:
+    """Read every image's header (about 30 us each): an unreadable file, or (with ``same_size``) one whose size
+    differs from the first image's, is one error line naming the file, before any batch is made."""
     from PIL import Image, UnidentifiedImageError
 
     first = None
@@ -113,9 +128,10 @@ def check_image_headers(paths: list[str], ids: list[str]) -> None:
                                 f"{str(exc).splitlines()[0] if str(exc) else 'empty or corrupt file'}") from None
         if first is None:
             first = (sample_id, size)
-        elif size != first[1]:
+        elif same_size and size != first[1]:
             raise ProbekitError(f"image {sample_id} is {size[0]}x{size[1]} but {first[0]} is "
-                                f"{first[1][0]}x{first[1][1]}: a batch needs images of one size; resize them")
+                                f"{first[1][0]}x{first[1][1]}: a batch needs images of one size; resize them "
+                                f"with imagefolder:PATH:SIZE")
 
 
 def cifar10_data(argument: str) -> ProbeData:
