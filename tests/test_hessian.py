@@ -222,3 +222,18 @@ def test_auto_mode_switches_to_the_estimate_past_the_time_budget_and_exact_mode_
     code, _, err = cli(*base, "--option", "hessian.max_time=0.001", "--option", "hessian.mode=exact",
                        "--out", tmp_path / "b.zarr")
     assert code == 1 and "over hessian.max_time" in err and "hessian.mode=estimate" in err
+
+
+def test_within_branch_term_by_pairs_matches_the_naive_hessian_on_two_relu_layers():
+    """Two conv layers of a ReLU branch: each layer's own block of R_k is zero and is skipped; the cross block is
+    computed once, with one backward pass per element of the smaller layer, and mirrored."""
+    torch.manual_seed(0)
+    model = SummedBranches([_relu_branch() for _ in range(3)]).double().eval()
+    x, y = torch.randn(5, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (5,))
+    parts = check_summed(model, x, y, "ce", "branches.*.?.weight")  # conv, BatchNorm, conv and head weights
+    assert parts.zero_within == ()  # two layers: R_k is not zero as a whole
+
+
+def _relu_branch():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5))

@@ -272,10 +272,47 @@ def branch_parts(module: nn.Module, path: str, blocks: tuple[ParamBlock, ...], u
     if within == "auto" and within_is_zero(grad(linearised), selected):
         return jacobian, None
     rows = plan.hessian_rows(per_sample, n, fixed, jacobian.shape[-1])
+    if within == "auto" and len(names) > 1:
+        return jacobian, _within_by_pairs(linearised, selected, names, rows).detach()
     second = jacrev(grad(linearised), chunk_size=rows)(selected)  # {a: {b: [*a.shape, *b.shape]}}
     r = torch.cat([torch.cat([second[a][b].reshape(selected[a].numel(), -1) for b in names], dim=1)
                    for a in names])
     return jacobian, r.detach()
+
+
+def _within_by_pairs(linearised: Callable, selected: dict[str, torch.Tensor], names: list[str],
+                     rows: int) -> torch.Tensor:
+    """``R_k`` block by parameter-tensor pair, skipping what is provably zero and using symmetry.
+
+    A tensor's own block ``R_aa`` is skipped when HVP probes show it is identically zero (one layer of a ReLU
+    branch is piecewise linear in its own weights); each cross block ``R_ab = R_ba^T`` is computed once, with as
+    many backward passes as the smaller tensor has elements. For the first two layers of a ReLU branch only the
+    cross block is left: about a third of the passes of the full ``R_k``.
+    """
+    sizes = [selected[a].numel() for a in names]
+    offsets = [sum(sizes[:i]) for i in range(len(names))]
+    r = next(iter(selected.values())).new_zeros(sum(sizes), sum(sizes))
+
+    def restricted(a: str, b: str):
+        """``w_a -> d/dw_b [g . v_k]`` with every other tensor fixed at its value."""
+        return lambda wa: grad(lambda wb: linearised({**selected, a: wa, b: wb}))(selected[b])
+
+    for i, a in enumerate(names):
+        own = {a: selected[a]}
+        if not within_is_zero(grad(lambda w, a=a: linearised({**selected, **w})), own):
+            block = jacrev(grad(lambda w, a=a: linearised({**selected, **w})), chunk_size=rows)(own)[a][a]
+            r[offsets[i]:offsets[i] + sizes[i], offsets[i]:offsets[i] + sizes[i]] = block.reshape(sizes[i], -1)
+        for j in range(i + 1, len(names)):
+            b = names[j]
+            small, large = (a, b) if sizes[i] <= sizes[j] else (b, a)
+            # w_large -> d/dw_small [g . v_k]: its Jacobian is R[small, large], one backward pass per element of
+            # the output, i.e. of the smaller tensor
+            cross = jacrev(restricted(large, small), chunk_size=rows)(selected[large])  # [*small, *large]
+            block = cross.reshape(selected[small].numel(), selected[large].numel())
+            si, li = names.index(small), names.index(large)
+            r[offsets[si]:offsets[si] + sizes[si], offsets[li]:offsets[li] + sizes[li]] = block
+            r[offsets[li]:offsets[li] + sizes[li], offsets[si]:offsets[si] + sizes[si]] = block.T
+    return r
 
 
 def summed_hessian(model: nn.Module, layer: BranchLayer, blocks: tuple[ParamBlock, ...], x: torch.Tensor,
