@@ -143,7 +143,7 @@ def naive_hessian(loss_of: Callable[[nn.Module], torch.Tensor], model: nn.Module
     for i in rows if rows is not None else range(g.numel()):
         row = torch.autograd.grad(g[i], [params[n] for n in names], retain_graph=True, allow_unused=True)
         out.append(flat_selected(dict(zip(names, row, strict=True)), blocks, g))
-    return torch.stack(out)
+    return torch.stack(out) if out else g.new_zeros(0, g.numel())
 
 
 def generic_hessian(loss_of: Callable[[nn.Module], torch.Tensor], model: nn.Module, blocks: tuple[ParamBlock, ...],

@@ -63,16 +63,18 @@ def _first_layer_params(model: nn.Module, layer: BranchLayer) -> list[str]:
 
 def select_params(model: nn.Module, branchset: BranchSet, pattern: str | None = None) -> tuple[ParamBlock, ...]:
     """Blocks of the parameters matching ``pattern`` (a glob over dotted names, ``*`` within a segment,
-    ``**`` across), or by default the first layer of every branch of the first branch layer; in branch order."""
+    ``**`` across; several globs separated by commas), or by default the first layer of every branch of the first
+    branch layer; in branch order."""
     params = dict(model.named_parameters())
     if pattern is None:
         layer = branchset.layers[0]
         names, layers = _first_layer_params(model, layer), [layer]
         if not names:
             raise ProbekitError(f"the branches of {layer.name!r} have no parameters to differentiate")
-    else:
-        regex = glob_regex(pattern)
-        names, layers = [name for name in params if regex.fullmatch(name)], list(branchset.layers)
+    else:  # one glob, or several separated by commas
+        regexes = [glob_regex(part.strip()) for part in pattern.split(",") if part.strip()]
+        names = [name for name in params if any(r.fullmatch(name) for r in regexes)]
+        layers = list(branchset.layers)
         if not names:
             raise ProbekitError(f"params={pattern!r} matches no parameter; names look like "
                                 f"{', '.join(list(params)[:3])}")
