@@ -124,3 +124,11 @@ def test_mixed_image_sizes_can_be_resized(cli, tmp_path):
                        "--branches", "layer1.*", "--out", tmp_path / "b.zarr", "--quiet")
     assert code == 0, err
     assert open_results(tmp_path / "b.zarr")["activity"].sizes["sample"] == 3
+
+
+def test_labels_of_another_label_space_are_kept_with_a_warning(cli, tmp_path):
+    with pytest.warns(UserWarning, match="has 10 classes but the model outputs 1000 scores"):
+        code, _, err = cli("run", "--model", "torchvision:resnet18", "--data", "cifar10-sample", "--limit", "4",
+                           "--plugins", "activity", "--branches", "layer1.*", "--out", tmp_path / "w.zarr", "--quiet")
+    assert code == 0, err
+    assert open_results(tmp_path / "w.zarr").attrs["targets"] == "data labels"
