@@ -40,7 +40,10 @@ class HessianOptions:
     it is identically zero, full computes every R_k row by row; ``mode``: exact (the whole matrix), estimate
     (matrix-free block energies with standard errors and Lanczos eigenvalues, :mod:`.estimate`) or auto (exact,
     unless the first chunk of rows projects past ``max_time`` seconds or the matrix cannot fit ``max_memory``);
-    ``probes``: Rademacher probes per block (estimate); ``lanczos_steps``: most Lanczos iterations per block."""
+    ``probes``: Rademacher probes per block (estimate); ``estimate_samples``: the estimate uses at most this many
+    samples of the first batch (each product runs the whole model on them); ``lanczos``: also estimate each
+    diagonal block's top eigenvalues by Lanczos (about 50-100 products per block); ``lanczos_steps``: most Lanczos
+    iterations per block."""
 
     params: str = ""
     batches: int = 1
@@ -53,11 +56,14 @@ class HessianOptions:
     mode: Literal["auto", "exact", "estimate"] = "auto"
     max_time: float = 120.0
     probes: int = 8
+    estimate_samples: int = 16
+    lanczos: bool = False
     lanczos_steps: int = 300
 
     def check(self):
-        if self.max_time <= 0 or self.probes < 2 or self.lanczos_steps < 1:
-            raise ProbekitError("hessian.max_time must be > 0, hessian.probes at least 2, lanczos_steps at least 1")
+        if self.max_time <= 0 or self.probes < 2 or self.lanczos_steps < 1 or self.estimate_samples < 1:
+            raise ProbekitError("hessian.max_time must be > 0, hessian.probes at least 2, lanczos_steps and "
+                                "estimate_samples at least 1")
         if self.mode == "estimate" and self.batches != 1:
             raise ProbekitError("hessian.mode=estimate probes one batch: leave hessian.batches at 1")
         if self.batches < 1 or self.eigenvalues < 1:
@@ -97,6 +103,7 @@ class Hessian(Analysis):
         self.mode = options.mode  # becomes "estimate" when auto finds the exact matrix too slow or too large
         self.estimates: dict[str, object] = {}
         self.switch_reason = ""
+        self.estimated_samples = 0
 
     def _choose_method(self, batch: Batch) -> str:
         """auto: summed, unless the container is not a plain sum (a gated mixture: then only generic is exact) or
@@ -142,15 +149,19 @@ class Hessian(Analysis):
         return sum(block.size for block in self.blocks)
 
     def _estimate(self, state: str, model, batch: Batch) -> None:
-        def loss_of(m):
-            return summed_loss(self.loss, m(batch.inputs), batch.targets, self.name)
+        keep = self.options.estimate_samples
+        inputs, targets = batch.inputs[:keep], None if batch.targets is None else batch.targets[:keep]
 
-        self.estimates[state] = estimate(loss_of, model, self.blocks, len(batch.inputs), self.options.probes,
-                                         self.options.eigenvalues, self.options.lanczos_steps, self.context.seed,
-                                         progress=True)
+        def loss_of(m):
+            return summed_loss(self.loss, m(inputs), targets, self.name)
+
+        self.estimates[state] = estimate(loss_of, model, self.blocks, len(inputs), self.options.probes,
+                                         self.options.eigenvalues if self.options.lanczos else 0,
+                                         self.options.lanczos_steps, self.context.seed, progress=True)
+        self.estimated_samples = len(inputs)
 
     def update(self, batch: Batch) -> None:
-        if self.batches >= (1 if self.mode == "estimate" else self.options.batches):
+        if self.batches >= (1 if self.mode == "estimate" else self.options.batches) or self.estimates:
             return
         if not self.batches:
             self.method = self._choose_method(batch)
@@ -191,7 +202,7 @@ class Hessian(Analysis):
             fallback += f", matrix-free estimate ({self.switch_reason or 'asked for'})"
         return (f"hessian: {size:,} parameters ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) in "
                 f"{len(block_slices(self.blocks))} branch blocks ({chosen}), method {self.method}{fallback}, "
-                f"{self.samples} samples")
+                f"{self.estimated_samples or self.samples} samples")
 
     def _finalize_estimate(self) -> xr.Dataset:
         """The matrix-free node: block energies and their standard errors, the off-block share with its standard
@@ -214,16 +225,17 @@ class Hessian(Analysis):
                 "description": "mean over probe replicates of |H - blockdiag(H)|_F^2 / |H|_F^2"}),
             "off_block_share_se": ("state", np.array([np.nanstd(r, ddof=1) / np.sqrt(len(r)) for r in shares]), {
                 "long_name": "standard error of off_block_share", "units": "1"}),
-            "block_eigenvalues": (("state", "branch", "eig"), np.stack([e.eigenvalues for e in est]), {
-                "long_name": "largest eigenvalues of each diagonal block (Lanczos)",
-                "units": "loss / parameter unit^2", "description": "descending; NaN past the block's size"}),
         }
+        if self.options.lanczos:
+            variables["block_eigenvalues"] = (("state", "branch", "eig"), np.stack([e.eigenvalues for e in est]), {
+                "long_name": "largest eigenvalues of each diagonal block (Lanczos)",
+                "units": "loss / parameter unit^2", "description": "descending; NaN past the block's size"})
         k = self.options.eigenvalues
         coords = {"state": ("state", np.array(states, dtype=object)), "branch": ("branch", names),
                   "branch_other": ("branch_other", names), "eig": ("eig", np.arange(k))}
         return xr.Dataset(variables, coords=coords, attrs={
             "method": ESTIMATE, "mode": "estimate", "switched": self.switch_reason or "no (asked for)",
-            "loss": self.loss, "batches": 1, "samples": int(self.samples), "probes": self.options.probes,
+            "loss": self.loss, "batches": 1, "samples": int(self.estimated_samples), "probes": self.options.probes,
             "hvps": int(sum(e.hvps for e in est)), "params": self.options.params or "first layer",
             "init": init_note(states, self.context.seed)})
 

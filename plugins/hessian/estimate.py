@@ -7,7 +7,7 @@ by row: only Hessian-vector products (HVPs), by double backward through one grad
 * The off-block share ``sum_{i != j} E_ij / sum_ij E_ij`` is computed for each probe (one replicate per probe
   index) and stored as the mean and standard error over the replicates.
 * The top eigenvalues of each diagonal block ``H_jj`` by Lanczos (``scipy.sparse.linalg.eigsh`` on the block's HVP
-  as a linear operator).
+  as a linear operator), when asked for (``eigenvalues > 0``).
 
 Cost: ``blocks x probes`` HVPs for the energies, plus about ``lanczos_steps`` per block for the eigenvalues.
 """
@@ -78,7 +78,7 @@ def estimate(loss_of, model: nn.Module, blocks: tuple[ParamBlock, ...], samples:
         steps.close()
         tops = np.stack([_top_eigenvalues(products, cols, total, eigenvalues, lanczos_steps, seed)
                          for cols in tqdm(slices, desc="hessian lanczos", unit="block", disable=not progress or None,
-                                          leave=False)])
+                                          leave=False)]) if eigenvalues else np.full((b, 0), np.nan)
     diagonal = np.einsum("sii->s", energies)
     totals = energies.sum((1, 2))
     shares = np.where(totals > 0, (totals - diagonal) / np.where(totals > 0, totals, 1), np.nan)
