@@ -237,3 +237,35 @@ def test_within_branch_term_by_pairs_matches_the_naive_hessian_on_two_relu_layer
 def _relu_branch():
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1),
                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5))
+
+
+def test_structure_shortcuts_are_exact():
+    """One linear layer: its Jacobian from the layer's linearity equals per-sample autodiff, and a piecewise-linear
+    branch is proved to have R_k = 0 (no probes); smooth or multi-layer selections are not."""
+    from torch.func import jacrev, vmap
+
+    from probekit_plugins.hessian.structure import linear_layer_jacobian, proves_within_zero
+
+    torch.manual_seed(0)
+    branch = _relu_branch().double().eval()
+    for module in branch.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    u = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    for path in ("0", "3", "7"):  # first conv, second conv, the head
+        names = [f"{path}.weight", f"{path}.bias"]
+        params = dict(branch.named_parameters())
+        selected = {n: params[n].detach() for n in names}
+        fixed = {n: t.detach() for n, t in (*branch.named_parameters(), *branch.named_buffers()) if n not in names}
+
+        def out(w, x):
+            return torch.func.functional_call(branch, {**fixed, **w}, (x.unsqueeze(0),)).flatten(1).squeeze(0)
+
+        jac = vmap(jacrev(out), in_dims=(None, 0))(selected, u)
+        expected = torch.cat([jac[n].reshape(4, 5, -1) for n in names], dim=2)
+        torch.testing.assert_close(linear_layer_jacobian(branch, path, names, u, 5), expected)
+        assert proves_within_zero(branch, names)
+    assert not proves_within_zero(branch, ["0.weight", "3.weight"])  # two layers: bilinear cross terms
+    assert not proves_within_zero(small_cnn_branch().eval(), ["0.weight", "0.bias"])  # Tanh is smooth
+    assert not proves_within_zero(_relu_branch().train(), ["0.weight", "0.bias"])  # BatchNorm in training mode

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from probekit.api import BranchLayer, forward_hooks, ProbekitError
 from .params import ParamBlock, block_slices
+from .structure import linear_layer_jacobian, proves_within_zero, single_linear_layer
 
 MAX_HEAD_OUTPUTS = 1024  # the summed method takes dim(s) backward passes through the head; beyond this, generic
 ZERO_PROBES = 2  # random HVPs that must all be exactly zero before R_k is taken as identically zero
@@ -261,15 +262,19 @@ def branch_parts(module: nn.Module, path: str, blocks: tuple[ParamBlock, ...], u
     n, d = g.shape
     trial = {k: v.clone().requires_grad_() for k, v in selected.items()}
     per_sample = saved_bytes(lambda: out(trial, u[:1]))
-    samples = plan.jacobian_samples(per_sample, d, fixed, n)
-    jac = vmap(jacrev(lambda w, x: out(w, x.unsqueeze(0)).squeeze(0)), in_dims=(None, 0), chunk_size=samples)(
-        selected, u)
-    jacobian = torch.cat([jac[a].reshape(n, d, -1) for a in names], dim=2).detach()
+    layer = single_linear_layer(module, names)
+    samples = plan.jacobian_samples(per_sample, d, fixed, n)  # the budget holds for both ways
+    if layer is not None:  # one linear layer: D backward passes to its output, contracted with its inputs
+        jacobian = linear_layer_jacobian(module, layer, names, u, d)
+    else:
+        jac = vmap(jacrev(lambda w, x: out(w, x.unsqueeze(0)).squeeze(0)), in_dims=(None, 0), chunk_size=samples)(
+            selected, u)
+        jacobian = torch.cat([jac[a].reshape(n, d, -1) for a in names], dim=2).detach()
 
     def linearised(w):  # g . v_k(w), g fixed
         return (out(w, u) * g).sum()
 
-    if within == "auto" and within_is_zero(grad(linearised), selected):
+    if within == "auto" and (proves_within_zero(module, names) or within_is_zero(grad(linearised), selected)):
         return jacobian, None
     rows = plan.hessian_rows(per_sample, n, fixed, jacobian.shape[-1])
     if within == "auto" and len(names) > 1:
