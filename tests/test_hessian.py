@@ -259,7 +259,7 @@ def test_structure_shortcuts_are_exact():
         selected = {n: params[n].detach() for n in names}
         fixed = {n: t.detach() for n, t in (*branch.named_parameters(), *branch.named_buffers()) if n not in names}
 
-        def out(w, x):
+        def out(w, x, fixed=fixed):
             return torch.func.functional_call(branch, {**fixed, **w}, (x.unsqueeze(0),)).flatten(1).squeeze(0)
 
         jac = vmap(jacrev(out), in_dims=(None, 0))(selected, u)
