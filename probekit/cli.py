@@ -124,7 +124,9 @@ def describe_analysis(name: str) -> int:
         print(f"  {name}.{field.name}: {describe(kinds[field.name])} (default {default!r})")
     merges = "declared (runs with --nproc and --resume)" if cls.merge_rules is not None else \
         "undeclared (no --nproc, no --resume)"
-    print(f"needs: gradients {'yes' if cls.needs_grad else 'no'}; merge rules {merges}")
+    data = ", ".join(need for need, wanted in (("targets", cls.needs_targets), ("classes", cls.needs_classes))
+                     if wanted) or "nothing beyond inputs"
+    print(f"needs: data with {data}; gradients in the pass {'yes' if cls.needs_grad else 'no'}; merge rules {merges}")
     for tap_name, tap in cls.taps.items():
         print(f"  tap {tap_name}: {tap.kind} of {tap.path!r}{' in each branch' if tap.per_branch else ''}")
     print(f"figures: {cls.plot or 'none'}")
