@@ -76,7 +76,7 @@ def test_random_data_without_a_limit_warns(cli, tmp_path):
 def test_plugins_name_describes_an_analysis(cli):
     code, stdout, _ = cli("plugins", "hessian")
     assert code == 0 and stdout.startswith("hessian (plugin hessian): exact loss Hessian")
-    assert "hessian.max_memory: str (default '4GiB')" in stdout and "needs: gradients" in stdout
+    assert "hessian.max_memory: str (default '4GiB')" in stdout and "needs: data with targets" in stdout
     code, _, err = cli("plugins", "nonsense")
     assert code == 2 and "unknown analysis 'nonsense'" in err
 
