@@ -306,7 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``), raised so every ``finally`` runs: staging removed, the store unlocked."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
@@ -318,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         if not is_secondary_process():  # in a torchrun launch, rank 0 speaks for all
             print(f"probekit: error: {escape(exc)}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("probekit: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("probekit: interrupted", file=sys.stderr)
         return 130
