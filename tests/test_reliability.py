@@ -205,3 +205,21 @@ def test_resume_refuses_other_settings(tmp_path):
     assert other.returncode == 2 and "used other settings" in other.stderr
     fresh = crashing_run(tmp_path / "new.zarr", "--resume")
     assert fresh.returncode == 2 and "no interrupted run to resume" in fresh.stderr
+
+
+def test_sigterm_unlocks_the_store_and_exits_143(tmp_path):
+    """``kill``/``timeout`` send SIGTERM; the run cleans up as for Ctrl-C. Mutation: no SIGTERM handler -> the
+    process dies without running ``finally`` (exit -15) and leaves its lock file: this test fails."""
+    import time
+
+    out = tmp_path / "t.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "probekit", "run", "--model", "digits-branched8", "--data",
+                             "random:1,8,8", "--batch-size", "1", "--limit", "100000", "--checkpoint-every", "0",
+                             "--plugins", "activity", "--out", str(out), "--quiet"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "zarr.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be terminated"
+    proc.terminate()
+    assert proc.wait(timeout=60) == 143 and "probekit: terminated" in proc.stderr.read()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no checkpoint: nothing to resume, nothing left
