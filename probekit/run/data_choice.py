@@ -14,7 +14,9 @@ from probekit.run.data import ProbeData
 
 INPUT_SHAPE_ATTR = "probekit_input_shape"  # a model's own metadata: the shape of one input, e.g. (3, 32, 32)
 DATA_ATTR = "probekit_data"  # a model's own metadata: the data spec it is meant to be probed on
-COMMON_SIZES = (224, 32, 64, 96, 128, 160, 192, 256, 299, 384)  # tried in this order when a model says nothing
+# Tried in this order when a model says nothing: the bundled sample's own 32 x 32 first (resizing up adds no
+# information, and a first look stays fast on a CPU), then larger sizes for models that need them.
+COMMON_SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 299, 384)
 DEFAULT_SAMPLE = "cifar10-sample"  # the bundled natural images (1,000 CIFAR-10 test images, class-interleaved)
 HUGE = 10_000  # implicit sample counts above this get a warning
 DEFAULT_LIMIT = 64  # samples of the implicit natural-image sample probed when neither --data nor --limit is given
@@ -40,7 +42,8 @@ def accepted_image_size(model: nn.Module) -> tuple[int, str]:
         return size, "from the model's image_size"
     for size in COMMON_SIZES:
         if _runs(model, torch.zeros(1, 3, size, size)):
-            return size, "the first common size the model accepts"
+            return size, ("the sample's own size, which the model accepts" if size == 32 else
+                          "the smallest common size the model accepts")
     raise ProbekitError("found no image size the model accepts (tried "
                         f"{', '.join(map(str, COMMON_SIZES))} on 3-channel images); pass --data")
 
@@ -56,7 +59,7 @@ def default_data_spec(model: nn.Module) -> tuple[str, str]:
         raise ProbekitError(f"the model takes inputs of shape {tuple(shape)}, not images: pass --data")
     size, how = accepted_image_size(model)
     return f"{DEFAULT_SAMPLE}:{size}", (f"the bundled natural-image sample (CIFAR-10 test images, class-interleaved)"
-                                         f" resized to {size}x{size} ({how})")
+                                         f" at {size}x{size} ({how})")
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
