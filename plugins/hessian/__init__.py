@@ -27,7 +27,7 @@ from .params import block_slices, param_coords, select_params
 METHODS = ("auto", "summed", "generic")
 SUMMED = "summed: J^T H_s J + blockdiag(R_k), per-branch Jacobians and HVPs"
 GENERIC = "generic: batched double-backward rows through the whole model"
-ESTIMATE = "estimate: matrix-free Hutchinson block energies and Lanczos eigenvalues from Hessian-vector products"
+ESTIMATE = "estimate: matrix-free Hutchinson block energies from Hessian-vector products"
 
 
 @dataclass
@@ -230,11 +230,12 @@ class Hessian(Analysis):
             variables["block_eigenvalues"] = (("state", "branch", "eig"), np.stack([e.eigenvalues for e in est]), {
                 "long_name": "largest eigenvalues of each diagonal block (Lanczos)",
                 "units": "loss / parameter unit^2", "description": "descending; NaN past the block's size"})
-        k = self.options.eigenvalues
         coords = {"state": ("state", np.array(states, dtype=object)), "branch": ("branch", names),
-                  "branch_other": ("branch_other", names), "eig": ("eig", np.arange(k))}
+                  "branch_other": ("branch_other", names)}
+        if self.options.lanczos:
+            coords["eig"] = ("eig", np.arange(self.options.eigenvalues))
         return xr.Dataset(variables, coords=coords, attrs={
-            "method": ESTIMATE, "mode": "estimate", "switched": self.switch_reason or "no (asked for)",
+            "method": ESTIMATE + (" and Lanczos eigenvalues" if self.options.lanczos else ""), "mode": "estimate", "switched": self.switch_reason or "no (asked for)",
             "loss": self.loss, "batches": 1, "samples": int(self.estimated_samples), "probes": self.options.probes,
             "hvps": int(sum(e.hvps for e in est)), "params": self.options.params or "first layer",
             "init": init_note(states, self.context.seed)})
