@@ -235,7 +235,8 @@ class Hessian(Analysis):
         if self.options.lanczos:
             coords["eig"] = ("eig", np.arange(self.options.eigenvalues))
         return xr.Dataset(variables, coords=coords, attrs={
-            "method": ESTIMATE + (" and Lanczos eigenvalues" if self.options.lanczos else ""), "mode": "estimate", "switched": self.switch_reason or "no (asked for)",
+            "method": ESTIMATE + (" and Lanczos eigenvalues" if self.options.lanczos else ""), "mode": "estimate",
+            "switched": self.switch_reason or "no (asked for)",
             "loss": self.loss, "batches": 1, "samples": int(self.estimated_samples), "probes": self.options.probes,
             "hvps": int(sum(e.hvps for e in est)), "params": self.options.params or "first layer",
             "init": init_note(states, self.context.seed)})
