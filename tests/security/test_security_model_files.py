@@ -2,7 +2,8 @@
 and then run through ``probekit run`` and ``probekit evaluate``, which must refuse it with one escaped line and a
 non-zero exit, with no marker file ever appearing.
 
-Mutation checks, done in a scratch copy of the code (see each test's docstring for the mutation and the result).
+Mutation checks, done in a scratch copy of the code by ``tests/security/mutate.py`` (see each test's docstring for
+the mutation and the result).
 """
 
 from __future__ import annotations
