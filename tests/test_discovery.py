@@ -68,5 +68,5 @@ def test_exported_program_grouped_convs_are_found(tmp_path, tiny_grouped):
 
     path = tmp_path / "m.pt2"
     torch.export.save(torch.export.export(tiny_grouped, (torch.randn(2, 3, 8, 8),)), path)
-    bs = discover(load_exported(str(path)), DiscoveryConfig())
+    bs = discover(load_exported(str(path), trust_code=True), DiscoveryConfig())
     assert bs.names == [f"grouped[g={g}]" for g in range(4)]

@@ -40,8 +40,12 @@ def unflatten_program(program) -> nn.Module:
     return module
 
 
-def load_exported(path: str) -> nn.Module:
-    """Load a ``torch.export.save`` archive as a hookable module."""
+def load_exported(path: str, trust_code: bool = False) -> nn.Module:
+    """Load a ``torch.export.save`` archive as a hookable module. The archive is a program whose weights may be
+    pickles that run code (docs/security.md), so this refuses unless ``trust_code`` says the user trusts it."""
+    if not trust_code:
+        raise ProbekitError(f"{path} is a torch.export archive, a program: loading it needs trust_code "
+                            "(--trust-code), given only if you trust the file's author")
     try:
         program = torch.export.load(path)
     except Exception as exc:

@@ -155,7 +155,7 @@ def load_file(path: str, options: LoadOptions) -> nn.Module | dict:
         raise ProbekitError(f"{path} is {PROGRAMS[kind]}. Only if you trust the file's author: pass --trust-code; "
                             "or ask for a state_dict or safetensors file and pass --arch module:callable")
     if kind == "export":
-        return load_exported(path)
+        return load_exported(path, trust_code=options.trust_code)
     if kind == "torchscript":
         try:
             with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's concern
