@@ -107,9 +107,9 @@ def describe_analysis(name: str) -> int:
     import dataclasses
 
     from probekit.run.options import describe, option_types
-    from probekit.run.registry import analyses, invalid_analyses
+    from probekit.run.registry import checked_analyses
 
-    registered, invalid = analyses(), invalid_analyses()
+    registered, invalid = checked_analyses()
     if name in invalid:
         raise ProbekitError(invalid[name])
     if name not in registered:
@@ -195,14 +195,15 @@ def cmd_evaluate(args) -> int:
 
 def cmd_plugins(args) -> int:
     from probekit.plugins import plugin_infos
-    from probekit.run.registry import analyses, invalid_analyses
+    from probekit.run.registry import checked_analyses
 
     if args.name:
         return describe_analysis(args.name)
-    for name, problem in sorted(invalid_analyses().items()):
+    registered, invalid = checked_analyses()
+    for name, problem in sorted(invalid.items()):
         print(f"invalid analysis {name}: {escape(problem)}")
     by_plugin: dict[str, list[str]] = {}
-    for name, (_, plugin) in analyses().items():
+    for name, (_, plugin) in registered.items():
         by_plugin.setdefault(plugin, []).append(name)
     for info in plugin_infos():
         provided = f"  analyses: {', '.join(sorted(by_plugin[info.name]))}" if info.name in by_plugin else ""

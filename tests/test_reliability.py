@@ -221,5 +221,6 @@ def test_sigterm_unlocks_the_store_and_exits_143(tmp_path):
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be terminated"
     proc.terminate()
-    assert proc.wait(timeout=60) == 143 and "probekit: terminated" in proc.stderr.read()
+    _, err = proc.communicate(timeout=60)  # also closes the pipe
+    assert proc.returncode == 143 and "probekit: terminated" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no checkpoint: nothing to resume, nothing left

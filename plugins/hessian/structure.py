@@ -39,7 +39,7 @@ def single_linear_layer(module: nn.Module, names: list[str]) -> str | None:
     layer = module.get_submodule(path) if path else module
     own = {f"{path}.{n}" if path else n for n, _ in layer.named_parameters(recurse=False)}
     plain_conv = isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros"
-    if not (plain_conv or isinstance(layer, nn.Linear)) or set(names) != own or f"{path}.weight" not in own and path:
+    if not (plain_conv or isinstance(layer, nn.Linear)) or set(names) != own:
         return None
     return path
 

@@ -12,15 +12,16 @@ def analyses() -> dict:
     """``{analysis name: (Analysis class, plugin name)}`` of the valid analyses. Names that could not be a store
     node (see :func:`probekit.store.results.check_node_name`) are left out with a warning; classes that fail
     :func:`probekit.run.validation.check_class` are left out and listed by :func:`invalid_analyses`."""
-    return _checked_analyses()[0]
+    return checked_analyses()[0]
 
 
 def invalid_analyses() -> dict[str, str]:
     """``{analysis name: what is wrong}`` of the registered analyses that failed validation."""
-    return _checked_analyses()[1]
+    return checked_analyses()[1]
 
 
-def _checked_analyses() -> tuple[dict, dict[str, str]]:
+def checked_analyses() -> tuple[dict, dict[str, str]]:
+    """``(analyses(), invalid_analyses())`` from one pass over the registrations (each class validated once)."""
     from probekit.run.validation import check_class
     from probekit.store.results import check_node_name
 

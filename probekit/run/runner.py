@@ -29,7 +29,7 @@ from probekit.errors import ProbekitError
 from probekit.models.graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_tapped
 from probekit.models.loading import LoadedModel, LoadOptions, load_model
 from probekit.plugins import manager, plugin_version
-from probekit.run.registry import analyses, invalid_analyses
+from probekit.run.registry import analyses, checked_analyses
 from probekit.store.provenance import base_attrs
 from probekit.store.results import StoreWriter, check_node_name, store_writer
 
@@ -89,7 +89,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _analysis_classes(spec: RunSpec) -> dict:
-    registered, invalid = analyses(), invalid_analyses()
+    registered, invalid = checked_analyses()
     broken = [p for p in spec.plugins if p in invalid]
     if broken:
         raise ProbekitError(f"{invalid[broken[0]]}; fix the plugin before running {broken[0]!r}")
@@ -449,13 +449,14 @@ def nonfinite_attrs(run: Run) -> dict:
 
 
 def _finalize(run: Run, writer: StoreWriter, attrs: dict, classes: dict, options: dict) -> None:
+    plugin_of = {name: plugin for name, (_, plugin) in analyses().items()}
     for name, analysis in run.analyses.items():
         try:
             ds = with_sample_coords(analysis.finalize(), run, name)
             ds.attrs.update({
                 **attrs,
                 "plugin": name,
-                "plugin_version": plugin_version(_plugin_of(name)),
+                "plugin_version": plugin_version(plugin_of[name]),
                 "options": options_json(options[name]),
                 "summary": json.dumps(analysis.summary(ds)),
             })
@@ -463,6 +464,3 @@ def _finalize(run: Run, writer: StoreWriter, attrs: dict, classes: dict, options
         except Exception as exc:
             run.errors[name] = f"{type(exc).__name__}: {exc}"
 
-
-def _plugin_of(analysis_name: str) -> str:
-    return analyses()[analysis_name][1]
