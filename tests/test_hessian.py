@@ -207,15 +207,89 @@ def test_matrix_free_estimates_agree_with_the_exact_hessian_within_their_error_b
     assert est.hvps > 3 * 64
 
 
+def test_matrix_free_estimates_on_two_grouped_layers_agree_with_the_exact_hessian():
+    """Blocks that are row ranges of shared grouped-conv weights, over two layers (eight blocks)."""
+    from probekit_plugins.hessian import block_norms, off_block_share
+    from probekit_plugins.hessian.estimate import estimate
+    from probekit_plugins.hessian.params import block_slices
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=4), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, groups=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 5)).double().eval()
+    x, y = torch.randn(6, 3, 10, 10, dtype=torch.float64), torch.randint(0, 5, (6,))
+    blocks = select_params(model, discover(model, DiscoveryConfig()), "2.weight,4.weight")
+
+    def loss_of(m):
+        return summed_loss("ce", m(x), y, "t")
+
+    exact = (naive_hessian(loss_of, model, blocks) / 6).numpy()
+    slices = block_slices(blocks)
+    est = estimate(loss_of, model, blocks, 6, probes=100, eigenvalues=0, lanczos_steps=1, seed=0)
+    energy = block_norms(exact, slices) ** 2
+    assert est.energy.shape == (8, 8) and est.hvps == 8 * 100
+    assert np.all(np.abs(est.energy - energy) <= 5 * est.energy_se + 1e-12)
+    replicates = est.share_replicates
+    assert abs(replicates.mean() - off_block_share(exact, slices)) < 5 * replicates.std(ddof=1) / 10
+
+
+class Tanh(torch.autograd.Function):
+    """A hand-written autograd function without forward-mode or vmap support (as user code often is)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+
+class CustomFunction(nn.Module):
+    """Branches through :class:`Tanh`: ``torch.func`` cannot transform it, so products fall back to backward."""
+
+    probekit_branches = "branches"
+
+    def __init__(self):
+        super().__init__()
+        self.branches = nn.ModuleList([nn.Linear(4, 3) for _ in range(2)])
+
+    def forward(self, x):
+        return sum(Tanh.apply(b(x)) for b in self.branches)
+
+
+@pytest.mark.parametrize("model, params", [(GatedExperts, "experts.*.0.weight"), (CustomFunction, "branches.*.weight")])
+def test_hessian_vector_products_match_the_naive_hessian_vectorized_or_not(model, params):
+    from probekit_plugins.hessian.estimate import HessianProducts
+
+    torch.manual_seed(0)
+    net = model().double().eval()
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    blocks = select_params(net, discover(net, DiscoveryConfig()), params)
+
+    def loss_of(m):
+        return summed_loss("ce", m(x), y, "t")
+
+    exact = naive_hessian(loss_of, net, blocks) / 5
+    products = HessianProducts(loss_of, net, blocks, 5)
+    v = torch.randn(3, exact.shape[0], dtype=torch.float64)
+    assert relative_error(products(v), v @ exact.T) <= 1e-10
+    assert products.vectorized is (model is GatedExperts)
+
+
 def test_auto_mode_switches_to_the_estimate_past_the_time_budget_and_exact_mode_fails_fast(cli, tmp_path):
     base = ["run", "--model", "torchvision:resnet18", "--data", "cifar10-sample", "--limit", "4", "--plugins",
             "hessian", "--branches", "layer1.*", "--option", "hessian.params=layer1.*.bn1.weight", "--quiet"]
-    code, stdout, err = cli(*base, "--option", "hessian.max_time=0.001", "--option", "hessian.probes=2",
+    code, stdout, err = cli(*base, "--option", "hessian.max_time=0.001", "--option", "hessian.probes=6",
                             "--option", "hessian.eigenvalues=2", "--option", "hessian.lanczos_steps=20",
                             "--out", tmp_path / "a.zarr")
     assert code == 0, err
     node = open_results(tmp_path / "a.zarr")["hessian"]
     assert node.attrs["mode"] == "estimate" and "over hessian.max_time" in node.attrs["switched"]
+    assert node.attrs["probes"] == 2  # the rounds stop at the time budget, but a standard error needs two
     assert list(node.state.values) == ["random-init"]  # torchvision:NAME without --weights is not "trained"
     assert node.block_energy.shape == (1, 2, 2) and np.isfinite(node.off_block_share_se.values).all()
     assert "matrix-free estimate" in stdout

@@ -40,7 +40,8 @@ class HessianOptions:
     it is identically zero, full computes every R_k row by row; ``mode``: exact (the whole matrix), estimate
     (matrix-free block energies with standard errors and Lanczos eigenvalues, :mod:`.estimate`) or auto (exact,
     unless the first chunk of rows projects past ``max_time`` seconds or the matrix cannot fit ``max_memory``);
-    ``probes``: Rademacher probes per block (estimate); ``estimate_samples``: the estimate uses at most this many
+    ``probes``: most rounds of Rademacher probes, one per block per round (estimate; fewer when another round would
+    pass ``max_time``, never below 2); ``estimate_samples``: the estimate uses at most this many
     samples of the first batch (each product runs the whole model on them); ``lanczos``: also estimate each
     diagonal block's top eigenvalues by Lanczos (about 50-100 products per block); ``lanczos_steps``: most Lanczos
     iterations per block."""
@@ -157,7 +158,8 @@ class Hessian(Analysis):
 
         self.estimates[state] = estimate(loss_of, model, self.blocks, len(inputs), self.options.probes,
                                          self.options.eigenvalues if self.options.lanczos else 0,
-                                         self.options.lanczos_steps, self.context.seed, progress=True)
+                                         self.options.lanczos_steps, self.context.seed,
+                                         max_time=self.options.max_time, plan=self.plan, progress=True)
         self.estimated_samples = len(inputs)
 
     def update(self, batch: Batch) -> None:
@@ -237,7 +239,8 @@ class Hessian(Analysis):
         return xr.Dataset(variables, coords=coords, attrs={
             "method": ESTIMATE + (" and Lanczos eigenvalues" if self.options.lanczos else ""), "mode": "estimate",
             "switched": self.switch_reason or "no (asked for)",
-            "loss": self.loss, "batches": 1, "samples": int(self.estimated_samples), "probes": self.options.probes,
+            "loss": self.loss, "batches": 1, "samples": int(self.estimated_samples),
+            "probes": min(len(r) for r in shares),
             "hvps": int(sum(e.hvps for e in est)), "params": self.options.params or "first layer",
             "init": init_note(states, self.context.seed)})
 
@@ -300,8 +303,8 @@ class Hessian(Analysis):
         for state in ds.state.values:
             share = float(ds.off_block_share.sel(state=state))
             if "off_block_share_se" in ds:
-                out[f"off-block energy share ({state})"] = (f"{share:.4f} +- "
-                                                            f"{float(ds.off_block_share_se.sel(state=state)):.4f}")
+                out[f"off-block energy share ({state})"] = (f"{share:.6g} +- "
+                                                            f"{float(ds.off_block_share_se.sel(state=state)):.2g}")
             else:
                 out[f"off-block energy share ({state})"] = round(share, 6)
         return out

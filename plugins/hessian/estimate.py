@@ -1,33 +1,43 @@
 """Matrix-free Hessian estimates (``hessian.mode=estimate``), for selections too large to store or to compute row
-by row: only Hessian-vector products (HVPs), by double backward through one gradient graph.
+by row: only Hessian-vector products (HVPs).
 
+* HVPs are forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``), vmapped over a chunk of directions
+  sized to the memory budget; a model ``torch.func`` cannot vmap falls back to one double backward per direction.
 * Block energies ``E_ij = |H_ij|_F^2`` by Hutchinson-style probing: for a Rademacher vector ``v`` supported on block
-  ``j`` (``E[v v^T] = I`` there), ``|(H v)_i|^2`` is an unbiased estimate of ``E_ij``. Each probe of each block
-  gives one column of estimates; the mean over ``probes`` probes is stored with its standard error.
-* The off-block share ``sum_{i != j} E_ij / sum_ij E_ij`` is computed for each probe (one replicate per probe
-  index) and stored as the mean and standard error over the replicates.
+  ``j`` (``E[v v^T] = I`` there), ``|(H v)_i|^2`` is an unbiased estimate of ``E_ij``. One *round* probes every
+  block once (``B`` HVPs); the mean over the rounds is stored with its standard error.
+* Rounds stop at ``probes``, or earlier once another round would pass ``max_time`` seconds, but never below 2
+  (a standard error needs two); the first chunk's time sets the plan, shown as the progress bar's ETA.
+* The off-block share ``sum_{i != j} E_ij / sum_ij E_ij`` is computed for each round (one replicate per round) and
+  stored as the mean and standard error over the replicates.
 * The top eigenvalues of each diagonal block ``H_jj`` by Lanczos (``scipy.sparse.linalg.eigsh`` on the block's HVP
   as a linear operator), when asked for (``eigenvalues > 0``).
 
-Cost: ``blocks x probes`` HVPs for the energies, plus about ``lanczos_steps`` per block for the eigenvalues.
+Cost: ``blocks x rounds`` HVPs for the energies, plus about ``lanczos_steps`` per block for the eigenvalues.
 """
 
 from __future__ import annotations
 
+import math
+import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
 from tqdm import tqdm
 
-from .exact import flat_selected, grad_only_for
+from .exact import flat_selected, grad_only_for, MemoryPlan, saved_bytes
 from .params import ParamBlock, block_slices
+
+MOST_DIRECTIONS = 16  # directions per vmapped chunk: past this, CPU throughput stops improving
 
 
 @dataclass
 class Estimates:
-    """Per block pair ``[B, B]`` energy means and standard errors; per probe off-block shares ``[S]``; per diagonal
+    """Per block pair ``[B, B]`` energy means and standard errors; per round off-block shares ``[S]``; per diagonal
     block the top eigenvalues ``[B, k]`` (NaN past a block's size or where Lanczos did not converge)."""
 
     energy: np.ndarray
@@ -38,52 +48,105 @@ class Estimates:
 
 
 class HessianProducts:
-    """``H v`` for the mean loss over one batch, from one gradient graph (each product is one backward)."""
+    """``H V`` for the mean loss over one batch: ``V`` is ``[k, P]``, ``k`` directions over the selection."""
 
-    def __init__(self, loss: torch.Tensor, params: list[torch.Tensor], names: list[str],
-                 blocks: tuple[ParamBlock, ...], samples: int):
-        self.params, self.names, self.blocks, self.samples = params, names, blocks, samples
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        self.g = flat_selected(dict(zip(names, grads, strict=True)), blocks, grads[0])
-        self.count = 0
+    def __init__(self, loss_of, model: nn.Module, blocks: tuple[ParamBlock, ...], samples: int):
+        self.model, self.blocks, self.samples, self.loss_of = model, blocks, samples, loss_of
+        names = list(dict.fromkeys(b.name for b in blocks))
+        self.params = {n: p.detach() for n, p in model.named_parameters() if n in names}
+        self.gradient = grad(lambda ps: loss_of(lambda *a: functional_call(model, ps, a)))
+        self.vectorized, self.graph, self.count = True, None, 0
+
+    def _tangents(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``[k, P]`` over the selection -> per parameter ``[k, *shape]``, zero outside the selected elements."""
+        out = {n: p.new_zeros(len(v), p.numel()) for n, p in self.params.items()}
+        start = 0
+        for block in self.blocks:
+            out[block.name][:, block.start:block.stop] = v[:, start:start + block.size]
+            start += block.size
+        return {n: t.view(len(v), *self.params[n].shape) for n, t in out.items()}
+
+    def _double_backward(self, tangents: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+        """The fallback: one backward per direction through one retained gradient graph."""
+        if self.graph is None:
+            with torch.enable_grad():
+                params = [dict(self.model.named_parameters())[n] for n in self.params]
+                self.graph = params, torch.autograd.grad(self.loss_of(self.model), params, create_graph=True)
+        params, grads = self.graph
+        rows = [torch.autograd.grad(grads, params, [tangents[n][r] for n in self.params], retain_graph=True,
+                                    allow_unused=True) for r in range(k)]
+        return {n: torch.stack([row[i] if row[i] is not None else torch.zeros_like(p) for row in rows])
+                for i, (n, p) in enumerate(zip(self.params, params, strict=True))}
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        """``H v`` over the selection (``v``: ``[P]``), for the mean loss (the summed loss / samples)."""
-        self.count += 1
-        hv = torch.autograd.grad(self.g, self.params, grad_outputs=v.to(self.g.dtype), retain_graph=True,
-                                 allow_unused=True)
-        return flat_selected(dict(zip(self.names, hv, strict=True)), self.blocks, self.g).detach() / self.samples
+        """``[k, P]`` -> ``H v`` ``[k, P]`` for the mean loss (the summed loss / samples)."""
+        tangents = self._tangents(v.to(next(iter(self.params.values())).dtype))
+        self.count += len(v)
+        if self.vectorized:
+            try:
+                with warnings.catch_warnings():  # torch's own forward-AD decompositions still use torch.jit.script
+                    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+                    hv = vmap(lambda t: jvp(self.gradient, (self.params,), (t,))[1])(tangents)
+            except RuntimeError:  # not vmappable (in-place updates of captured tensors, data-dependent Python)
+                self.vectorized = False
+        if not self.vectorized:
+            hv = self._double_backward(tangents, len(v))
+        return flat_selected(hv, self.blocks, v, lead=(len(v),)).detach() / self.samples
 
 
 def estimate(loss_of, model: nn.Module, blocks: tuple[ParamBlock, ...], samples: int, probes: int,
-             eigenvalues: int, lanczos_steps: int, seed: int, progress: bool = False) -> Estimates:
-    """Block energies, off-block share replicates and diagonal-block eigenvalues of the mean-loss Hessian."""
-    names = list(dict.fromkeys(b.name for b in blocks))
+             eigenvalues: int, lanczos_steps: int, seed: int, max_time: float = math.inf,
+             plan: MemoryPlan | None = None, progress: bool = False) -> Estimates:
+    """Block energies, off-block share replicates and diagonal-block eigenvalues of the mean-loss Hessian.
+
+    ``loss_of(model)`` is the summed loss over ``samples`` samples; ``probes`` is the most rounds, fewer when
+    another round would pass ``max_time`` seconds (at least 2); ``plan`` sizes the vmapped chunks."""
     slices = list(block_slices(blocks).values())
-    total = sum(b.size for b in blocks)
+    b, total = len(slices), sum(block.size for block in blocks)
+    ids = torch.repeat_interleave(torch.arange(b), torch.tensor([s.stop - s.start for s in slices]))
     gen = torch.Generator().manual_seed(seed)
-    params_by_name = dict(model.named_parameters())
-    with grad_only_for(model, set(names)), torch.enable_grad():
-        products = HessianProducts(loss_of(model), [params_by_name[n] for n in names], names, blocks, samples)
-        b = len(slices)
+    with grad_only_for(model, {block.name for block in blocks}), torch.enable_grad():
+        products = HessianProducts(loss_of, model, blocks, samples)
+        chunk = _directions_per_chunk(plan, loss_of, model, total)
         energies = np.zeros((probes, b, b))
-        steps = tqdm(total=b * probes, desc="hessian probes", unit="hvp", disable=not progress or None, leave=False)
-        for j, cols in enumerate(slices):
-            for s in range(probes):
-                v = torch.zeros(total, dtype=products.g.dtype)
-                v[cols] = torch.randint(0, 2, (cols.stop - cols.start,), generator=gen).to(v.dtype) * 2 - 1
+        rounds, began = probes, time.perf_counter()
+        steps = tqdm(total=b * rounds, desc="hessian probes", unit="hvp", disable=not progress or None, leave=False)
+        for s in range(probes):
+            for j0 in range(0, b, chunk):
+                cols = slices[j0:j0 + chunk]
+                v = torch.zeros(len(cols), total, dtype=torch.float64)
+                for r, c in enumerate(cols):
+                    v[r, c] = torch.randint(0, 2, (c.stop - c.start,), generator=gen).double() * 2 - 1
                 hv = products(v).double()
-                energies[s, :, j] = [float(hv[rows].pow(2).sum()) for rows in slices]
-                steps.update()
+                energies[s, :, j0:j0 + len(cols)] = hv.new_zeros(len(cols), b).index_add_(1, ids, hv ** 2).T.numpy()
+                steps.update(len(cols))
+                if s == 0 and j0 == 0:  # the plan: as many rounds as fit the budget, 2 to probes
+                    per_round = (time.perf_counter() - began) * b / len(cols)
+                    fit = max_time / per_round if per_round > 0 else math.inf
+                    rounds = int(min(probes, max(2, math.floor(fit)))) if math.isfinite(fit) else probes
+                    steps.total = b * rounds
+                    steps.refresh()
+            if s + 1 >= rounds:
+                break
         steps.close()
+        energies = energies[:rounds]
         tops = np.stack([_top_eigenvalues(products, cols, total, eigenvalues, lanczos_steps, seed)
                          for cols in tqdm(slices, desc="hessian lanczos", unit="block", disable=not progress or None,
                                           leave=False)]) if eigenvalues else np.full((b, 0), np.nan)
     diagonal = np.einsum("sii->s", energies)
     totals = energies.sum((1, 2))
     shares = np.where(totals > 0, (totals - diagonal) / np.where(totals > 0, totals, 1), np.nan)
-    se = energies.std(0, ddof=1) / np.sqrt(probes) if probes > 1 else np.full((b, b), np.nan)
+    se = energies.std(0, ddof=1) / np.sqrt(rounds)
     return Estimates(energies.mean(0), se, shares, tops, products.count)
+
+
+def _directions_per_chunk(plan: MemoryPlan | None, loss_of, model: nn.Module, total: int) -> int:
+    """How many HVP directions one vmapped call takes: a forward-over-reverse product keeps about three copies of
+    the forward's saved activations per direction, plus the direction and its product."""
+    if plan is None:
+        return MOST_DIRECTIONS
+    per_direction = 3 * saved_bytes(lambda: loss_of(model)) + 3 * 8 * total
+    return plan.chunk(per_direction, per_direction, "Hessian-vector products", MOST_DIRECTIONS)
 
 
 def _top_eigenvalues(products: HessianProducts, cols: slice, total: int, k: int, steps: int, seed: int) -> np.ndarray:
@@ -94,9 +157,9 @@ def _top_eigenvalues(products: HessianProducts, cols: slice, total: int, k: int,
     out = np.full(k, np.nan)
 
     def matvec(x):
-        v = torch.zeros(total, dtype=products.g.dtype)
-        v[cols] = torch.from_numpy(np.asarray(x, dtype=np.float64).ravel()).to(v.dtype)
-        return products(v)[cols].double().numpy()
+        v = torch.zeros(1, total, dtype=torch.float64)
+        v[0, cols] = torch.from_numpy(np.asarray(x, dtype=np.float64).ravel())
+        return products(v)[0, cols].double().numpy()
 
     if size <= k + 1:  # a tiny block: its dense form costs no more than Lanczos
         dense = np.stack([matvec(e) for e in np.eye(size)], axis=1)
