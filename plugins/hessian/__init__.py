@@ -159,7 +159,7 @@ class Hessian(Analysis):
         self.estimates[state] = estimate(loss_of, model, self.blocks, len(inputs), self.options.probes,
                                          self.options.eigenvalues if self.options.lanczos else 0,
                                          self.options.lanczos_steps, self.context.seed,
-                                         max_time=self.options.max_time, plan=self.plan, progress=True)
+                                         max_time=self.options.max_time, progress=True)
         self.estimated_samples = len(inputs)
 
     def update(self, batch: Batch) -> None:
@@ -303,8 +303,9 @@ class Hessian(Analysis):
         for state in ds.state.values:
             share = float(ds.off_block_share.sel(state=state))
             if "off_block_share_se" in ds:
-                out[f"off-block energy share ({state})"] = (f"{share:.6g} +- "
-                                                            f"{float(ds.off_block_share_se.sel(state=state)):.2g}")
+                se = float(ds.off_block_share_se.sel(state=state))
+                decimals = max(4, 1 - int(np.floor(np.log10(se)))) if se > 0 else 4  # down to the error's digit
+                out[f"off-block energy share ({state})"] = f"{share:.{decimals}f} +- {se:.1g}"
             else:
                 out[f"off-block energy share ({state})"] = round(share, 6)
         return out
