@@ -10,10 +10,11 @@ probekit=${PROBEKIT:-probekit}
 mkdir -p "$out"
 run() {  # name, then branch-count flags
   local name=$1; shift
-  [ -e "$out/$name.zarr" ] && { echo "$name: done"; return; }
+  "$probekit" show "$out/$name.zarr" 2>/dev/null | grep -q '^status: *complete' && { echo "$name: done"; return; }
+  local again=(); [ -e "$out/$name.zarr" ] && again=(--overwrite)  # this script's own unfinished store
   echo "$name: $*"
   "$probekit" experiment branch-count --data-root "$data_root" --checkpoint-dir "$out/runs/$name" \
-    --out "$out/$name.zarr" --quiet "$@"
+    --out "$out/$name.zarr" --quiet "${again[@]}" "$@"
 }
 run default-clamped-lr0.02 --head-init default --scheme clamped --max-lr 0.02 --branches 4,16,32
 run default-logits-lr0.02 --head-init default --scheme logits --max-lr 0.02 --branches 16
