@@ -119,8 +119,12 @@ def by_glob(model: nn.Module, pattern: str) -> BranchSet:
     return BranchSet(layers, "glob")
 
 
+GLOB_ATTR = "probekit_branch_glob"  # a plain model may name its default branches by a module-path glob
+
+
 def discover(model: nn.Module, config: DiscoveryConfig) -> BranchSet:
-    """Find the branches of ``model``: the user's glob, else the first strategy plugin that finds any."""
+    """Find the branches of ``model``: the user's glob, else the first strategy plugin that finds any, else the
+    glob the model names in its ``probekit_branch_glob`` attribute (a string; a plain model's blocks)."""
     if config.pattern:
         return by_glob(model, config.pattern)
     from probekit.plugins import manager
@@ -129,6 +133,8 @@ def discover(model: nn.Module, config: DiscoveryConfig) -> BranchSet:
     found = hook(model=model, config=config)
     if found is not None and len(found):
         return found
+    if isinstance(getattr(model, GLOB_ATTR, None), str):
+        return by_glob(model, getattr(model, GLOB_ATTR))
     tried = [description for impl in reversed(hook.get_hookimpls())  # a strategy plugin may describe itself
              for description in getattr(impl.plugin, "STRATEGY_DESCRIPTIONS", (f"plugin {impl.plugin_name!r}",))]
     graph_note = (

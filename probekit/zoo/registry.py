@@ -18,6 +18,7 @@ from torch import nn
 from probekit.zoo.architectures import branched_perceptron, digits_branched
 from probekit.zoo.generator import branched_generator
 from probekit.zoo.resnet import branched_resnet18
+from probekit.zoo.resnet20 import resnet20
 from probekit.errors import ProbekitError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -48,6 +49,9 @@ ZOO: dict[str, ZooEntry] = {
     "afhq-cat-diffusion9": ZooEntry(branched_generator, "9-branch generator at 128 px with a learnt nonlinear "
                                     "diffusion (paper Eqs. 16-17), AFHQ cats; in training",
                                     "imagefolder:../shared/data/samples/afhq"),
+    "resnet20-cifar10": ZooEntry(resnet20, "plain CIFAR ResNet20, third-party pretrained weights (BSD-2-Clause); "
+                                 "its 9 residual blocks are probed as branches", "cifar10:../shared/data/cifar10",
+                                 "cifar10-sample"),
     "celeba-branched9": ZooEntry(branched_generator, "9-branch generator, CelebA female<->male (paper section 7)",
                                  "imagefolder:../shared/data/celeba-64/test"),
 }
