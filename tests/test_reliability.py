@@ -224,3 +224,20 @@ def test_sigterm_unlocks_the_store_and_exits_143(tmp_path):
     _, err = proc.communicate(timeout=60)  # also closes the pipe
     assert proc.returncode == 143 and "probekit: terminated" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no checkpoint: nothing to resume, nothing left
+
+
+def test_a_signal_right_after_the_store_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """SIGTERM (raised as :class:`Terminated`) between the store's creation and the first batch: the
+    half-made store is removed, as for a signal later on."""
+    from probekit.cli import Terminated
+    from probekit.run import runner
+    from probekit.run.runner import execute, RunSpec
+
+    def terminated(*args, **kwargs):
+        raise Terminated()
+
+    monkeypatch.setattr(runner, "RunContext", terminated)
+    with pytest.raises(Terminated):
+        execute(RunSpec(model="digits-branched8", data="digits:test", plugins=["activity"], limit=8,
+                        out=str(tmp_path / "t.zarr")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -321,19 +321,19 @@ def _probe_and_write(run: Run, writer: StoreWriter | None, ranks: distributed.Ra
     writing the nodes (a full disk) frees this run's staging and keeps what sits at the store's path."""
     spec, main = run.spec, ranks is None or ranks.is_main
     saved = None
-    if spec.resume:
-        writer.reopen()
-        saved = run_checkpoint.load(writer.tmp, settings)
-        staging = writer.staging
-    else:
-        staging = _open_staging(writer, {**attrs, "plugins": json.dumps(spec.plugins)}, ranks)
-    start = saved["position"] if saved else 0
-    context = RunContext(run.branchset, run.data, run.n_samples, run.device, spec.seed, staging=staging,
-                         model=run.module, shard=shard,
-                         align=distributed.SHARD_ALIGN if ranks is not None else None, resume_from=start,
-                         random_init=run.model.sha256.startswith("none"))
-    run.context = context
-    try:
+    try:  # from the store's creation on, so a SIGTERM at any point leaves no half-made store behind
+        if spec.resume:
+            writer.reopen()
+            saved = run_checkpoint.load(writer.tmp, settings)
+            staging = writer.staging
+        else:
+            staging = _open_staging(writer, {**attrs, "plugins": json.dumps(spec.plugins)}, ranks)
+        start = saved["position"] if saved else 0
+        context = RunContext(run.branchset, run.data, run.n_samples, run.device, spec.seed, staging=staging,
+                             model=run.module, shard=shard,
+                             align=distributed.SHARD_ALIGN if ranks is not None else None, resume_from=start,
+                             random_init=run.model.sha256.startswith("none"))
+        run.context = context
         run.analyses = _create_analyses(classes, context, options, ranks)  # what the model lacks, first
         _check_needs(classes, run)  # then what the data lacks, before any costly work (memory, time)
         if saved:

@@ -136,12 +136,12 @@ class StoreWriter:
             self.release()
             raise ProbekitError(f"output store {self.path} already exists; pass --overwrite to replace it")
         self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.created = True  # under the lock, nothing is at the target: what appears there from now on is ours
         try:
             group = zarr.open_group(str(self.target), mode="w-", zarr_format=3)
         except Exception as exc:
             self.release()
             raise ProbekitError(f"cannot create output store {self.path}: {exc}") from exc
-        self.created = True
         group.attrs.update({**attrs, STATUS_ATTR: "incomplete", STAGING_ATTR: self.tmp.name})
 
     def reopen(self) -> None:
