@@ -53,32 +53,20 @@ class HessianProducts:
 
     def __init__(self, loss_of, model: nn.Module, blocks: tuple[ParamBlock, ...], samples: int):
         self.blocks, self.samples, self.count = blocks, samples, 0
-        names = list(dict.fromkeys(b.name for b in blocks))
         by_name = dict(model.named_parameters())
-        self.names, self.params = names, [by_name[n] for n in names]
-        self.grads = torch.autograd.grad(loss_of(model), self.params, create_graph=True)
+        self.names = list(dict.fromkeys(b.name for b in blocks))
+        self.params = [by_name[n] for n in self.names]
+        grads = torch.autograd.grad(loss_of(model), self.params, create_graph=True)
+        self.g = flat_selected(dict(zip(self.names, grads, strict=True)), blocks, grads[0])  # [P], with its graph
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """``[k, P]`` -> ``H v`` ``[k, P]`` for the mean loss (the summed loss / samples)."""
-        v = v.to(self.params[0].dtype)
         self.count += len(v)
         rows = []
-        for row in v:
-            tangent = flat_to_params(row, self.blocks, dict(zip(self.names, self.params, strict=True)))
-            hv = torch.autograd.grad(self.grads, self.params, [tangent[n] for n in self.names], retain_graph=True,
-                                     allow_unused=True)
-            rows.append(flat_selected(dict(zip(self.names, hv, strict=True)), self.blocks, row))
+        for row in v.to(self.g.dtype):
+            hv = torch.autograd.grad(self.g, self.params, grad_outputs=row, retain_graph=True, allow_unused=True)
+            rows.append(flat_selected(dict(zip(self.names, hv, strict=True)), self.blocks, self.g))
         return torch.stack(rows).detach() / self.samples
-
-
-def flat_to_params(v: torch.Tensor, blocks: tuple[ParamBlock, ...], params: dict[str, torch.Tensor]) -> dict:
-    """``[P]`` over the selection -> per parameter tensors of its shape, zero outside the selected elements."""
-    out = {n: p.new_zeros(p.numel()) for n, p in params.items()}
-    start = 0
-    for block in blocks:
-        out[block.name][block.start:block.stop] = v[start:start + block.size]
-        start += block.size
-    return {n: t.view(params[n].shape) for n, t in out.items()}
 
 
 def estimate(loss_of, model: nn.Module, blocks: tuple[ParamBlock, ...], samples: int, probes: int,
