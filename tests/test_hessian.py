@@ -297,3 +297,30 @@ def test_structure_shortcuts_are_exact():
     assert not proves_within_zero(branch, ["0.weight", "3.weight"])  # two layers: bilinear cross terms
     assert not proves_within_zero(small_cnn_branch().eval(), ["0.weight", "0.bias"])  # Tanh is smooth
     assert not proves_within_zero(_relu_branch().train(), ["0.weight", "0.bias"])  # BatchNorm in training mode
+
+
+class DoubledConv(nn.Conv2d):
+    """A conv subclass with its own forward (twice the weight): the cheaper backward route must not apply."""
+
+    def forward(self, x):
+        return self._conv_forward(x, 2 * self.weight, self.bias)
+
+
+def test_one_layer_jacobian_keeps_autograd_for_layers_with_their_own_forward():
+    from torch.func import jacrev, vmap
+
+    from probekit_plugins.hessian.structure import linear_layer_jacobian
+
+    torch.manual_seed(0)
+    branch = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), DoubledConv(4, 4, 3, padding=1), nn.ReLU(),
+                           nn.Conv2d(4, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                           nn.Linear(4, 3)).double().eval()
+    u = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    names = ["0.weight"]
+    fixed = {n: t.detach() for n, t in branch.named_parameters() if n not in names}
+
+    def out(w, x):
+        return torch.func.functional_call(branch, {**fixed, **w}, (x.unsqueeze(0),)).flatten(1).squeeze(0)
+
+    expected = vmap(jacrev(out), in_dims=(None, 0))({"0.weight": branch[0].weight.detach()}, u)["0.weight"]
+    torch.testing.assert_close(linear_layer_jacobian(branch, "0", names, u, 3), expected.reshape(2, 3, -1))

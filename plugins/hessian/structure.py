@@ -86,14 +86,17 @@ def _input_grad_of(layer: nn.Module):
     * a stride-1, ungrouped ``Conv2d``: a forward convolution of the gradient with the flipped, transposed kernel
       (on CPU about twice as fast as ``convolution_backward`` for narrow layers);
     * an eval-mode ``BatchNorm``: a per-channel scale ``gamma / sqrt(var + eps)``.
+
+    Only for torch's own ``forward``: a subclass that overrides it (weight standardisation, say) keeps autograd's.
     """
-    if isinstance(layer, nn.Conv2d) and layer.stride == (1, 1) and layer.groups == 1 and \
+    if type(layer).forward is nn.Conv2d.forward and layer.stride == (1, 1) and layer.groups == 1 and \
             layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
         pad = tuple(d * (k - 1) - p for d, k, p in zip(layer.dilation, layer.kernel_size, layer.padding, strict=True))
         if min(pad) >= 0:
             kernel = layer.weight.detach().transpose(0, 1).flip(2, 3)
             return lambda g: F.conv2d(g, kernel, padding=pad, dilation=layer.dilation)
-    if isinstance(layer, nn.modules.batchnorm._BatchNorm) and not layer.training and layer.track_running_stats:
+    if type(layer).forward is nn.modules.batchnorm._BatchNorm.forward and not layer.training and \
+            layer.track_running_stats and layer.running_var is not None:
         scale = torch.rsqrt(layer.running_var + layer.eps)
         scale = scale if layer.weight is None else scale * layer.weight.detach()
         return lambda g: g * scale.view(1, -1, *[1] * (g.dim() - 2))
