@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from probekit import open_results
+from probekit import open_results, ProbekitError
 from probekit.models.branches import DiscoveryConfig, discover
 from probekit.run.data import load_data
 from probekit.zoo.registry import load_zoo_model, WEIGHTS_DIR
@@ -33,6 +33,9 @@ def test_bundled_resnet20_classifies_the_sample_and_names_its_blocks_as_branches
     assert found.strategy == "glob" and [layer.name for layer in found.layers] == ["layer1", "layer2", "layer3"]
     assert len(found) == 9
     assert len(discover(model, DiscoveryConfig("layer3.*"))) == 3  # --branches overrides the model's glob
+    model.probekit_branch_glob = "stage*.*"
+    with pytest.raises(ProbekitError, match="probekit_branch_glob 'stage\\*\\.\\*' matches no module path"):
+        discover(model, DiscoveryConfig())
 
 
 def test_cli_probes_the_resnet20_blocks(cli, tmp_path):

@@ -133,8 +133,13 @@ def discover(model: nn.Module, config: DiscoveryConfig) -> BranchSet:
     found = hook(model=model, config=config)
     if found is not None and len(found):
         return found
-    if isinstance(getattr(model, GLOB_ATTR, None), str):
-        return by_glob(model, getattr(model, GLOB_ATTR))
+    declared = getattr(model, GLOB_ATTR, None)
+    if isinstance(declared, str):
+        try:
+            return by_glob(model, declared)
+        except ProbekitError:
+            raise ProbekitError(f"the model's {GLOB_ATTR} {declared!r} matches no module path; name the branches "
+                                "with --branches GLOB") from None
     tried = [description for impl in reversed(hook.get_hookimpls())  # a strategy plugin may describe itself
              for description in getattr(impl.plugin, "STRATEGY_DESCRIPTIONS", (f"plugin {impl.plugin_name!r}",))]
     graph_note = (
