@@ -1,5 +1,7 @@
 """The branched generator, the decomposition and chan-vese analyses (paper section 7, appendices E-F)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -187,4 +189,11 @@ def test_gan_training_resumes_to_the_same_weights_and_reports_fidelity(tmp_path,
         train_gan(recipe, str(tmp_path / "data"), tmp_path / "b", resume=False, progress=False)
     resumed, _, _ = train_gan(recipe, str(tmp_path / "data"), tmp_path / "b", resume=True, progress=False)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # a finished shorter run extended with more iterations is the same run as the longer one trained straight
+    train_gan(replace(recipe, iterations=2), str(tmp_path / "data"), tmp_path / "c", resume=False, progress=False)
+    with pytest.raises(Exception, match="other settings"):
+        train_gan(replace(recipe, lr=2e-4), str(tmp_path / "data"), tmp_path / "c", resume=True, progress=False)
+    extended, _, _ = train_gan(recipe, str(tmp_path / "data"), tmp_path / "c", resume=True, progress=False)
+    for a, b in zip(straight.state_dict().values(), extended.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -161,6 +161,11 @@ def generator_config(recipe: GanRecipe, classes: int) -> dict:
             "preprocessing": recipe.preprocessing, "resolution": recipe.resolution}
 
 
+def _without_length(recipe: dict) -> dict:
+    """A recipe without ``iterations``: nothing else depends on it, so a resumed run may be extended or ended."""
+    return {key: value for key, value in recipe.items() if key != "iterations"}
+
+
 def train_gan(recipe: GanRecipe, data_root: str, checkpoint_dir: Path, resume: bool, progress: bool = True):
     """Train (or resume) and return ``(averaged generator, config, metrics)`` in the zoo checkpoint format."""
     if not data_root:
@@ -182,7 +187,7 @@ def train_gan(recipe: GanRecipe, data_root: str, checkpoint_dir: Path, resume: b
     history, start, seconds = [], 0, 0.0
     if resume and last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True)
-        if json.loads(state["recipe"]) != recipe_json(recipe):
+        if _without_length(json.loads(state["recipe"])) != _without_length(recipe_json(recipe)):
             raise ProbekitError(f"{last} was made with other settings: {state['recipe']}")
         for module, key in ((generator, "generator"), (discriminator, "discriminator"), (average, "average"),
                             (opt_g, "opt_g"), (opt_d, "opt_d")):
