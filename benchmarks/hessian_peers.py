@@ -197,6 +197,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         return one(args.one, args, Path(args.save))
+    unknown = sorted(set(args.methods.split(",")) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     print(f"torch {torch.__version__}, {args.threads} threads, cifar10-branched16 first layer, batch "
           f"{args.batch_size}; each method in a fresh process, model loading excluded")
     results, reference = {}, None
