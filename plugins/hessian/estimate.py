@@ -96,8 +96,8 @@ def estimate(loss_of, model: nn.Module, blocks: tuple[ParamBlock, ...], samples:
                 steps.update(len(cols))
                 if s == 0 and j0 == 0:  # the plan: as many rounds as fit the budget, 2 to probes
                     per_round = (time.perf_counter() - began) * b / len(cols)
-                    fit = max_time / per_round if per_round > 0 else math.inf
-                    rounds = int(min(probes, max(2, math.floor(fit)))) if math.isfinite(fit) else probes
+                    if math.isfinite(max_time) and per_round > 0:
+                        rounds = int(min(probes, max(2, max_time // per_round)))
                     steps.total = b * rounds
                     steps.refresh()
             if s + 1 >= rounds:
