@@ -45,7 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/distributed.py
 
 zoo: $(STAMP)
-	for r in toy1 toy2 digits-branched8; do $(BIN)/probekit train $$r --overwrite || exit 1; done
+	for r in toy1 toy2 digits-branched8 digits-moe8; do $(BIN)/probekit train $$r --overwrite || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo-out bench-out .pytest_cache

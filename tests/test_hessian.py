@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from probekit import open_results
+from probekit import ProbekitError, open_results
 from probekit_plugins.hessian.exact import MemoryPlan, generic_hessian, naive_hessian, summed_hessian
 from probekit.models.branched import SummedBranches
 from probekit.models.branches import DiscoveryConfig, discover
@@ -324,3 +324,36 @@ def test_one_layer_jacobian_keeps_autograd_for_layers_with_their_own_forward():
 
     expected = vmap(jacrev(out), in_dims=(None, 0))({"0.weight": branch[0].weight.detach()}, u)["0.weight"]
     torch.testing.assert_close(linear_layer_jacobian(branch, "0", names, u, 3), expected.reshape(2, 3, -1))
+
+
+def test_top2_mixture_of_experts_hessian_matches_the_naive_reference_in_float64(tmp_path):
+    """The gated-experts kind: the run's exact Hessian (generic method) over the experts' first layers equals a
+    naive double-backward loop, and the summed method is refused with one line."""
+    from probekit import MixtureOfExperts, TopKGate
+    from probekit.run.datasets import RandomImages
+    from probekit.run.runner import RunSpec, execute
+
+    torch.manual_seed(0)
+    model = MixtureOfExperts([nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 3)) for _ in range(4)],
+                             TopKGate(4, 4, 2)).eval()
+    path = tmp_path / "moe.pt"
+    torch.save(model, path)  # probekit's own classes: no trust flag needed
+    spec = dict(model=str(path), data="random:4", plugins=["hessian"], limit=8, batch_size=8, progress=False,
+                options={"hessian": {"params": "experts.*.0.weight", "mode": "exact"}})
+    execute(RunSpec(out=str(tmp_path / "moe.zarr"), **spec))
+    node = open_results(tmp_path / "moe.zarr")["hessian"]
+    assert "generic" in node.attrs["method"]
+    assert list(dict.fromkeys(node.param_branch.values)) == [f"experts.{k}" for k in range(4)]
+    inputs = torch.stack([RandomImages((4,), 8, 0)[i][0] for i in range(8)]).double()
+    model.double()
+    targets = model(inputs).argmax(1)
+    blocks = select_params(model, discover(model, DiscoveryConfig()), "experts.*.0.weight")
+    exact = naive_hessian(lambda m: summed_loss("ce", m(inputs), targets, "t"), model, blocks) / 8
+    assert exact.norm() > 0
+    float64 = generic_hessian(lambda m: summed_loss("ce", m(inputs), targets, "t") / 8, model, blocks, PLAN,
+                              1 << 20, 8)
+    assert relative_error(float64, exact) <= 1e-10
+    assert relative_error(torch.from_numpy(node.hessian.sel(state="trained").values).double(), exact) <= 1e-4
+    spec["options"] = {"hessian": {"params": "experts.*.0.weight", "method": "summed"}}
+    with pytest.raises(ProbekitError, match="summed container"):
+        execute(RunSpec(out=str(tmp_path / "summed.zarr"), **spec))

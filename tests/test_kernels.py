@@ -108,3 +108,17 @@ def test_help_and_plugin_listing_do_not_import_umap_or_numba():
               "print(sorted(m for m in ('umap', 'numba', 'pynndescent') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_umap_leaves_torch_thread_count_as_it_was():
+    """numba's OpenMP start-up inside UMAP used to reset torch to every core, which made a later training
+    loop in the same process 100x slower next to another busy process."""
+    from probekit_plugins.kernels.cluster_scores import UmapSettings, umap_embedding
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        umap_embedding(np.random.default_rng(0).normal(size=(30, 5)), 0, UmapSettings(5, 0.1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -4,6 +4,10 @@ A branch's response norm is the L2 norm of everything it outputs over the
 probed samples. It is *active* when that norm is at least ``threshold``
 (default 10%) of the largest norm among the branches of its layer, and
 *silent* otherwise.
+
+On gated layers (mixtures of experts) the response is the gated contribution ``g_k e_k``, so an expert the
+router never picks is silent, and the node adds the routing statistics: each expert's mean gate value
+(``routing_share``, summing to 1 over a layer's experts), the share of samples routed to it, and both per class.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ class ActivityOptions:
 class Activity(Analysis):
     name = "activity"
     plot = "probekit_plugins.activity.plot:plot_activity"
-    merge_rules = {"total_sq": "sum", "class_sq": "sum", "targets": "rows"}
+    merge_rules = {"total_sq": "sum", "class_sq": "sum", "targets": "rows", "gate_sum": "sum", "routed": "sum",
+                   "class_gate_sum": "sum", "class_count": "sum"}
     description = "per-branch response norms; active/silent by the paper's 10% rule"
     Options = ActivityOptions
 
@@ -46,6 +51,13 @@ class Activity(Analysis):
         self.targets: np.ndarray | None = None  # [N], kept as the ``target`` coordinate
         n_classes = len(context.data.classes or [])
         self.class_sq = torch.zeros(n_classes, b, dtype=torch.float64, device=context.device)
+        layers = context.branchset.layers
+        self.gated = [(layer.name, slice(start, start + len(layer.branches)))
+                      for layer, start in zip(layers, _starts(layers), strict=True) if layer.gated]
+        self.gate_sum = torch.zeros(b, dtype=torch.float64, device=context.device)  # sum over samples of g_k(x)
+        self.routed = torch.zeros(b, dtype=torch.float64, device=context.device)  # samples with g_k(x) > 0
+        self.class_gate_sum = torch.zeros(n_classes, b, dtype=torch.float64, device=context.device)
+        self.class_count = torch.zeros(n_classes, dtype=torch.float64, device=context.device)
 
     def update(self, batch: Batch) -> None:
         squares = torch.cat([r.pow(2).sum(dim=2) for r in batch.responses.values()], dim=1)  # [N, B]
@@ -56,6 +68,15 @@ class Activity(Analysis):
             self._record_targets(start, batch.targets)
             if len(self.class_sq):
                 self.class_sq.index_add_(0, batch.targets.long(), squares.double())
+                self.class_count.index_add_(0, batch.targets.long(),
+                                            torch.ones_like(batch.targets, dtype=torch.float64))
+        for name, branches in self.gated:
+            gates = batch.gates[name].double()  # [N, K]
+            self.gate_sum[branches] += gates.sum(0)
+            self.routed[branches] += (gates > 0).sum(0)
+            if batch.targets is not None and len(self.class_sq):
+                self.class_gate_sum[:, branches] += torch.zeros_like(self.class_gate_sum[:, branches]).index_add_(
+                    0, batch.targets.long(), gates)
 
     def _record_targets(self, start: int, targets: torch.Tensor) -> None:
         values = targets.cpu().numpy()
@@ -113,6 +134,31 @@ class Activity(Analysis):
                     "long_name": "active branch per class",
                     "description": "1/0/NaN: active, silent or unknown within the class by the same rule"}),
             )
+        return self._with_routing(ds) if self.gated else ds
+
+    def _with_routing(self, ds: xr.Dataset) -> xr.Dataset:
+        """Routing statistics of the gated layers (NaN on the branches of other layers)."""
+        n = self.context.n_samples
+        gated = np.zeros(len(self.context.branchset), dtype=bool)
+        for _, branches in self.gated:
+            gated[branches] = True
+        share = np.where(gated, self.gate_sum.cpu().numpy() / max(n, 1), np.nan)
+        routed = np.where(gated, self.routed.cpu().numpy() / max(n, 1), np.nan)
+        ds = ds.assign(
+            routing_share=("branch", share, {
+                "long_name": "routing share", "units": "1",
+                "description": "mean gate value g_k(x) over the probed samples (sums to 1 over a layer's experts "
+                               "when the gate is normalised); NaN on branches without a gate"}),
+            routed_fraction=("branch", routed, {
+                "long_name": "share of samples routed to the expert", "units": "1",
+                "description": "share of probed samples with g_k(x) > 0; NaN on branches without a gate"}))
+        if len(self.class_sq):
+            count = self.class_count.cpu().numpy()[:, None]
+            per_class = np.divide(self.class_gate_sum.cpu().numpy(), count, out=np.full(self.class_sq.shape, np.nan),
+                                  where=count > 0)
+            ds = ds.assign(class_routing_share=(("cls", "branch"), np.where(gated, per_class, np.nan), {
+                "long_name": "routing share per class", "units": "1",
+                "description": "mean gate value over the class's samples; NaN on branches without a gate"}))
         return ds
 
     def summary(self, ds: xr.Dataset) -> dict:
@@ -120,7 +166,26 @@ class Activity(Analysis):
             f"active/total in {layer}": describe_count(float(ds.active_count.sel(layer=layer)),
                                                        int((ds.branch_layer == layer).sum()))
             for layer in ds.layer.values[:8]
-        } | ({"layers": f"{len(ds.layer)} (the first 8 shown above; all are in the node)"} if len(ds.layer) > 8 else {})
+        } | ({"layers": f"{len(ds.layer)} (the first 8 shown above; all are in the node)"} if len(ds.layer) > 8 else {}
+             ) | (_routing_summary(ds) if "routing_share" in ds else {})
+
+
+def _routing_summary(ds: xr.Dataset) -> dict:
+    """The expert with the largest and smallest routing share of each gated layer (the first 8)."""
+    out = {}
+    for layer in dict.fromkeys(ds.branch_layer.values.tolist()):
+        share = ds.routing_share.where(ds.branch_layer == layer, drop=True)
+        if len(share) and np.isfinite(share.values).any():
+            low, high = np.argsort(share.values)[[0, -1]]
+            out[f"routing share in {layer}"] = (f"largest {share.branch.values[high]} {share.values[high]:.3f}, "
+                                                f"smallest {share.branch.values[low]} {share.values[low]:.3f}")
+    return dict(list(out.items())[:8])
+
+
+def _starts(layers) -> list[int]:
+    """The position of each layer's first branch along the ``branch`` axis."""
+    sizes = [len(layer.branches) for layer in layers]
+    return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
 probekit_register_analyses, probekit_plot = analysis_hooks(Activity)

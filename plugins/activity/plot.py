@@ -64,8 +64,41 @@ def class_heatmaps(ds: xr.Dataset):
     return fig
 
 
+def routing_bars(ds: xr.Dataset):
+    """One panel per gated layer: each expert's routing share (bars, active blue, silent grey) and the share
+    of samples routed to it (dots); with classes, a second row of per-class routing shares."""
+    gated = [layer for layer in layers_of(ds)
+             if np.isfinite(ds.routing_share.values[ds.branch_layer.values == layer]).any()][:MAX_PANELS]
+    per_class = "class_routing_share" in ds
+    fig, axes = new_figure("routing", "Expert routing: mean gate value (bars) and share of samples routed (dots)"
+                           + ("; per class below" if per_class else ""), len(gated) * (2 if per_class else 1),
+                           max_cols=len(gated))
+    for ax, layer in zip(axes, gated, strict=False):
+        index = np.flatnonzero(ds.branch_layer.values == layer)
+        names = short_names(ds.branch.values[index], layer)
+        colors = np.where(ds.active.values[index] == 1, ACTIVE_COLOR, SILENT_COLOR)
+        ax.bar(np.arange(len(index)), ds.routing_share.values[index], color=colors, label="routing share")
+        ax.plot(np.arange(len(index)), ds.routed_fraction.values[index], "k.", label="samples routed")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{layer}: {int(np.nansum(ds.active.values[index]))}/{len(index)} active", fontsize=9)
+        ax.set_ylabel("share [1]", fontsize=8)
+        branch_ticks(ax, "x", names)
+        ax.legend(fontsize=7, loc="upper right")
+    for ax, layer in zip(axes[len(gated):], gated, strict=False):
+        index = np.flatnonzero(ds.branch_layer.values == layer)
+        image = ax.imshow(ds.class_routing_share.values[:, index], aspect="auto", cmap="viridis",
+                          interpolation="nearest", vmin=0)
+        ax.set_yticks(np.arange(len(ds.cls)), [str(c) for c in ds.class_name.values], fontsize=7)
+        ax.set_ylabel("class", fontsize=8)
+        branch_ticks(ax, "x", short_names(ds.branch.values[index], layer))
+        fig.colorbar(image, ax=ax, label="mean gate value [1]")
+    return fig
+
+
 def plot_activity(ds: xr.Dataset) -> list:
     figures = [norm_bars(ds)]
     if "class_norm" in ds:
         figures.append(class_heatmaps(ds))
+    if "routing_share" in ds:
+        figures.append(routing_bars(ds))
     return figures

@@ -3,7 +3,9 @@
 Each branch of a summed classifier is handed to captum as its own forward
 function: the attribution of branch k's true-class output v_k(x)[y] with
 respect to the branch's own input (what the container passes it; for
-``cifar10-branched16`` the normalised image). Methods: captum's
+``cifar10-branched16`` the normalised image). On a gated classifier the
+function is the gated contribution g_k(x) e_k(x)[y], when the gate reads
+the experts' input. Methods: captum's
 ``IntegratedGradients`` (zero baseline) or ``Saliency``; nothing of them is
 reimplemented here. About ``max_samples`` samples spread evenly over the
 data (every n-th) are attributed and averaged per class (absolute values,
@@ -40,6 +42,18 @@ class AttributionOptions:
             raise ProbekitError("attribution: max_samples and steps must be >= 1, store >= 0")
 
 
+class GatedBranch(torch.nn.Module):
+    """Expert k of a gated layer as one function: ``x -> gate(x)[:, k] * expert(x)``, its gated contribution."""
+
+    def __init__(self, gate: torch.nn.Module, expert: torch.nn.Module, k: int):
+        super().__init__()
+        self.gate, self.expert, self.k = gate, expert, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.expert(x)
+        return self.gate(x)[:, self.k].reshape(-1, *[1] * (out.dim() - 1)) * out
+
+
 def attribute(branch: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, options) -> torch.Tensor:
     """captum attributions of ``branch``'s ``targets`` outputs w.r.t. ``inputs``; same shape as ``inputs``."""
     from captum.attr import IntegratedGradients, Saliency
@@ -74,11 +88,22 @@ class Attribution(Analysis):
     def _branch_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """What each branch module receives for ``x`` (one forward pass with pre-hooks)."""
         model, seen = self.context.model, {}
+        paths = list(self.layer.modules) + ([self.layer.gate] if self.layer.gate else [])
         before = [(path, lambda module, args, path=path: seen.__setitem__(path, args[0].detach()))
-                  for path in self.layer.modules]
+                  for path in paths]
         with forward_hooks(model, before=before), torch.no_grad():
             model(x)
+        if self.layer.gate and not all(torch.equal(seen[self.layer.gate], seen[p]) for p in self.layer.modules):
+            raise ProbekitError("attribution on gated experts needs the gate to read the experts' own input "
+                                f"({self.layer.gate} reads another)")
         return seen
+
+    def _branch_function(self, k: int, path: str) -> torch.nn.Module:
+        """Branch k as captum's forward function: the module, or on a gated layer its gated contribution."""
+        model = self.context.model
+        if self.layer.gate:
+            return GatedBranch(model.get_submodule(self.layer.gate), model.get_submodule(path), k)
+        return model.get_submodule(path)
 
     def update(self, batch: Batch) -> None:
         chosen = (batch.index % self.stride == 0).to(batch.inputs.device)
@@ -87,9 +112,8 @@ class Attribution(Analysis):
         x, y = batch.inputs[chosen].detach(), batch.targets[chosen].long()
         inputs = self._branch_inputs(x)
         maps = []
-        for path in self.layer.modules:
-            branch = self.context.model.get_submodule(path)
-            maps.append(attribute(branch, inputs[path], y, self.options).cpu())
+        for k, path in enumerate(self.layer.modules):
+            maps.append(attribute(self._branch_function(k, path), inputs[path], y, self.options).cpu())
         maps = torch.stack(maps, 1)  # [n, K, *input]
         if maps.dim() != 5:
             raise ProbekitError(f"attribution needs image inputs [N, C, H, W]; the branches get "

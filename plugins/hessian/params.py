@@ -34,14 +34,15 @@ class ParamBlock:
 
 def _owned_blocks(model: nn.Module, layer: BranchLayer, name: str, param: torch.Tensor) -> list[ParamBlock] | None:
     """The blocks of parameter ``name`` if it belongs to a branch of ``layer``, else None."""
-    if layer.kind == "grouped":
-        (conv,) = layer.modules
-        if name not in (f"{conv}.weight", f"{conv}.bias"):
+    if layer.kind in ("grouped", "routed"):  # a grouped conv's, or fused experts', leading rows by branch
+        (owner,) = layer.modules
+        if name.rpartition(".")[0] != owner:
             return None
         rows = param.numel() // len(layer.branches)
         return [ParamBlock(name, branch, layer.name, k * rows, (k + 1) * rows)
                 for k, branch in enumerate(layer.branches)]
-    for path, branch in zip(layer.modules, layer.branches, strict=True):
+    paths = layer.branches if layer.kind == "concat" else layer.modules  # a tower's name is its module path
+    for path, branch in zip(paths, layer.branches, strict=True):
         if name.startswith(f"{path}."):
             return [ParamBlock(name, branch, layer.name, 0, param.numel())]
     return None
@@ -49,10 +50,11 @@ def _owned_blocks(model: nn.Module, layer: BranchLayer, name: str, param: torch.
 
 def _first_layer_params(model: nn.Module, layer: BranchLayer) -> list[str]:
     """The parameters of each branch's first module that has any (the default selection)."""
-    if layer.kind == "grouped":
+    if layer.kind in ("grouped", "routed"):
         return [name for name, _ in model.get_submodule(layer.modules[0]).named_parameters(prefix=layer.modules[0])]
     names = []
-    for path in layer.modules:
+    modules = {path for path, _ in model.named_modules()}
+    for path in (b for b in layer.branches if b in modules) if layer.kind == "concat" else layer.modules:
         for sub_path, sub in model.get_submodule(path).named_modules(prefix=path):
             own = list(sub.named_parameters(prefix=sub_path, recurse=False))
             if own:
@@ -70,7 +72,8 @@ def select_params(model: nn.Module, branchset: BranchSet, pattern: str | None = 
         layer = branchset.layers[0]
         names, layers = _first_layer_params(model, layer), [layer]
         if not names:
-            raise ProbekitError(f"the branches of {layer.name!r} have no parameters to differentiate")
+            raise ProbekitError(f"the branches of {layer.name!r} own no parameters to differentiate (attention heads "
+                                "share their layer's projections); choose parameters with hessian.params=GLOB")
     else:  # one glob, or several separated by commas
         regexes = [glob_regex(part.strip()) for part in pattern.split(",") if part.strip()]
         names = [name for name in params if any(r.fullmatch(name) for r in regexes)]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from probekit.api import ProbekitError
 
 SCORES = ("ari_kmeans", "nmi_kmeans", "ari_hdbscan", "nmi_hdbscan", "silhouette")
@@ -56,10 +57,14 @@ def umap_embedding(points: np.ndarray, seed: int, settings: UmapSettings) -> np.
     reducer = umap.UMAP(n_neighbors=k, min_dist=settings.min_dist, n_components=2, metric="euclidean",
                         n_epochs=settings.n_epochs, random_state=seed, init="spectral" if n > 16 else "random",
                         precomputed_knn=(indices, distances, None))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # random_state forces one thread
-        warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
-        return reducer.fit_transform(points).astype(np.float64)
+    threads = torch.get_num_threads()  # numba's OpenMP start-up resets the process's (and so torch's) thread count
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # random_state forces one thread
+            warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
+            return reducer.fit_transform(points).astype(np.float64)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def cluster(points: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:

@@ -4,6 +4,10 @@ For summed (or glob) branches, a *layer* is a conv at the same path inside
 every branch module (``conv1``, ``layer1.0.conv2``): its kernels are the
 output channels of each branch's copy. For a grouped conv, the layer is the
 conv itself and output channel ``o`` belongs to group ``o // (out / groups)``.
+For concatenated towers (Inception), a layer is every conv of a block's
+towers with one kernel shape ``C_in x k x k`` that at least two towers have
+(``inception3a/192x1x1``: the 1x1 convs reading the block input), labelled
+by tower.
 """
 
 from __future__ import annotations
@@ -67,18 +71,39 @@ def _summed(model: nn.Module, layer: BranchLayer, prefix: str) -> list[LayerKern
     return out
 
 
+def _towers(model: nn.Module, layer: BranchLayer) -> list[LayerKernels]:
+    """One :class:`LayerKernels` per kernel shape shared by the convs of at least two towers of a block."""
+    paths = {path for path, _ in model.named_modules()}
+    by_shape: dict[tuple, list[tuple[str, np.ndarray]]] = {}
+    for tower in (t for t in layer.branches if t in paths):  # towers made by a function have no kernels
+        for conv in (m for m in model.get_submodule(tower).modules() if _is_conv(m)):
+            weights = _weights(conv)
+            by_shape.setdefault(weights.shape[1:], []).append((tower, weights))
+    out = []
+    for shape, found in by_shape.items():
+        if len({tower for tower, _ in found}) < 2:
+            continue
+        branch = np.concatenate([[tower] * len(w) for tower, w in found]).astype(object)
+        channels = np.concatenate([np.arange(len(w)) for _, w in found])
+        name = f"{layer.name}/{'x'.join(map(str, shape))}"
+        out.append(LayerKernels(name, np.concatenate([w for _, w in found]), branch, channels))
+    return out
+
+
 def collect_kernels(model: nn.Module, branchset: BranchSet, pattern: str | None = None) -> list[LayerKernels]:
     """Every conv layer shared by all branches of a branch layer (or each grouped conv), in model order.
 
     ``pattern`` is a glob over the layer names (the path inside a branch, e.g. ``layer1.*.conv*``, or
     a grouped conv's module path); ``*`` stays within one dotted segment, ``**`` spans any.
     """
-    prefix_needed = sum(layer.kind != "grouped" for layer in branchset.layers) > 1
+    prefix_needed = sum(layer.kind not in ("grouped", "concat") for layer in branchset.layers) > 1
     layers: list[LayerKernels] = []
     for layer in branchset.layers:
         if layer.kind == "grouped":
             layers.append(_grouped(model, layer))
-        else:
+        elif layer.kind == "concat":
+            layers += _towers(model, layer)
+        elif layer.kind != "routed":
             layers += _summed(model, layer, f"{layer.name}/" if prefix_needed else "")
     if not layers:
         raise ProbekitError(f"no convolution is shared by all branches ({branchset.strategy} branches); "

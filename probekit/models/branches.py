@@ -18,30 +18,48 @@ from torch import nn
 from probekit.errors import ProbekitError
 
 ROOT_LAYER = "model"
-LayerKind = Literal["sum", "grouped", "glob"]
+LayerKind = Literal["sum", "grouped", "glob", "gated", "routed", "concat", "heads"]
 
 
 @dataclass(frozen=True)
 class BranchLayer:
     """Sibling branches read from one place in the model.
 
-    ``kind='sum'`` or ``'glob'``: ``modules[k]`` is branch k's module path and
+    ``kind='sum'``, ``'glob'`` or ``'heads'`` (attention heads, see
+    :mod:`probekit.models.heads`): ``modules[k]`` is branch k's module path and
     its output is branch k's response. ``kind='grouped'``: ``modules`` holds
     one grouped conv whose output channels split into ``len(branches)``
-    equal, contiguous slices, one per group.
+    equal, contiguous slices, one per group. ``kind='gated'``: ``modules[k]``
+    is expert k and ``gate`` the module returning the gate values ``[N, K]``;
+    the response is ``g_k e_k``. ``kind='routed'``: ``modules`` holds one
+    fused, token-routed experts module (transformers' MoE blocks; see
+    :mod:`probekit.models.routed`). ``kind='concat'``: ``modules`` holds one
+    block whose output concatenates its towers along channels, ``channels[k]``
+    wide (-1: the rest); tower k's response is the block output with every
+    other tower's channels zeroed, so the responses sum to the output.
     """
 
     name: str
     kind: LayerKind
     branches: tuple[str, ...]
     modules: tuple[str, ...]
-    container: str | None = None  # for kind 'sum': the module path of the container that sums them
+    container: str | None = None  # kinds 'sum', 'gated', 'routed': the module path of the container that sums them
+    gate: str | None = None  # kind 'gated': the module path of the gate
+    channels: tuple[int, ...] = ()  # kind 'concat': each tower's channel count, -1 for the one left to infer
+
+    @property
+    def gated(self) -> bool:
+        """Whether the layer records gate values (mixtures of experts)."""
+        return self.kind in ("gated", "routed")
 
     def stack(self, outputs: list[torch.Tensor]) -> torch.Tensor:
-        """Turn the hooked outputs into responses of shape ``[N, K, D]``."""
+        """Turn the hooked outputs into responses of shape ``[N, K, D]`` (kinds other than gated and routed)."""
         if self.kind == "grouped":
             (out,) = outputs
             return out.reshape(out.shape[0], len(self.branches), -1)
+        if self.kind == "concat":
+            (out,) = outputs
+            return self._towers(out)
         shapes = {tuple(o.shape) for o in outputs}
         if len(shapes) != 1:
             raise ProbekitError(
@@ -49,6 +67,23 @@ class BranchLayer:
                 "branches of one layer must have outputs of one shape"
             )
         return torch.stack(outputs, dim=1).flatten(2)
+
+    def tower_slices(self, total: int) -> list[slice]:
+        """Each tower's channel slice of a concatenated output with ``total`` channels."""
+        known = sum(c for c in self.channels if c >= 0)
+        sizes = [c if c >= 0 else total - known for c in self.channels]
+        if sum(sizes) != total or min(sizes) <= 0:
+            raise ProbekitError(f"the towers of {self.name!r} have {self.channels} channels but the block outputs "
+                                f"{total}")
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        return [slice(start, start + size) for start, size in zip(starts, sizes, strict=True)]
+
+    def _towers(self, out: torch.Tensor) -> torch.Tensor:
+        """``[N, C, ...]`` block output -> ``[N, K, C * ...]``, tower k keeping only its own channels."""
+        towers = out.new_zeros(out.shape[0], len(self.branches), *out.shape[1:])
+        for k, channels in enumerate(self.tower_slices(out.shape[1])):
+            towers[:, k, channels] = out[:, channels]
+        return towers.flatten(2)
 
 
 @dataclass(frozen=True)

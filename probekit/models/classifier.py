@@ -7,9 +7,9 @@ from probekit.errors import ProbekitError
 
 
 def classifier_layer(branchset: BranchSet) -> BranchLayer | None:
-    """The summed layer at the model's root (``f = sum_k v_k``), or ``None``."""
+    """The summed (or gated: ``f = sum_k g_k e_k``) layer at the model's root (``f = sum_k v_k``), or ``None``."""
     for layer in branchset.layers:
-        if layer.kind == "sum" and layer.container == "":
+        if layer.kind in ("sum", "gated") and layer.container == "":
             return layer
     return None
 
@@ -28,7 +28,7 @@ def require_classifier(branchset: BranchSet, classes: list[str] | None, analysis
 class BranchScores:
     """Per-sample scores of every branch, for the class analyses (``specialization``, ``intra-class``).
 
-    ``mode == 'classifier'`` (a summed classifier at the root): the branch's
+    ``mode == 'classifier'`` (a summed or gated classifier at the root): the branch's
     true-class score ``v_k(x)[y]`` and its confidence alone,
     ``softmax(v_k(x))[y]``. ``mode == 'responses'`` (any other branches, e.g.
     the grouped convs of a ResNeXt): both are the norm of the branch's

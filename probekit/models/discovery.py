@@ -1,10 +1,18 @@
 """Built-in branch-discovery strategies (a plugin of the core).
 
 Tried in order, first non-empty result wins:
-1. summed-branch containers: :class:`probekit.SummedBranches`, or any module
-   marked with a ``probekit_branches`` attribute (see :func:`probekit.mark_branches`);
-2. grouped convolutions: every conv with ``groups > 1`` is one layer with one
-   branch per group, named ``<conv path>[g=<group>]``.
+1. marked containers: summed branches (:class:`probekit.SummedBranches`, or any
+   module marked with a ``probekit_branches`` attribute, see
+   :func:`probekit.mark_branches`) and gated experts
+   (:class:`probekit.MixtureOfExperts` or :func:`probekit.mark_experts`);
+2. token-routed experts of transformers' MoE blocks (:mod:`probekit.models.routed`),
+   one branch per expert, named ``<experts path>[e=<expert>]``;
+3. grouped convolutions: every conv with ``groups > 1`` is one layer with one
+   branch per group, named ``<conv path>[g=<group>]``;
+4. concatenated towers (Inception blocks, :mod:`probekit.models.towers`);
+5. attention heads (:mod:`probekit.models.heads`): each ``nn.MultiheadAttention``
+   and torchvision Swin attention is swapped for an exactly equivalent per-head
+   module whose heads are branches (kind ``heads``, summed plus the output bias).
 """
 
 from __future__ import annotations
@@ -13,29 +21,58 @@ from torch import nn
 
 from probekit.models.branched import BRANCHES_ATTR
 from probekit.models.branches import BranchLayer, BranchSet, layer_name
+from probekit.models.experts import EXPERTS_ATTR
+from probekit.models.heads import attention_head_layers
+from probekit.models.routed import is_routed_experts
+from probekit.models.towers import tower_layers
 from probekit.hookspecs import hookimpl
 
 STRATEGY_DESCRIPTIONS = (
     "summed-branch containers (probekit.SummedBranches or a `probekit_branches` attribute)",
+    "gated experts (probekit.MixtureOfExperts or a `probekit_experts` attribute)",
+    "token-routed experts (transformers MoE blocks)",
     "grouped convolutions (groups > 1)",
+    "concatenated towers (Inception blocks)",
+    "attention heads (nn.MultiheadAttention, torchvision Swin attention)",
 )
 
 _CONV_GROUPS_ARG = {"conv1d": 6, "conv2d": 6, "conv3d": 6, "convolution": 8, "conv_transpose2d": 6}
 
 
-def summed_layers(model: nn.Module) -> list[BranchLayer]:
-    """Layers of every marked summed-branch container in ``model``."""
+def _child_path(path: str, child: str) -> str:
+    return f"{path}.{child}" if path else child
+
+
+def _entries(module: nn.Module, child: str) -> tuple[str, ...] | None:
+    """The keys of ``module.<child>`` when it is a non-empty ModuleList or ModuleDict."""
+    container = getattr(module, child, None)
+    if not isinstance(container, (nn.ModuleList, nn.ModuleDict)) or len(container) == 0:
+        return None
+    return tuple(key for key, _ in container.named_children())
+
+
+def marked_layers(model: nn.Module) -> list[BranchLayer]:
+    """Layers of every marked summed-branch container and gated-experts layer in ``model``."""
     layers = []
     for path, module in model.named_modules():
-        child = getattr(module, BRANCHES_ATTR, None)
-        if not isinstance(child, str):
-            continue
-        container = getattr(module, child, None)
-        if not isinstance(container, (nn.ModuleList, nn.ModuleDict)) or len(container) == 0:
-            continue
-        prefix = f"{path}.{child}" if path else child
-        names = tuple(f"{prefix}.{key}" for key, _ in container.named_children())
-        layers.append(BranchLayer(layer_name(path), "sum", names, names, container=path))
+        summed, gated = getattr(module, BRANCHES_ATTR, None), getattr(module, EXPERTS_ATTR, None)
+        if isinstance(summed, str) and (keys := _entries(module, summed)):
+            names = tuple(f"{_child_path(path, summed)}.{key}" for key in keys)
+            layers.append(BranchLayer(layer_name(path), "sum", names, names, container=path))
+        elif isinstance(gated, tuple) and len(gated) == 2 and (keys := _entries(module, gated[0])):
+            names = tuple(f"{_child_path(path, gated[0])}.{key}" for key in keys)
+            layers.append(BranchLayer(layer_name(path), "gated", names, names, container=path,
+                                      gate=_child_path(path, gated[1])))
+    return layers
+
+
+def routed_layers(model: nn.Module) -> list[BranchLayer]:
+    """One layer per token-routed experts module (see :mod:`probekit.models.routed`)."""
+    layers = []
+    for path, module in model.named_modules():
+        if path and is_routed_experts(module):
+            names = tuple(f"{path}[e={k}]" for k in range(module.num_experts))
+            layers.append(BranchLayer(path, "routed", names, (path,), container=path.rpartition(".")[0]))
     return layers
 
 
@@ -83,8 +120,13 @@ def grouped_conv_layers(model: nn.Module) -> list[BranchLayer]:
 
 @hookimpl
 def probekit_discover_branches(model, config):
-    for strategy, find in (("summed", summed_layers), ("grouped-conv", grouped_conv_layers)):
+    for strategy, find in (("marked", marked_layers), ("routed-experts", routed_layers),
+                           ("grouped-conv", grouped_conv_layers), ("towers", tower_layers),
+                           ("attention-heads", attention_head_layers)):
         layers = find(model)
         if layers:
+            if strategy == "marked":  # named by what was marked: summed, gated-experts, or both
+                strategy = "+".join(sorted({"summed" if layer.kind == "sum" else "gated-experts" for layer in layers},
+                                           reverse=True))
             return BranchSet(tuple(layers), strategy)
     return None

@@ -5,7 +5,7 @@ calls (REDUCE) or fills in (BUILD) only the globals it is given. So what we
 give it must be harmless whatever arguments the file passes:
 
 * ``nn.Module`` subclasses defined in ``torch.nn``, ``torchvision.models``,
-  ``torchvision.ops``, :mod:`probekit.models.branched` and the model modules
+  ``torchvision.ops``, :mod:`probekit.models.branched`, :mod:`probekit.models.experts` and the model modules
   plugins name (``probekit_safe_model_modules``: the bundled zoo's
   architectures);
 * the functions of ``torch.nn.functional`` (activations kept as attributes);
@@ -30,7 +30,7 @@ from torch import nn
 from probekit.errors import ProbekitError, quoted
 
 LIBRARY_PREFIXES = ("torch.nn.", "torchvision.models.", "torchvision.ops.")
-CORE_MODEL_MODULES = ("probekit.models.branched",)
+CORE_MODEL_MODULES = ("probekit.models.branched", "probekit.models.experts")
 SAFE_EXACT = {"functools.partial": functools.partial}
 SHOWN = 5  # refused names listed in one message
 

@@ -35,7 +35,8 @@ class Batch:
     ``responses``: ``{layer name: [N, K, D]}`` branch responses (K branches,
     each flattened to D values); ``taps``: ``{tap name: {module path or branch
     name: [N, ...]}}``, the unflattened tensors the analyses' ``taps`` asked for
-    (:mod:`probekit.run.taps`); all on the run's device.
+    (:mod:`probekit.run.taps`); ``gates``: ``{layer name: [N, K]}`` gate values
+    of the gated (mixture-of-experts) layers; all on the run's device.
     """
 
     index: torch.Tensor
@@ -44,6 +45,7 @@ class Batch:
     outputs: torch.Tensor
     responses: dict[str, torch.Tensor]
     taps: dict[str, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
+    gates: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from torch import nn
 from probekit.models.branches import BranchSet
 from probekit.errors import ProbekitError
 from probekit.models.graph_models import tap_sink
+from probekit.models.routed import per_sample, routed_contributions
 from probekit.run.hooks import forward_hooks
 
 
@@ -24,6 +25,9 @@ class ResponseCapture:
         self.branchset = branchset
         self._outputs: dict[str, torch.Tensor] = {}
         self._taps: dict[str, dict[str, torch.Tensor]] = {}
+        self._gates: dict[str, torch.Tensor] = {}  # layer name -> [N, K] gate values of the last pass
+        self._routed: dict[str, torch.Tensor] = {}  # layer name -> [N, K, D] gated contributions (kind 'routed')
+        self._samples: dict[str, int] = {}  # container path -> batch size it saw (kind 'routed')
 
     def _tap_hook(self, tap: str, key: str, kind: str):
         def keep(value):
@@ -50,20 +54,61 @@ class ResponseCapture:
 
         return hook
 
+    def _gate_hook(self, layer: str):
+        def hook(module, inputs, output):
+            if not isinstance(output, torch.Tensor) or output.dim() != 2:
+                raise ProbekitError(f"the gate of {layer!r} must return the gate values [N, K], not "
+                                    f"{getattr(output, 'shape', type(output).__name__)}")
+            self._gates[layer] = output.detach().clone()
+
+        return hook
+
+    def _batch_size_hook(self, path: str):
+        def hook(module, args):
+            self._samples[path] = args[0].shape[0]
+
+        return hook
+
+    def _routed_hook(self, layer):
+        def hook(module, args, output):
+            with torch.no_grad():
+                contributions, gates = routed_contributions(module, *(a.detach() for a in args[:3]))
+            responses, self._gates[layer.name] = per_sample(contributions, gates, self._samples[layer.container])
+            self._routed[layer.name] = responses
+
+        return hook
+
     def take(self, n: int | None = None) -> dict[str, torch.Tensor]:
-        """Responses per layer, ``{layer name: [N, K, D]}``, and reset for the next pass.
+        """Responses per layer, ``{layer name: [N, K, D]}``, and reset for the next pass (gate values stay for
+        :meth:`take_gates`).
 
         ``n`` keeps only the first ``n`` samples (drops a padded tail).
         """
         responses = {}
         for layer in self.branchset.layers:
-            missing = [m for m in layer.modules if m not in self._outputs]
-            if missing:
-                raise ProbekitError(f"branch module {missing[0]!r} did not run during the forward pass")
-            stacked = layer.stack([self._outputs[m] for m in layer.modules])
+            stacked = self._routed.pop(layer.name) if layer.kind == "routed" else self._stacked(layer)
             responses[layer.name] = stacked if n is None else stacked[:n]
         self._outputs.clear()
         return responses
+
+    def _stacked(self, layer) -> torch.Tensor:
+        missing = [m for m in layer.modules if m not in self._outputs]
+        if missing:
+            raise ProbekitError(f"branch module {missing[0]!r} did not run during the forward pass")
+        stacked = layer.stack([self._outputs[m] for m in layer.modules])
+        if layer.kind == "gated":
+            gates = self._gates[layer.name]
+            if gates.shape != stacked.shape[:2]:
+                raise ProbekitError(f"the gate of {layer.name!r} returned {tuple(gates.shape)} values for "
+                                    f"{tuple(stacked.shape[:2])} samples and experts")
+            stacked = stacked * gates.unsqueeze(2)
+        return stacked
+
+    def take_gates(self, n: int | None = None) -> dict[str, torch.Tensor]:
+        """Gate values of the gated layers, ``{layer name: [N, K]}``, and reset."""
+        gates = {name: value if n is None else value[:n] for name, value in self._gates.items()}
+        self._gates = {}
+        return gates
 
 
 @contextmanager
@@ -72,8 +117,15 @@ def capture(model: nn.Module, branchset: BranchSet, taps: dict[str, dict[str, tu
     (``taps``: ``{tap: {key: (module path, "output" or "input")}}``); always remove them on exit."""
     recorder = ResponseCapture(branchset)
     tapped = getattr(model, "probekit_taps", {})
-    after = [(path, recorder._hook(path)) for layer in branchset.layers for path in layer.modules if path not in tapped]
-    before = []
+    after, before = [], []
+    for layer in branchset.layers:
+        if layer.kind == "routed":
+            after.append((layer.modules[0], recorder._routed_hook(layer)))
+            before.append((layer.container, recorder._batch_size_hook(layer.container)))
+            continue
+        after += [(path, recorder._hook(path)) for path in layer.modules if path not in tapped]
+        if layer.kind == "gated":
+            after.append((layer.gate, recorder._gate_hook(layer.name)))
     for tap, found in (taps or {}).items():
         for key, (path, kind) in found.items():
             (before if kind == "input" else after).append((path, recorder._tap_hook(tap, key, kind)))

@@ -62,6 +62,18 @@ def default_data_spec(model: nn.Module) -> tuple[str, str]:
                                          f" at {size}x{size} ({how})")
 
 
+def fitted_image_folder(data_spec: str, model: nn.Module) -> tuple[str, str]:
+    """``(data spec, note)``: an ``imagefolder:PATH`` without a size, resized to the fixed size a model declares
+    in torchvision's ``image_size`` (ViT), with a note saying so; any other spec unchanged with no note."""
+    from probekit.run.datasets import split_size
+
+    size = getattr(model, "image_size", None)
+    scheme, _, argument = data_spec.partition(":")
+    if scheme != "imagefolder" or not isinstance(size, int) or split_size(argument)[1] is not None:
+        return data_spec, ""
+    return f"{data_spec}:{size}", f"resized to {size}x{size} (the model's image_size)"
+
+
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
     return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 

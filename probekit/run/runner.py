@@ -24,7 +24,7 @@ from probekit.models.branches import BranchSet, DiscoveryConfig, discover
 from probekit.run.capture import capture
 from probekit.run.data import ProbeData, batches, load_data
 from probekit.run.data_choice import (DEFAULT_LIMIT, DEFAULT_SAMPLE, HUGE, check_channels, choose_targets,
-                                      default_data_spec, with_predicted_classes)
+                                      default_data_spec, fitted_image_folder, with_predicted_classes)
 from probekit.errors import ProbekitError
 from probekit.models.graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_tapped
 from probekit.models.loading import LoadedModel, LoadOptions, load_model
@@ -121,6 +121,9 @@ def _choose_data(spec: RunSpec, model) -> tuple[ProbeData, list[str]]:
         notes = [f"data: {data_spec}, {why}"]
     else:
         data_spec, notes = spec.data, [f"data: {spec.data}"]
+    data_spec, resized = fitted_image_folder(data_spec, model)
+    if resized:
+        notes[0] += f", {resized}"
     data = load_data(data_spec, spec.seed)
     if spec.shuffle:
         data = data.shuffled(spec.seed)
@@ -389,7 +392,7 @@ def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec, check
             if run.predicted_targets:
                 target = outputs.detach().argmax(1)
             batch = Batch(index, x, target.to(device) if run.data.has_targets else None, outputs,
-                          recorder.take(x.shape[0]), recorder.take_taps(x.shape[0]))
+                          recorder.take(x.shape[0]), recorder.take_taps(x.shape[0]), recorder.take_gates(x.shape[0]))
             run.nonfinite += nonfinite_positions(batch)
             _record_targets(run, batch)
             for name, analysis in list(run.analyses.items()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from probekit.models.branched import SummedBranches
+from probekit.models.experts import MixtureOfExperts, TopKGate
 
 LEAKY_SLOPE = 0.01  # torch's LeakyReLU default
 
@@ -47,3 +48,8 @@ class DigitsBranch(nn.Module):
 def digits_branched(branches: int = 8, width: int = 8) -> SummedBranches:
     """``digits-branched8``: M summed :class:`DigitsBranch` es."""
     return SummedBranches(DigitsBranch(width) for _ in range(branches))
+
+
+def digits_moe(experts: int = 8, k: int = 2, width: int = 8) -> MixtureOfExperts:
+    """``digits-moe8``: M :class:`DigitsBranch` experts under a linear top-k router on the 64 pixels."""
+    return MixtureOfExperts((DigitsBranch(width) for _ in range(experts)), TopKGate(64, experts, k))

@@ -85,8 +85,8 @@ def probekit_register_commands(subparsers):  # called directly by probekit.comma
     models.set_defaults(func=cmd_models)
 
     train = sub.add_parser("train", help="train a bundled model from its recipe")
-    train.add_argument("recipe", help="toy1, toy2, digits-branched8, cifar10-branched16, afhq-cat-branched9 or "
-                       "celeba-branched9")
+    train.add_argument("recipe", help="toy1, toy2, digits-branched8, digits-moe8, cifar10-branched16, "
+                       "afhq-cat-branched9, celeba-branched9 or afhq-cat-diffusion9")
     train.add_argument("--out", help="weights file to write (default: the zoo's own file)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--branches", type=int, help="number of branches M (default: the recipe's)")

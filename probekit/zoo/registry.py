@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from probekit.zoo.architectures import branched_perceptron, digits_branched
+from probekit.zoo.architectures import branched_perceptron, digits_branched, digits_moe
 from probekit.zoo.generator import branched_generator
 from probekit.zoo.resnet import branched_resnet18
 from probekit.zoo.resnet20 import resnet20
@@ -42,6 +42,8 @@ ZOO: dict[str, ZooEntry] = {
     "toy2": ZooEntry(branched_perceptron, "paper toy 2: 20 LeakyReLU perceptron branches", "toy2", "toy2"),
     "digits-branched8": ZooEntry(digits_branched, "8 summed small-CNN branches on 8x8 digits", "digits:test",
                                  "digits:test"),
+    "digits-moe8": ZooEntry(digits_moe, "8 small-CNN experts under a top-2 linear router on 8x8 digits",
+                            "digits:test", "digits:test"),
     "cifar10-branched16": ZooEntry(branched_resnet18, "16 summed slim-ResNet18 branches on CIFAR-10 (paper section 6)",
                                    "cifar10:../shared/data/cifar10", "cifar10-sample"),
     "afhq-cat-branched9": ZooEntry(branched_generator, "9-branch generator re-generating AFHQ cats (paper section 7)",

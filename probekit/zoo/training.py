@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from probekit.zoo.architectures import branched_perceptron, digits_branched
+from probekit.zoo.architectures import branched_perceptron, digits_branched, digits_moe
 from probekit.run.datasets import TOY_POINTS, digits_arrays
 from probekit.errors import ProbekitError
 from probekit.zoo.registry import ZOO
@@ -20,6 +20,8 @@ TOY_LR = 0.05
 DIGITS_EPOCHS = 30
 DIGITS_LR = 3e-3
 DIGITS_BATCH = 64
+MOE_TOP_K = 2
+MOE_BALANCE = 0.01  # weight of the Switch-Transformer load-balancing loss
 
 
 @dataclass(frozen=True)
@@ -68,22 +70,47 @@ def train_toy(name: str, branches: int, seed: int):
 def train_digits(branches: int, seed: int):
     """Adam on the digits train split (4/5 of scikit-learn's digits), cross-entropy on summed logits."""
     torch.manual_seed(seed)
+    model = digits_branched(branches)
+    metrics = _fit_digits(model, "digits-branched", lambda x, y: nn.functional.cross_entropy(model(x), y))
+    return model, {"branches": branches}, metrics
+
+
+def balance_loss(router_probabilities: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """Switch Transformer's load-balancing loss ``K sum_k f_k P_k``: ``f_k`` the share of routing slots given to
+    expert k, ``P_k`` its mean router probability; both from ``[N, K]``. 1 when perfectly balanced."""
+    share = (gates > 0).float().mean(0) / (gates > 0).float().sum(1).mean()
+    return gates.shape[1] * (share * router_probabilities.mean(0)).sum()
+
+
+def train_digits_moe(experts: int, seed: int):
+    """Like :func:`train_digits`, on a top-2 mixture of experts, plus :data:`MOE_BALANCE` x the balancing loss."""
+    torch.manual_seed(seed)
+    model = digits_moe(experts, MOE_TOP_K)
+
+    def loss(x, y):
+        gates = model.gate(x)
+        probabilities = model.gate.router(x.flatten(1)).softmax(1)
+        return nn.functional.cross_entropy(model(x), y) + MOE_BALANCE * balance_loss(probabilities, gates)
+
+    metrics = _fit_digits(model, "digits-moe", loss)
+    return model, {"experts": experts, "k": MOE_TOP_K}, {**metrics, "top_k": MOE_TOP_K, "balance": MOE_BALANCE}
+
+
+def _fit_digits(model: nn.Module, name: str, loss) -> dict:
+    """Adam on the digits train split with ``loss(x, y)``; the test accuracy and settings."""
     x_train, y_train, _ = digits_arrays("train")
     x_test, y_test, _ = digits_arrays("test")
-    model = digits_branched(branches)
     optimizer = torch.optim.Adam(model.parameters(), lr=DIGITS_LR)
-    loss_fn = nn.CrossEntropyLoss()
-    for _ in tqdm(range(DIGITS_EPOCHS), desc="train digits-branched", unit="epoch"):
+    for _ in tqdm(range(DIGITS_EPOCHS), desc=f"train {name}", unit="epoch"):
         model.train()
         for idx in torch.randperm(len(x_train)).split(DIGITS_BATCH):
             optimizer.zero_grad()
-            loss_fn(model(x_train[idx]), y_train[idx]).backward()
+            loss(x_train[idx], y_train[idx]).backward()
             optimizer.step()
     model.eval()
     with torch.no_grad():
         accuracy = float((model(x_test).argmax(1) == y_test).float().mean())
-    metrics = {"test_accuracy": accuracy, "epochs": DIGITS_EPOCHS, "lr": DIGITS_LR, "batch_size": DIGITS_BATCH}
-    return model, {"branches": branches}, metrics
+    return {"test_accuracy": accuracy, "epochs": DIGITS_EPOCHS, "lr": DIGITS_LR, "batch_size": DIGITS_BATCH}
 
 
 def train_cifar10_branched(branches: int, options: TrainOptions):
@@ -124,6 +151,7 @@ RECIPES = {
     "toy1": Recipe(10, lambda m, options: train_toy("toy1", m, options.seed)),
     "toy2": Recipe(20, lambda m, options: train_toy("toy2", m, options.seed)),
     "digits-branched8": Recipe(8, lambda m, options: train_digits(m, options.seed)),
+    "digits-moe8": Recipe(8, lambda m, options: train_digits_moe(m, options.seed)),
     "cifar10-branched16": Recipe(16, train_cifar10_branched),
     **{name: Recipe(9, lambda m, options, name=name: train_generator(name, m, options)) for name in GENERATORS},
 }

@@ -1,0 +1,47 @@
+"""Token-routed experts of real libraries: transformers' sparse MoE blocks (Mixtral, Qwen-MoE, ...).
+
+Such a block has a ``gate`` router and a fused ``experts`` module called as
+``experts(hidden_states [T, H], top_k_index [T, k], top_k_weights [T, k])``, which runs each expert on the
+tokens routed to it and sums the weighted outputs. Each expert is a branch (named ``<experts path>[e=<k>]``);
+its response to a sample is its gated contribution to every token, zero where it was not routed, and the
+gate value of a sample is the expert's routing weight averaged over the sample's tokens.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+ROUTED_ARGS = ("hidden_states", "top_k_index", "top_k_weights")
+
+
+def is_routed_experts(module: nn.Module) -> bool:
+    """Whether ``module`` is a fused experts module called with a routing (see the module docstring)."""
+    if not isinstance(getattr(module, "num_experts", None), int):
+        return False
+    try:
+        parameters = tuple(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return False
+    return parameters[:3] == ROUTED_ARGS
+
+
+def routed_contributions(experts: nn.Module, hidden: torch.Tensor, index: torch.Tensor,
+                         weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(contributions [T, K, H], gates [T, K])``: each expert's weighted output per token, by the module's own
+    forward restricted to that expert (the others get the module's "no expert" index ``K``)."""
+    k_experts = experts.num_experts
+    gates = hidden.new_zeros(hidden.shape[0], k_experts).scatter_add(1, index, weights.to(hidden.dtype))
+    contributions = [experts.forward(hidden, torch.where(index == k, index, k_experts), weights)
+                     for k in range(k_experts)]
+    return torch.stack(contributions, dim=1), gates
+
+
+def per_sample(contributions: torch.Tensor, gates: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows ``[T, K, H]`` and ``[T, K]`` of ``samples`` sequences -> ``[N, K, S*H]`` responses and
+    ``[N, K]`` gate values (the mean over each sample's tokens)."""
+    tokens, k_experts, hidden = contributions.shape
+    responses = contributions.reshape(samples, tokens // samples, k_experts, hidden).transpose(1, 2)
+    return responses.flatten(2), gates.reshape(samples, -1, k_experts).mean(1)
