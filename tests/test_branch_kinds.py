@@ -350,3 +350,17 @@ def test_digits_moe8_trains_and_its_activity_node_shows_routing(cli, tmp_path):
     assert per_class == pytest.approx([1.0] * 10, abs=1e-6)
     labels = [figure.get_label() for figure in plot_activity(node)]
     assert "routing" in labels
+
+
+@pytest.mark.parametrize("name, found", [("googlenet", "branches: 36 found by towers"),
+                                         ("vit_b_16", "branches: 144 found by attention-heads")])
+def test_torchvision_towers_and_heads_run_from_the_cli(cli, shared_data, tmp_path, name, found):
+    """The issue's commands, on 3 images: random weights, no download; ViT's images are resized to its 224."""
+    folder = shared_data / "samples" / "afhq"
+    code, stdout, stderr = cli("run", "--model", f"torchvision:{name}", "--data", f"imagefolder:{folder}",
+                               "--plugins", "activity,covariance,specialization", "--limit", "3",
+                               "--out", tmp_path / "t.zarr", "--quiet")
+    assert code == 0, stderr
+    assert found in stdout
+    if name == "vit_b_16":
+        assert "resized to 224x224 (the model's image_size)" in stdout
