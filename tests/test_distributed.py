@@ -9,7 +9,7 @@ import pytest
 from probekit import open_results
 from probekit.run.distributed import Ranks, shard_of
 
-PLUGINS = "activity,covariance,specialization,intra-class"
+PLUGINS = "activity,covariance,specialization,intra-class,class-filters"
 
 
 def run_args(out, *extra):

@@ -161,7 +161,7 @@ class Crash(Analysis):
     def finalize(self):
         return xr.Dataset()
 """, "Crash")
-RESUMABLE = ["activity", "covariance", "specialization", "intra-class"]
+RESUMABLE = ["activity", "covariance", "specialization", "intra-class", "class-filters"]
 
 
 def crashing_run(out, *extra, crash_at=None):

@@ -88,6 +88,10 @@ class SampleArray:
         if self._next % self.chunk_rows and not self.in_memory:
             self._flush()
 
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start .. stop - 1``, from memory or from the store (after :meth:`checkpoint`, or at finalize)."""
+        return np.asarray(self._array[start:stop])
+
     def values(self) -> np.ndarray | None:
         """The whole array when it lives in memory; ``None`` when it is on disk."""
         return self._array if self.in_memory else None

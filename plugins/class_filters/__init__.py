@@ -1,0 +1,283 @@
+"""``class-filters``: which features each class relies on, how concentrated they are, and a classifier that uses
+only them (class-specific filters, Badola et al.; implemented from the definitions, no code copied).
+
+The features ``h(x) >= 0`` are, on a summed classifier (the default), the input of each branch's final linear
+layer, concatenated over branches (``feature_branch`` names the owner of each); on any model, with
+``class-filters.layer=PATH``, the output of that module, global-average-pooled over space (e.g. ``layer3`` of
+``resnet20-cifar10``). Streaming state, merged exactly across processes: per class the top-k counts, exact
+histograms of ``n_k(x)`` (so the median merges exactly), feature sums; the features themselves are stored per
+sample and read back once at the end to score the decomposed head exactly:
+
+* ``count_c[j]``: class-c samples whose k largest features contain j; ``I_c`` = the k most counted;
+* ``n_k(x)``: how many largest features hold fraction k of ``||h(x)||_1``; ``Psi_c(k) = (D - median n_k) / D``;
+* class selectivity index per feature ``(mu_max - mu_rest) / (mu_max + mu_rest + 1e-7)``;
+* pairwise mutual information between the class filter distributions (:func:`stats.pairwise_information`);
+* decomposed head ``logit_c = sum_{j in I_c} W_cj h_j + b_c`` and its accuracy for each k (no fine-tune);
+* branch share: the share of each class's filters owned by each branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from probekit.api import (Analysis, analysis_hooks, Batch, class_coords, classifier_layer, glob_regex, ProbekitError,
+                          sample_coords, Tap)
+from probekit_plugins.class_filters import stats
+
+TAP = "class-filters"
+READ_ROWS = 4096  # features read back per step at the end
+
+
+@dataclass
+class ClassFiltersOptions:
+    """``layer``: a module path whose output (pooled over space) are the features, instead of the summed
+    classifier's branch features; ``head``: the linear layer that reads them (default: the model's last
+    ``nn.Linear`` of matching width); ``k``: filter counts, integers, or fractions of the D features below 1
+    (0.05: 5% of them, at least 1); ``fractions``: the mass fractions of ``Psi``."""
+
+    layer: str = ""
+    head: str = ""
+    k: list[float] = field(default_factory=lambda: [1, 5, 10, 20, 50])
+    fractions: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+
+    def check(self):
+        if not self.k or min(self.k) <= 0 or any(k > 1 and k != int(k) for k in self.k):
+            raise ProbekitError(f"class-filters.k must be integers >= 1 or fractions in (0, 1), not {self.k}")
+
+    def counts_of(self, features: int) -> list[int]:
+        """Each k as a number of features (a fraction below 1 of ``features``, rounded, at least 1)."""
+        resolved = [int(k) if k >= 1 else max(1, round(k * features)) for k in self.k]
+        if len(set(resolved)) != len(resolved) or max(resolved) > features:
+            raise ProbekitError(f"class-filters.k={self.k} must give distinct counts of at most the {features} "
+                                f"features, not {resolved}")
+        return resolved
+        if not self.fractions or not all(0 < f <= 1 for f in self.fractions):
+            raise ProbekitError(f"class-filters.fractions must be in (0, 1], not {self.fractions}")
+
+
+def _last_linear(module: nn.Module) -> str | None:
+    """The path (relative to ``module``) of its last ``nn.Linear``, or ``None``."""
+    found = [path for path, m in module.named_modules() if isinstance(m, nn.Linear)]
+    return found[-1] if found else None
+
+
+class FeatureSource:
+    """Where the features come from and the linear head that reads them: ``weight [C, D]``, ``bias [C]``,
+    ``owner`` (the branch, or module, of each feature)."""
+
+    def __init__(self, context, options: ClassFiltersOptions):
+        model = self.model = context.model
+        if options.layer:
+            self.tap = Tap(options.layer)
+            paths = [p for p, _ in model.named_modules() if p and glob_regex(options.layer).fullmatch(p)]
+            if len(paths) != 1:
+                raise ProbekitError(f"class-filters.layer={options.layer!r} must name one module, not {len(paths)}")
+            self.keys, self.layer = paths, None
+        else:
+            self.layer = classifier_layer(context.branchset)
+            if self.layer is None:
+                raise ProbekitError("class-filters needs a summed classifier at the model's root, or the features' "
+                                    "module: class-filters.layer=PATH (e.g. layer3 of resnet20-cifar10)")
+            relative = _last_linear(model.get_submodule(self.layer.modules[0]))
+            if relative is None:
+                raise ProbekitError(f"class-filters: branch {self.layer.branches[0]} has no nn.Linear to read")
+            self.tap = Tap(relative, "input", per_branch=True)
+            self.keys = list(self.layer.branches)
+            heads = [model.get_submodule(f"{m}.{relative}") for m in self.layer.modules]
+            self.weight = torch.cat([h.weight.detach() for h in heads], 1).double().cpu().numpy()
+            self.bias = sum(h.bias.detach().double() for h in heads if h.bias is not None).cpu().numpy()
+            self.owner = np.concatenate([[b] * h.in_features for b, h in zip(self.keys, heads, strict=True)])
+            return
+        self.weight = self.bias = self.owner = None  # known at the first batch, from the feature width
+        self.head_path = options.head
+
+    def features(self, batch: Batch) -> torch.Tensor:
+        """``[N, D]`` non-negative features of a batch."""
+        found = batch.taps[TAP]
+        parts = [found[key] for key in self.keys]
+        parts = [p.mean(dim=tuple(range(2, p.dim()))) if p.dim() > 2 and self.layer is None else p.flatten(1)
+                 for p in parts]
+        h = torch.cat(parts, 1).double()
+        if self.weight is None:
+            self._find_head(h.shape[1])
+        if bool((h < 0).any()):
+            raise ProbekitError(f"class-filters needs non-negative features (after a ReLU); {', '.join(self.keys[:2])}"
+                                " gives negative values")
+        return h
+
+    def _find_head(self, width: int) -> None:
+        model = self.model
+        candidates = [p for p, m in model.named_modules() if isinstance(m, nn.Linear) and m.in_features == width]
+        path = self.head_path or (candidates[-1] if candidates else None)
+        if path is None:
+            raise ProbekitError(f"class-filters: no nn.Linear reads {width} features; name it with "
+                                "class-filters.head=PATH")
+        head = model.get_submodule(path)
+        if not isinstance(head, nn.Linear) or head.in_features != width:
+            raise ProbekitError(f"class-filters.head={path!r} is not an nn.Linear reading {width} features")
+        self.weight = head.weight.detach().double().cpu().numpy()
+        self.bias = (head.bias.detach().double().cpu().numpy() if head.bias is not None
+                     else np.zeros(head.out_features))
+        self.owner = np.array([self.keys[0]] * width, dtype=object)
+
+    def reference_logits(self, batch: Batch) -> torch.Tensor:
+        """What the head with every feature must reproduce: the sum of the branch outputs, or the model's output."""
+        return batch.responses[self.layer.name].sum(1) if self.layer is not None else batch.outputs
+
+
+class ClassFilters(Analysis):
+    name = "class-filters"
+    plot = "probekit_plugins.class_filters.plot:plot_class_filters"
+    needs_classes = True
+    needs_targets = True
+    merge_rules = {"counts": "sum", "histogram": "sum", "class_sum": "sum", "class_count": "sum",
+                   "targets": "rows", "logit_error": "max"}
+    description = "class-specific filters: top-k counts, Psi, selectivity, mutual information, decomposed head"
+    Options = ClassFiltersOptions
+
+    def __init__(self, context, options):
+        super().__init__(context, options)
+        if context.model is None:
+            raise ProbekitError("class-filters needs the model")
+        self.source = FeatureSource(context, options)
+        self.taps = {TAP: self.source.tap}
+        self.n_classes = len(context.data.classes)
+        self.counts = self.histogram = self.class_sum = None  # sized at the first batch (D features)
+        self.class_count = np.zeros(self.n_classes, dtype=np.int64)
+        self.targets = None
+        self.logit_error = 0.0
+        self.features = None
+
+    def _start(self, width: int) -> None:
+        """Size the state for ``width`` features (unless a resumed run restored it) and open the features array."""
+        self.ks = self.options.counts_of(width)
+        c = self.n_classes
+        if self.counts is None:
+            self.counts = np.zeros((c, len(self.ks), width), dtype=np.int64)
+            self.histogram = np.zeros((c, len(self.options.fractions), width + 1), dtype=np.int64)
+            self.class_sum = np.zeros((c, width))
+        self.features = self.context.sample_array(self.name, "features", ("sample", "feature"), (width,), np.float32,
+                                                  {"long_name": "features h(x)", "units": "activation",
+                                                   "description": "the non-negative features the statistics use"})
+
+    def update(self, batch: Batch) -> None:
+        h_t = self.source.features(batch)
+        if self.features is None:
+            self._start(h_t.shape[1])
+        h, y = h_t.cpu().numpy(), batch.targets.long().cpu().numpy()
+        start = int(batch.index[0])
+        self.features.write(start, h.astype(np.float32))
+        if self.targets is None:
+            self.targets = np.zeros(self.context.n_samples, dtype=np.int64)
+        self.targets[start:start + len(y)] = y
+        np.add.at(self.class_count, y, 1)
+        np.add.at(self.class_sum, y, h)
+        for i, k in enumerate(self.ks):
+            rows = np.repeat(y, k)
+            np.add.at(self.counts[:, i], (rows, stats.top_k(h, k).ravel()), 1)
+        for i, fraction in enumerate(self.options.fractions):
+            np.add.at(self.histogram[:, i], (y, stats.mass_count(h, fraction)), 1)
+        reference = self.source.reference_logits(batch).double().cpu().numpy()
+        full = h @ self.source.weight.T + self.source.bias
+        scale = max(float(np.abs(reference).max()), 1e-12)
+        self.logit_error = max(self.logit_error, float(np.abs(full - reference).max()) / scale)
+
+    def _decomposed_accuracy(self, filters: dict[int, np.ndarray]) -> dict[int, float]:
+        """Accuracy of the decomposed head for each k, over every probed sample (features read back in steps)."""
+        correct = dict.fromkeys(filters, 0)
+        n = self.context.n_samples
+        self.features.checkpoint()
+        for start in range(0, n, READ_ROWS):
+            h = self.features.read(start, min(n, start + READ_ROWS)).astype(np.float64)
+            y = self.targets[start:start + len(h)]
+            for k, chosen in filters.items():
+                logits = stats.decomposed_logits(h, self.source.weight, self.source.bias, chosen)
+                correct[k] += int((logits.argmax(1) == y).sum())
+        return {k: count / max(n, 1) for k, count in correct.items()}
+
+    def finalize(self) -> xr.Dataset:
+        if self.counts is None:
+            raise ProbekitError("class-filters saw no sample")
+        width = self.counts.shape[2]
+        if self.features is None:  # this process probed nothing itself (its state came from the others)
+            self._start(width)
+        ks, fractions = self.options.counts_of(width), list(self.options.fractions)
+        filters = {k: stats.class_filters(self.counts[:, i], k) for i, k in enumerate(ks)}
+        accuracy = self._decomposed_accuracy({**filters, width: np.tile(np.arange(width), (self.n_classes, 1))})
+        means = self.class_sum / np.maximum(self.class_count, 1)[:, None]
+        median = stats.histogram_median(self.histogram)
+        is_filter = np.zeros((len(ks), self.n_classes, width), dtype=bool)
+        for i, k in enumerate(ks):
+            np.put_along_axis(is_filter[i], filters[k], True, axis=1)
+        owners = list(dict.fromkeys(self.source.owner.tolist()))
+        owner_index = np.array([owners.index(o) for o in self.source.owner])
+        share = np.stack([[np.bincount(owner_index[is_filter[i, c]], minlength=len(owners)) / k
+                           for c in range(self.n_classes)] for i, k in enumerate(ks)])
+        information = np.stack([stats.pairwise_information(self.counts[:, i]) for i in range(len(ks))])
+        classes = class_coords(self.context)
+        return xr.Dataset(
+            {
+                "count": (("k", "cls", "feature"), self.counts.transpose(1, 0, 2), {
+                    "long_name": "top-k count", "units": "samples",
+                    "description": "class-c samples whose k largest features contain the feature"}),
+                "is_filter": (("k", "cls", "feature"), is_filter, {
+                    "long_name": "class filter", "description": "in I_c: the k most counted features of the class "
+                                                                "(ties: the lower index)"}),
+                "mass_histogram": (("cls", "fraction", "mass_count"), self.histogram, {
+                    "long_name": "histogram of n_k(x)", "units": "samples",
+                    "description": "samples whose n_k(x) (largest features holding fraction k of the L1 norm) "
+                                   "equals mass_count; exact, so medians merge exactly"}),
+                "median_mass_count": (("cls", "fraction"), median, {
+                    "long_name": "median n_k(x)", "units": "features"}),
+                "psi": (("cls", "fraction"), stats.psi(median, width), {
+                    "long_name": "Psi_c(k)", "units": "1", "description": "(D - median n_k(x)) / D"}),
+                "class_mean": (("cls", "feature"), means, {"long_name": "mean feature per class",
+                                                           "units": "activation"}),
+                "selectivity": ("feature", stats.selectivity(means), {
+                    "long_name": "class selectivity index", "units": "1",
+                    "description": "(mu_max - mu_rest) / (mu_max + mu_rest + 1e-7) over class means"}),
+                "information": (("k", "cls", "cls_other"), information, {
+                    "long_name": "mutual information between class filter distributions", "units": "bit",
+                    "description": "between the class (of the pair, equally likely) and the filter index drawn from "
+                                   "its top-k frequencies: their Jensen-Shannon divergence"}),
+                "decomposed_accuracy": ("k", np.array([accuracy[k] for k in ks]), {
+                    "long_name": "decomposed head accuracy", "units": "1",
+                    "description": "logit_c = sum over I_c of W_cj h_j + b_c, no fine-tune"}),
+                "branch_share": (("k", "cls", "owner"), share, {
+                    "long_name": "share of the class's filters owned by the branch", "units": "1"}),
+            },
+            coords={"k": ("k", np.array(ks)), "k_requested": ("k", np.array(self.options.k, dtype=np.float64)),
+                    "fraction": ("fraction", np.array(fractions)),
+                    "feature": ("feature", np.arange(width)),
+                    "feature_branch": ("feature", np.array(self.source.owner, dtype=object)),
+                    "mass_count": ("mass_count", np.arange(width + 1)),
+                    "owner": ("owner", np.array(owners, dtype=object)), **classes,
+                    "cls_other": ("cls_other", classes["cls"][1]),
+                    **sample_coords(self.context, self.targets)},
+            attrs={"full_accuracy": accuracy[width], "logit_error": self.logit_error, "features": width,
+                   "source": self.source.tap.path if self.source.layer is None else "each branch's final linear input"},
+        ).pipe(self._with_features)
+
+    def _with_features(self, ds: xr.Dataset) -> xr.Dataset:
+        if self.features.in_memory:
+            ds[self.features.name] = (self.features.dims, self.features.values(), self.features.attrs)
+        return ds
+
+    def summary(self, ds: xr.Dataset) -> dict:
+        half = ds.psi.sel(fraction=0.5, method="nearest")
+        return {
+            "features": int(ds.attrs["features"]),
+            "decomposed accuracy by k": {int(k): round(float(a), 4) for k, a in
+                                         zip(ds.k.values, ds.decomposed_accuracy.values, strict=True)},
+            "accuracy with every feature": round(float(ds.attrs["full_accuracy"]), 4),
+            "Psi at half the mass (median over classes)": round(float(np.nanmedian(half.values)), 4),
+            "median selectivity": round(float(np.median(ds.selectivity.values)), 4),
+        }
+
+
+probekit_register_analyses, probekit_plot = analysis_hooks(ClassFilters)
