@@ -177,6 +177,7 @@ class StoreWriter:
 
     def discard(self) -> None:
         """Remove this run's unfinished store and staging (never an older store being replaced), unlock."""
+        settle_zarr_writes()
         for path in (self.target if self.created else None, self.tmp):
             if path is not None and path.exists():
                 shutil.rmtree(path)
@@ -252,6 +253,27 @@ class RemoteStoreWriter(StoreWriter):
             raise ProbekitError(f"uploading the results to {self.url} failed: {exc}; the complete store is kept "
                                 f"at {self.path}") from exc
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def settle_zarr_writes(timeout: float = 30.0) -> None:
+    """Wait for zarr's pending writes. zarr 3 writes from its own event-loop thread; a signal that interrupts the
+    main thread while it waits (SIGTERM during a write) leaves the write running, and it could recreate a store
+    that was just removed."""
+    import asyncio
+    import concurrent.futures
+
+    loop = getattr(getattr(zarr.core, "sync", None), "loop", [None])[0]
+    if loop is None or not loop.is_running():
+        return
+
+    async def drain():
+        current = asyncio.current_task()
+        await asyncio.gather(*(t for t in asyncio.all_tasks() if t is not current), return_exceptions=True)
+
+    try:
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout)
+    except concurrent.futures.TimeoutError:
+        pass  # removal goes ahead; a write stuck for this long is not ours to wait for
 
 
 def store_writer(location: str | Path, overwrite: bool = False, resume: bool = False) -> StoreWriter:

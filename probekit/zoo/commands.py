@@ -81,6 +81,32 @@ def probekit_register_commands(subparsers):  # called directly by probekit.comma
     count.add_argument("--quiet", action="store_true", help="no progress bars")
     count.set_defaults(func=cmd_experiment)
 
+    nad = experiments.add_parser("nad", help="NAD: learn each class's sub-architecture of a trained model "
+                                 "(channel gates by forward hooks), and evaluate the masks")
+    nad.add_argument("--model", required=True, help="model spec, as for probekit run")
+    nad.add_argument("--data", required=True, help="training data with classes (e.g. cifar10:ROOT:train)")
+    nad.add_argument("--test-data", required=True, help="test data with the same classes")
+    nad.add_argument("--layers", help="modules to gate, comma-separated globs (default: the model's "
+                     "probekit_nad_layers; the zoo ResNets name their stems and block outputs)")
+    nad.add_argument("--branch-gates", action="store_true", help="also one scalar gate per branch output")
+    nad.add_argument("--branches", help="name the branches by glob, as for probekit run")
+    nad.add_argument("--beta", type=float, default=0.02, help="weight of the mask loss (0.02: the reference's "
+                     "ResNet setting)")
+    nad.add_argument("--lr", type=float, default=0.1, help="step of the normalised-gradient update")
+    nad.add_argument("--epochs", type=int, default=1, help="passes over each class's images (the reference: 21)")
+    nad.add_argument("--batch-size", type=int, default=64)
+    nad.add_argument("--train-per-class", type=int, default=256, help="training images per class (random)")
+    nad.add_argument("--test-per-class", type=int, default=100, help="test images per class (random)")
+    nad.add_argument("--mosaics", type=int, default=100, help="2x2 mosaics for the CAM hit rate")
+    nad.add_argument("--seed", type=int, default=0)
+    nad.add_argument("--trust-pickle", action="store_true")
+    nad.add_argument("--trust-code", action="store_true")
+    nad.add_argument("--out", required=True, help="results store to create")
+    nad.add_argument("--overwrite", action="store_true")
+    nad.add_argument("--report", action="store_true", help="also write the HTML report")
+    nad.add_argument("--quiet", action="store_true", help="no progress bars")
+    nad.set_defaults(func=cmd_experiment)
+
     models = sub.add_parser("models", help="list the bundled zoo models")
     models.set_defaults(func=cmd_models)
 

@@ -13,6 +13,7 @@ from probekit.store.results import store_writer
 
 TOY_SWEEP_NODE = "toy-sweep"
 BRANCH_COUNT_NODE = "branch-count"
+NAD_NODE = "nad"
 
 
 def _write_experiment(args, node: str, attrs: dict, build: Callable[[], xr.Dataset], summary) -> str:
@@ -81,3 +82,30 @@ def branch_count(args) -> str:
     }
     return _write_experiment(args, BRANCH_COUNT_NODE, attrs,
                              lambda: run_branch_count(config, args.data_root, progress=not args.quiet), summary)
+
+
+def nad(args) -> str:
+    """Learn NAD's class sub-architectures of a trained model (``probekit experiment nad``); return the store."""
+    from probekit.models.branches import DiscoveryConfig, discover
+    from probekit.models.loading import LoadOptions, load_model
+    from probekit.errors import ProbekitError
+    from probekit.run.data import load_data
+    from probekit.zoo.nad import NadConfig, run_nad, summary
+
+    config = NadConfig(layers=args.layers, branch_gates=args.branch_gates, beta=args.beta, lr=args.lr,
+                       epochs=args.epochs, batch_size=args.batch_size, train_per_class=args.train_per_class,
+                       test_per_class=args.test_per_class, mosaics=args.mosaics, seed=args.seed)
+    config.check()
+    loaded = load_model(args.model, LoadOptions(trust_pickle=args.trust_pickle, trust_code=args.trust_code))
+    model = loaded.module.eval()
+    try:
+        branchset = discover(model, DiscoveryConfig(args.branches))
+    except ProbekitError:
+        branchset = None  # a plain model: gates need no branches
+    train, test = load_data(args.data, args.seed), load_data(args.test_data, args.seed)
+    attrs = {"model": json.dumps({"spec": loaded.spec, "sha256": loaded.sha256}), "dataset": args.data,
+             "test_dataset": args.test_data, "n_samples": len(test),
+             "branch_strategy": branchset.strategy if branchset else "none (plain model)",
+             "n_branches": len(branchset) if branchset else 0}
+    return _write_experiment(args, NAD_NODE, attrs,
+                             lambda: run_nad(model, branchset, train, test, config, progress=not args.quiet), summary)

@@ -50,4 +50,8 @@ def probekit_plot(name, node):
         from probekit.zoo.branch_count_plot import plot_branch_count
 
         return plot_branch_count(node)
+    if name == "nad":
+        from probekit.zoo.nad_plot import plot_nad
+
+        return plot_nad(node)
     return None

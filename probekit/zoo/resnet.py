@@ -66,6 +66,8 @@ class BranchedResNet18(SummedBranches):
     ``clamp=False`` gives the plain-logits scheme.
     """
 
+    probekit_nad_layers = "branches.*.bn1,branches.*.layer*.*"  # NAD's default gates: stems and block outputs
+
     def __init__(self, branches: int = 16, widths: tuple[int, ...] = WIDTHS, classes: int = 10, clamp: bool = True):
         super().__init__(SlimResNet18(tuple(widths), classes) for _ in range(branches))
         self.clamp = clamp

@@ -46,6 +46,7 @@ class ResNet20(nn.Module):
     """``[N, 3, 32, 32]`` in [0, 1] -> ``[N, 10]`` logits; the input normalisation is part of the model."""
 
     probekit_branch_glob = "layer*.*"  # each residual block is a branch; a stage is a layer
+    probekit_nad_layers = "bn1,layer*.*"  # NAD's default gates: the stem and every block output
 
     def __init__(self, classes: int = 10):
         super().__init__()
