@@ -123,3 +123,15 @@ def test_cli_on_resnet20_with_mosaics_writes_the_node_and_report(cli, shared_dat
     report = tmp_path / "nad-report"
     assert {"nad-kept.png", "nad-hit-rate.png", "nad-similarity.png", "nad-masked-accuracy.png"} <= \
         {p.name for p in report.iterdir()}
+
+
+def test_option_form_sets_the_same_fields_and_refuses_unknown_keys():
+    from probekit import ProbekitError
+    from probekit.zoo.nad import with_options
+
+    config = with_options(NadConfig(), ["nad.layers=branches.*.layer1", "nad.branch_gates=true", "nad.beta=0.05"])
+    assert (config.layers, config.branch_gates, config.beta) == ("branches.*.layer1", True, 0.05)
+    with pytest.raises(ProbekitError, match="expected nad.KEY=VALUE"):
+        with_options(NadConfig(), ["nad.gamma=1"])
+    with pytest.raises(ProbekitError, match="is not a float"):
+        with_options(NadConfig(), ["nad.beta=big"])

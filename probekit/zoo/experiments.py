@@ -90,11 +90,12 @@ def nad(args) -> str:
     from probekit.models.loading import LoadOptions, load_model
     from probekit.errors import ProbekitError
     from probekit.run.data import load_data
-    from probekit.zoo.nad import NadConfig, run_nad, summary
+    from probekit.zoo.nad import NadConfig, run_nad, summary, with_options
 
     config = NadConfig(layers=args.layers, branch_gates=args.branch_gates, beta=args.beta, lr=args.lr,
                        epochs=args.epochs, batch_size=args.batch_size, train_per_class=args.train_per_class,
                        test_per_class=args.test_per_class, mosaics=args.mosaics, seed=args.seed)
+    config = with_options(config, args.option)
     config.check()
     loaded = load_model(args.model, LoadOptions(trust_pickle=args.trust_pickle, trust_code=args.trust_code))
     model = loaded.module.eval()

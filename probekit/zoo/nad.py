@@ -59,6 +59,25 @@ class NadConfig:
             raise ProbekitError("nad: --top-fraction must be in (0, 1], --mosaics >= 0, --similar >= 1")
 
 
+def with_options(config: NadConfig, options: list[str]) -> NadConfig:
+    """``config`` with ``nad.KEY=VALUE`` settings applied (the option form of the flags)."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    changes = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        name = key.removeprefix("nad.")
+        if not sep or not key.startswith("nad.") or name not in fields:
+            raise ProbekitError(f"--option {option!r}: expected nad.KEY=VALUE with KEY one of {', '.join(fields)}")
+        kind = type(getattr(config, name)) if getattr(config, name) is not None else str
+        try:
+            changes[name] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+        except ValueError:
+            raise ProbekitError(f"--option {option!r}: {value!r} is not a {kind.__name__}") from None
+    return dataclasses.replace(config, **changes)
+
+
 def labels_of(dataset) -> np.ndarray:
     """Every sample's class index, read from the dataset's own label array when it has one."""
     for attribute in ("targets", "labels"):
