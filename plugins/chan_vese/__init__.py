@@ -24,7 +24,8 @@ class ChanVeseOptions:
     """``init``: ``auto`` or comma-separated branch indices; ``segment``: ``auto``, ``init`` (segment the init
     score) or branch indices; ``max_init``: most init components auto picks; ``role_samples``: samples of the
     first batch auto looks at; ``consistency``: distance from the median pair that counts as consistent, a
-    fraction of the width; ``prior``: weight the score by the first batch's mean score; ``init_quantile``:
+    fraction of the width; ``prior``: weight the score by the first batch's mean score (a position prior: off
+    by default, and named in the node's ``prior`` attr when on); ``init_quantile``:
     share of pixels the level set starts positive on; ``sigma``: smoothing of the init score [pixels];
     ``mu``: Chan-Vese's length weight; ``iterations``: its most iterations."""
 
@@ -33,7 +34,7 @@ class ChanVeseOptions:
     max_init: int = 3
     role_samples: int = 16
     consistency: float = 0.1
-    prior: bool = True
+    prior: bool = False
     init_quantile: float = 0.05
     sigma: float = 2.0
     mu: float = 0.25

@@ -4,7 +4,7 @@
    [0, 1], then the value channel of HSV (scikit-image ``rgb2hsv``).
 2. *Init* components locate eyes and nose. Their localisation score is the
    mean |z-score| of their value images, Gaussian-smoothed (``sigma``
-   pixels). With the prior (the default) the score is multiplied by the
+   pixels). With the prior (``prior=true``; off by default) the score is multiplied by the
    mean score over the samples the roles were chosen on, scaled to [0, 1]:
    faces in AFHQ and CelebA are aligned, so that mean marks where this data
    puts eyes and nose. It is learnt from the components alone, no labels.

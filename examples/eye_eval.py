@@ -1,0 +1,145 @@
+"""Does eye segmentation follow the cat? Chan-Vese on a generator's components, on moved held-out cats.
+
+    python examples/eye_eval.py --data-root ../shared/data --out eye-eval [--model afhq-cat-branched9]
+
+Each of the 18 held-out sample cats (``examples/held_out_cats.py``) is randomly cropped (a square of 0.62-0.78
+of the side), placed anywhere in the image, and mirrored half the time: ``--per-cat`` views per cat for each
+seed in ``--seeds``. The hand-placed eye centres (``tests/data/afhq-cat-eyes.json``) follow the same transform.
+A view counts when both eyes have a candidate within ``--radius`` (0.08) of the image width. Methods, all on
+the same views:
+
+* ``chan-vese``: ``probekit run --plugins chan-vese`` on the model's components, position prior off (default);
+* ``chan-vese + prior``: the same with ``chan-vese.prior=true`` (the first batch's mean score), reported apart;
+* ``fixed dots``: two dots at the mean eye position of the aligned cats (a position prior alone);
+* ``raw value``: the same Chan-Vese pipeline on the image's own HSV value channel, no decomposition.
+
+Writes ``<out>/views/cat/*.png``, one store per Chan-Vese method, and ``<out>/results.json``; prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from held_out_cats import held_out_cats  # noqa: E402
+
+LABELS = Path(__file__).resolve().parents[1] / "tests" / "data" / "afhq-cat-eyes.json"
+SCALE = (0.62, 0.78)
+
+
+def random_view(image: Image.Image, eyes: np.ndarray, rng: np.random.Generator, size: int):
+    """A random square crop (side a fraction ``SCALE`` of the image's), anywhere, mirrored half the time,
+    resized to ``size``; the eye centres ``[2, (x, y)]`` (fractions) moved with it."""
+    side = rng.uniform(*SCALE)
+    left, top = rng.uniform(0, 1 - side, 2)
+    w, h = image.size
+    box = (int(round(left * w)), int(round(top * h)), int(round((left + side) * w)), int(round((top + side) * h)))
+    view = image.crop(box).resize((size, size), Image.Resampling.LANCZOS)
+    moved = (eyes - [box[0] / w, box[1] / h]) / [(box[2] - box[0]) / w, (box[3] - box[1]) / h]
+    if rng.random() < 0.5:
+        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        moved = np.stack([1 - moved[:, 0], moved[:, 1]], 1)[::-1]
+    return view, moved
+
+
+def both_found(candidates: np.ndarray, eyes: np.ndarray, radius: float) -> bool:
+    """Whether each eye ``[2, (x, y)]`` has a candidate ``[n, (x, y)]`` within ``radius`` (fractions)."""
+    candidates = candidates[np.isfinite(candidates).all(1)]
+    if not len(candidates):
+        return False
+    return all(np.linalg.norm(candidates - eye, axis=1).min() <= radius for eye in eyes)
+
+
+def chan_vese_candidates(model: str, folder: Path, store: Path, prior: bool, resolution: int) -> np.ndarray:
+    """``[N, 2, (x, y)]`` eye candidates (fractions) of ``chan-vese`` on every view, in the views' order."""
+    from probekit import open_results
+    from probekit.run.runner import RunSpec, execute
+
+    execute(RunSpec(model=model, data=f"imagefolder:{folder}", plugins=["chan-vese"], out=str(store),
+                    overwrite=True, progress=False, options={"chan-vese": {"prior": str(prior).lower()}}))
+    node = open_results(store)["chan-vese"]
+    ids = [str(i) for i in node.sample_id.values]
+    centroids = node.eye_centroid.values[:, :, ::-1] / resolution  # (y, x) pixels -> (x, y) fractions
+    order = np.argsort(ids, kind="stable")
+    return centroids[order], node.attrs["prior"]
+
+
+def raw_value_candidates(views: list[Image.Image], resolution: int) -> np.ndarray:
+    """The same Chan-Vese pipeline on each view's own value channel (one "component", no prior)."""
+    from probekit_plugins.chan_vese.segmentation import SCORE, SegmentSettings, segment_eyes, value_images
+
+    settings = SegmentSettings()
+    out = []
+    for view in views:
+        rgb = np.asarray(view.resize((resolution, resolution), Image.Resampling.LANCZOS), dtype=np.float64) / 255
+        values = value_images(rgb.transpose(2, 0, 1)[None])
+        out.append(segment_eyes(values, [0], SCORE, None, settings).centroids[:, ::-1] / resolution)
+    return np.stack(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--model", default="afhq-cat-branched9")
+    parser.add_argument("--out", type=Path, default=Path("eye-eval"))
+    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds of the random views")
+    parser.add_argument("--per-cat", type=int, default=3, help="views per cat and seed")
+    parser.add_argument("--radius", type=float, default=0.08, help="hit radius, a fraction of the width")
+    args = parser.parse_args()
+
+    from probekit.models.loading import load_model
+
+    resolution = int(getattr(load_model(args.model).module, "resolution", 64))
+    labels = json.loads(LABELS.read_text())["eyes"]
+    cats = held_out_cats(args.data_root)
+    if sorted(p.name for p in cats) != sorted(labels):
+        sys.exit(f"eye_eval: the held-out cats and the labels in {LABELS} differ")
+    aligned_mean = np.mean([labels[p.name] for p in cats], axis=0)  # [2, (x, y)] on the aligned images
+    folder = args.out / "views" / "cat"
+    folder.mkdir(parents=True, exist_ok=True)
+    views, eyes, names = [], [], []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        rng = np.random.default_rng(seed)
+        for path in cats:
+            image = Image.open(path).convert("RGB")
+            for k in range(args.per_cat):
+                view, moved = random_view(image, np.array(labels[path.name]), rng, image.size[0])
+                name = f"s{seed}-{path.stem}-{k}.png"
+                view.save(folder / name)
+                views.append(view)
+                eyes.append(moved)
+                names.append(name)
+    order = np.argsort(names, kind="stable")
+    views, eyes, names = [views[i] for i in order], np.stack(eyes)[order], [names[i] for i in order]
+    torch.manual_seed(0)
+    methods = {}
+    for label, prior in (("chan-vese", False), ("chan-vese + prior", True)):
+        found, how = chan_vese_candidates(args.model, folder.parent, args.out / f"{'prior' if prior else 'cv'}.zarr",
+                                          prior, resolution)
+        methods[label] = found
+        assert (how != "none") == prior, f"the chan-vese node says its prior was {how!r}"
+    methods["fixed dots at the aligned mean"] = np.broadcast_to(aligned_mean, eyes.shape)
+    methods["raw value channel"] = raw_value_candidates(views, resolution)
+    results = {"model": args.model, "views": len(names), "cats": len(cats), "seeds": args.seeds,
+               "per_cat": args.per_cat, "radius": args.radius, "scale": SCALE, "methods": {}}
+    print(f"{len(names)} views ({len(cats)} cats x {args.per_cat} x seeds {args.seeds}), model {args.model}, "
+          f"hit radius {args.radius} W")
+    print("| method | both eyes found | share |\n|---|---|---|")
+    for name, candidates in methods.items():
+        hits = [both_found(c, e, args.radius) for c, e in zip(candidates, eyes, strict=True)]
+        results["methods"][name] = {"found": int(sum(hits)), "share": float(np.mean(hits)),
+                                    "per_view": dict(zip(names, map(bool, hits), strict=True))}
+        print(f"| {name} | {sum(hits)}/{len(hits)} | {np.mean(hits):.1%} |")
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
