@@ -115,7 +115,7 @@ class Kernels(Analysis):
 
     def finalize(self) -> xr.Dataset:
         total = sum(len(layers) for layers in self.layers.values())
-        with tqdm(total=total, desc="kernels", unit="layer", leave=False) as bar:
+        with tqdm(total=total, desc="kernels", unit="layer", leave=False, disable=None) as bar:  # None: TTY only
             results = {state: self._score_state(layers, bar) for state, layers in self.layers.items()}
         layers = next(iter(self.layers.values()))  # the model as loaded (trained, or random-init)
         states = list(results)
