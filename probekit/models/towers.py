@@ -83,11 +83,13 @@ def _module_on_path(node: fx.Node) -> str | None:
 
 
 def _tower_name(node: fx.Node) -> str:
+    """The first child module on the tower's path, else the function applied to the block's input."""
     target = _module_on_path(node)
     if target is not None:
         return target.split(".")[0]
-    last = list(_chain(node))[-2] if len(list(_chain(node))) > 1 else node
-    return getattr(last.target, "__name__", str(last.target))
+    chain = list(_chain(node))
+    first = chain[-2] if len(chain) > 1 else node  # the node right after the block's input
+    return getattr(first.target, "__name__", str(first.target))
 
 
 def _channels(node: fx.Node, module: nn.Module) -> int:
