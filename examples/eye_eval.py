@@ -62,8 +62,9 @@ def both_found(candidates: np.ndarray, eyes: np.ndarray, radius: float) -> bool:
     return all(np.linalg.norm(candidates - eye, axis=1).min() <= radius for eye in eyes)
 
 
-def chan_vese_candidates(model: str, folder: Path, store: Path, prior: bool, resolution: int) -> np.ndarray:
-    """``[N, 2, (x, y)]`` eye candidates (fractions) of ``chan-vese`` on every view, in the views' order."""
+def chan_vese_candidates(model: str, folder: Path, store: Path, prior: bool, resolution: int) -> tuple[np.ndarray, str]:
+    """``[N, 2, (x, y)]`` eye candidates (fractions) of ``chan-vese`` on every view, in the views' order, and the
+    node's ``prior`` attr."""
     from probekit import open_results
     from probekit.run.runner import RunSpec, execute
 

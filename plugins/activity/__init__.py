@@ -51,9 +51,7 @@ class Activity(Analysis):
         self.targets: np.ndarray | None = None  # [N], kept as the ``target`` coordinate
         n_classes = len(context.data.classes or [])
         self.class_sq = torch.zeros(n_classes, b, dtype=torch.float64, device=context.device)
-        layers = context.branchset.layers
-        self.gated = [(layer.name, slice(start, start + len(layer.branches)))
-                      for layer, start in zip(layers, _starts(layers), strict=True) if layer.gated]
+        self.gated = [(layer.name, branches) for layer, branches in context.branchset.layer_slices() if layer.gated]
         self.gate_sum = torch.zeros(b, dtype=torch.float64, device=context.device)  # sum over samples of g_k(x)
         self.routed = torch.zeros(b, dtype=torch.float64, device=context.device)  # samples with g_k(x) > 0
         self.class_gate_sum = torch.zeros(n_classes, b, dtype=torch.float64, device=context.device)
@@ -89,11 +87,8 @@ class Activity(Analysis):
         every branch of a layer with a NaN/Inf norm (see :mod:`probekit.measures.activity_rule`)."""
         norm = np.sqrt(sq)
         out = np.zeros_like(norm, dtype=np.float64)
-        start = 0
-        for layer in self.context.branchset.layers:
-            stop = start + len(layer.branches)
-            out[..., start:stop] = relative_norms(norm[..., start:stop])
-            start = stop
+        for _, branches in self.context.branchset.layer_slices():
+            out[..., branches] = relative_norms(norm[..., branches])
         return out
 
     def finalize(self) -> xr.Dataset:
@@ -180,12 +175,6 @@ def _routing_summary(ds: xr.Dataset) -> dict:
             out[f"routing share in {layer}"] = (f"largest {share.branch.values[high]} {share.values[high]:.3f}, "
                                                 f"smallest {share.branch.values[low]} {share.values[low]:.3f}")
     return dict(list(out.items())[:8])
-
-
-def _starts(layers) -> list[int]:
-    """The position of each layer's first branch along the ``branch`` axis."""
-    sizes = [len(layer.branches) for layer in layers]
-    return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
 probekit_register_analyses, probekit_plot = analysis_hooks(Activity)

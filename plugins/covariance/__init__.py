@@ -39,11 +39,8 @@ class Covariance(Analysis):
     def finalize(self) -> xr.Dataset:
         b = len(self.context.branchset)
         gram = np.full((b, b), np.nan)
-        start = 0
-        for layer in self.context.branchset.layers:
-            stop = start + len(layer.branches)
-            gram[start:stop, start:stop] = self.gram[layer.name].cpu().numpy()
-            start = stop
+        for layer, branches in self.context.branchset.layer_slices():
+            gram[branches, branches] = self.gram[layer.name].cpu().numpy()
         second_moment = gram / max(self.count, 1)
         diag = np.sqrt(np.diag(gram))
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -113,6 +113,14 @@ class BranchSet:
         """Each branch's index within its layer, aligned with :attr:`names`."""
         return [k for layer in self.layers for k in range(len(layer.branches))]
 
+    def layer_slices(self) -> list[tuple[BranchLayer, slice]]:
+        """Each layer with the slice of its branches along the ``branch`` axis."""
+        out, start = [], 0
+        for layer in self.layers:
+            out.append((layer, slice(start, start + len(layer.branches))))
+            start += len(layer.branches)
+        return out
+
     def __len__(self) -> int:
         return sum(len(layer.branches) for layer in self.layers)
 

@@ -345,10 +345,10 @@ def _evaluate(model, gates, channels, soft, losses, trains, tests, branchset, br
         for j, x in enumerate(tests):
             if len(x):
                 masked[i, j] = float((predictions(model, gates, hard[i], x, config.batch_size) == j).mean())
-    original = np.array([float((predictions(model, gates, None, x, config.batch_size) == j).mean()) if len(x)
-                         else np.nan for j, x in enumerate(tests)])
+    unmasked = [predictions(model, gates, None, x, config.batch_size) if len(x) else None for x in tests]
+    original = np.array([float((p == j).mean()) if p is not None else np.nan for j, p in enumerate(unmasked)])
     hit, hit_plain, mosaic_note = mosaic_hits(model, gates, hard, tests, config, keys)
-    wrong_similar, wrong_count = _misclassified(model, gates, tests, sim, config)
+    wrong_similar, wrong_count = _misclassified(unmasked, sim, config.similar)
     gate_key = np.concatenate([[k] * channels[k] for k in keys])
     ds = xr.Dataset(
         {
@@ -407,14 +407,14 @@ def _with_branches(ds, soft, bools, keys, branchset, branches, model, tests):
     return ds
 
 
-def _misclassified(model, gates, tests, sim, config) -> tuple[float, int]:
-    """Share of misclassified test images whose prediction is among the true class's most similar classes."""
+def _misclassified(unmasked: list[np.ndarray | None], sim: np.ndarray, similar: int) -> tuple[float, int]:
+    """Share of misclassified test images (``unmasked[j]``: the predictions on class j's images) whose prediction
+    is among the true class's ``similar`` most similar classes."""
     hits = total = 0
-    for j, x in enumerate(tests):
-        if not len(x):
+    for j, predicted in enumerate(unmasked):
+        if predicted is None:
             continue
-        predicted = predictions(model, gates, None, x, config.batch_size)
-        others = [c for c in np.argsort(-sim[j], kind="stable") if c != j][:config.similar]
+        others = [c for c in np.argsort(-sim[j], kind="stable") if c != j][:similar]
         wrong = predicted[predicted != j]
         hits += int(np.isin(wrong, others).sum())
         total += len(wrong)
