@@ -13,8 +13,9 @@ inputs of another size are resized (antialiased bilinear) to the model's
 * ``"gaussian"``: ``R`` is ``x`` blurred with a Gaussian of ``sigma`` pixels and
   every branch receives ``x``;
 * ``"diffusion"``: a learnt nonlinear diffusion ``u_{i+1} = u_i - tau p(u_i)``,
-  ``u_0 = x``, for ``M + 1`` steps, with ``p`` an 8-layer bottleneck CNN
-  (Eqs. 16-17). With ``d_i = u_{i+1} - u_i``, ``phi_k = k (d_k - d_{k-1})``
+  ``u_0 = x``, for ``M + 1`` steps, with ``p(u) = -div(c(u) grad u)`` and the
+  conductivity ``c >= 0`` from an 8-layer bottleneck CNN (Eqs. 16-17; see
+  :class:`DiffusionOperator`). With ``d_i = u_{i+1} - u_i``, ``phi_k = k (d_k - d_{k-1})``
   (discrete ``t u_tt``) and ``R = u_{M+1} - (M + 1) d_M`` (discrete
   ``T p(u(T)) + u(T)``), summation by parts gives ``x = R + sum_k phi_k`` exactly.
 """
@@ -115,11 +116,18 @@ class SlimGenerator(nn.Module):
 
 
 class DiffusionOperator(nn.Module):
-    """``p``: an 8-layer bottleneck CNN ``[N, 3, H, W] -> [N, 3, H, W]``, tanh between layers: 3x3 convs
-    3 -> 56 -> 28 -> 14, two 1x1 convs at 14, 3x3 convs 14 -> 28 -> 56 -> 3 (39.4k parameters; the paper's
-    has 40.5k)."""
+    """``p(u) = -div(c(u) grad u)``: a learnt nonlinear (Perona-Malik-like) diffusion ``[N, 3, H, W] -> [N, 3, H, W]``.
 
-    def __init__(self):
+    The conductivity ``c = max_conductivity * sigmoid(q(u))`` ``[N, 3, H, W]`` (one per colour channel) comes
+    from ``q``, an 8-layer bottleneck CNN, tanh between layers: 3x3 convs 3 -> 56 -> 28 -> 14, two 1x1 convs
+    at 14, 3x3 convs 14 -> 28 -> 56 -> 3 (38,909 parameters; the paper's ``p`` has 40.5k). Fluxes are
+    4-neighbour differences with no flux across the border. Because ``c >= 0``, ``u <- u - tau p(u)`` only
+    ever smooths (with ``tau * max_conductivity <= 0.25`` the explicit scheme is stable), and ``p`` is zero
+    on flat images only: a free CNN ``p`` can instead output a near-constant step, which makes every
+    ``phi_k`` vanish and ``R = x`` (the generator then copies its input; a first 128 px run did exactly that).
+    """
+
+    def __init__(self, max_conductivity: float = 2.5):
         super().__init__()
         widths = (3, 56, 28, 14, 14, 14, 28, 56, 3)
         layers = []
@@ -128,9 +136,18 @@ class DiffusionOperator(nn.Module):
             if i < len(widths) - 2:
                 layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
+        self.max_conductivity = max_conductivity
+
+    def conductivity(self, u: torch.Tensor) -> torch.Tensor:
+        """``c(u)`` ``[N, 3, H, W]`` in (0, ``max_conductivity``)."""
+        return self.max_conductivity * torch.sigmoid(self.net(u))
 
     def forward(self, u):
-        return self.net(u)
+        c = self.conductivity(u)
+        flux_x = 0.5 * (c[..., 1:] + c[..., :-1]) * (u[..., 1:] - u[..., :-1])  # [N, 3, H, W - 1]
+        flux_y = 0.5 * (c[..., 1:, :] + c[..., :-1, :]) * (u[..., 1:, :] - u[..., :-1, :])  # [N, 3, H - 1, W]
+        flux_x, flux_y = F.pad(flux_x, (1, 1)), F.pad(flux_y, (0, 0, 1, 1))  # no flux across the border
+        return -(flux_x[..., 1:] - flux_x[..., :-1] + flux_y[..., 1:, :] - flux_y[..., :-1, :])
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -48,8 +48,8 @@ ZOO: dict[str, ZooEntry] = {
                                    "cifar10:../shared/data/cifar10", "cifar10-sample"),
     "afhq-cat-branched9": ZooEntry(branched_generator, "9-branch generator re-generating AFHQ cats (paper section 7)",
                                    "imagefolder:../shared/data/samples/afhq"),
-    "afhq-cat-diffusion9": ZooEntry(branched_generator, "9-branch generator at 128 px with a learnt nonlinear "
-                                    "diffusion (paper Eqs. 16-17), AFHQ cats; in training",
+    "afhq-cat-diffusion9": ZooEntry(branched_generator, "9 wider branches with a learnt nonlinear diffusion "
+                                    "(paper Eqs. 16-17), AFHQ cats at 64 px; in training",
                                     "imagefolder:../shared/data/samples/afhq"),
     "resnet20-cifar10": ZooEntry(resnet20, "plain CIFAR ResNet20, third-party pretrained weights (BSD-2-Clause); "
                                  "its 9 residual blocks are probed as branches", "cifar10:../shared/data/cifar10",
