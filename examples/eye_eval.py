@@ -11,7 +11,8 @@ the same views:
 * ``chan-vese``: ``probekit run --plugins chan-vese`` on the model's components, position prior off (default);
 * ``chan-vese + prior``: the same with ``chan-vese.prior=true`` (the first batch's mean score), reported apart;
 * ``fixed dots``: two dots at the mean eye position of the aligned cats (a position prior alone);
-* ``raw value``: the same Chan-Vese pipeline on the image's own HSV value channel, no decomposition.
+* ``raw value``: the same pipeline on the image's own HSV value channel as its only component, no
+  decomposition.
 
 It also measures whether any component concentrates on the eyes: on the aligned held-out cats, each component's
 share of its energy (squared values) inside the labelled eye discs (radius ``--radius``), divided by the discs'
@@ -72,21 +73,22 @@ def chan_vese_candidates(model: str, folder: Path, store: Path, prior: bool, res
                     overwrite=True, progress=False, options={"chan-vese": {"prior": str(prior).lower()}}))
     node = open_results(store)["chan-vese"]
     ids = [str(i) for i in node.sample_id.values]
-    centroids = node.eye_centroid.values[:, :, ::-1] / resolution  # (y, x) pixels -> (x, y) fractions
+    centroids = (node.eye_centroid.values[:, :, ::-1] + 0.5) / resolution  # (y, x) pixel indices -> (x, y) fractions
     order = np.argsort(ids, kind="stable")
     return centroids[order], node.attrs["prior"]
 
 
 def raw_value_candidates(views: list[Image.Image], resolution: int) -> np.ndarray:
-    """The same Chan-Vese pipeline on each view's own value channel (one "component", no prior)."""
+    """The same pipeline (default settings, no prior) on each view's own HSV value channel as its only
+    component, at the model's resolution: no decomposition."""
     from probekit_plugins.chan_vese.segmentation import SCORE, SegmentSettings, segment_eyes, value_images
 
     settings = SegmentSettings()
     out = []
     for view in views:
         rgb = np.asarray(view.resize((resolution, resolution), Image.Resampling.LANCZOS), dtype=np.float64) / 255
-        values = value_images(rgb.transpose(2, 0, 1)[None])
-        out.append(segment_eyes(values, [0], SCORE, None, settings).centroids[:, ::-1] / resolution)
+        value = value_images(rgb.transpose(2, 0, 1)[None])[:, None]  # [1, 1, H, W]
+        out.append((segment_eyes(value, [0], SCORE, None, settings).centroids[:, ::-1] + 0.5) / resolution)
     return np.stack(out)
 
 

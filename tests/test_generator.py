@@ -9,7 +9,8 @@ import torch
 from probekit import open_results
 from probekit.models.branches import DiscoveryConfig, discover
 from probekit_plugins.chan_vese.segmentation import (SCORE, PairRule, RoleChoice, SegmentSettings, choose_roles,
-                                       consistent_pairs, sample_prior, segment_eyes, value_images)
+                                                     consistent_pairs, horizontal_pair, init_score, sample_prior,
+                                                     segment_eyes)
 from probekit.zoo.generator import BranchedGenerator, gaussian_blur
 
 
@@ -20,6 +21,36 @@ def test_learnt_diffusion_reconstructs_the_input_exactly():
     r, phis = model.decompose_input(x)
     assert len(phis) == 4 and not torch.allclose(phis[0], phis[1])
     torch.testing.assert_close(r + sum(phis), x, rtol=0, atol=1e-12)
+
+
+@torch.no_grad()
+def test_learnt_diffusion_always_smooths_and_never_leaves_the_input_range():
+    """Whatever the CNN's weights, c stays in its bounds: ten steps keep u within the input's range, never
+    raise its gradient energy, leave flat images flat, and keep R away from x (no R = x shortcut)."""
+    torch.manual_seed(0)
+    model = BranchedGenerator(branches=9, widths=(4, 8), preprocessing="diffusion", resolution=32).double()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+
+    def gradient_energy(u):
+        return float((u.diff(dim=-1) ** 2).sum() + (u.diff(dim=-2) ** 2).sum())
+
+    for scale in (1.0, 50.0, -50.0):  # the learnt conductivity near its middle, its top and its floor
+        for conv in model.diffusion.net[::2]:
+            conv.weight.mul_(abs(scale))
+            conv.bias.fill_(scale)
+        c = model.diffusion.conductivity(x)
+        assert model.diffusion.min_conductivity <= float(c.min()) and float(c.max()) <= model.diffusion.max_conductivity
+        u, energies = x, [gradient_energy(x)]
+        for _ in range(10):
+            u = u - model.tau * model.diffusion(u)
+            energies.append(gradient_energy(u))
+        assert float(u.min()) >= float(x.min()) - 1e-12 and float(u.max()) <= float(x.max()) + 1e-12
+        assert all(b <= a for a, b in zip(energies, energies[1:]))
+        r, phis = model.decompose_input(x)
+        assert float((r - x).norm()) > 0.1 * float((x - x.mean()).norm())  # the branches get a real share
+        torch.testing.assert_close(r + sum(phis), x, rtol=0, atol=1e-10)
+    flat = torch.full((1, 3, 32, 32), 0.4, dtype=torch.float64)
+    assert float(model.diffusion(flat).abs().max()) == 0.0
 
 
 def test_gaussian_preprocessing_blurs_and_feeds_every_branch_the_input():
@@ -47,46 +78,65 @@ def disk(h, centre, radius):
     return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
 
 
-def synthetic_components(seed):
-    """Three grey components of a 64x64 face: blobs on the eyes and nose (init), a textured image that is
-    flat and dark on the eyes (segment), and noise."""
+def synthetic_components(seed, shift=(0, 0)):
+    """Three grey components ``[3, 3, 64, 64]`` of a face whose eyes sit at (24, 20) and (25, 44) moved by
+    ``shift`` (rows, columns): blobs on the eyes and nose (init), a textured image that is flat and dark on the
+    eyes (segment), and noise."""
     rng = np.random.default_rng(seed)
-    eyes = disk(64, (24, 20), 4) | disk(64, (25, 44), 4)
-    nose = disk(64, (42, 32), 3)
+    dy, dx = shift
+    eyes = disk(64, (24 + dy, 20 + dx), 4) | disk(64, (25 + dy, 44 + dx), 4)
+    nose = disk(64, (42 + dy, 32 + dx), 3)
     blobs = 0.05 * rng.random((64, 64)) + 1.0 * (eyes | nose)
     flat = np.where(eyes, 0.1, 0.5 + 0.5 * rng.random((64, 64)))
     noise = rng.random((64, 64))
     return np.stack([np.repeat(c[None], 3, axis=0) for c in (noise, blobs, flat)])
 
 
-def test_roles_and_eye_pair_on_synthetic_components():
-    values = np.stack([value_images(synthetic_components(seed)) for seed in range(4)])
+SHIFTS = [(0, 0), (-10, 8), (12, -9), (5, 10)]
+
+
+def test_roles_and_eye_pair_follow_faces_that_move():
+    """Faces at four positions: the roles come from the eyes' spacing, not their place, and each pair is found
+    where that face's eyes are."""
+    parts = np.stack([synthetic_components(seed, shift) for seed, shift in enumerate(SHIFTS)])
     settings = SegmentSettings()
-    init, chosen = choose_roles(values, RoleChoice(), settings)
+    init, chosen = choose_roles(parts, RoleChoice(), settings)
     assert init == [1]  # the blobs, not the noise or the flat texture
     for segment in (chosen, SCORE, [2]):
-        result = segment_eyes(values[0], init, segment, sample_prior(values, init, settings.sigma), settings)
-        np.testing.assert_allclose(result.centroids, [[24, 20], [25, 44]], atol=1.0)
-        assert 2 * 30 <= result.eyes.sum() <= 2 * 120  # eye disks of 49 pixels, give or take the smoothing
-    assert choose_roles(values, RoleChoice(), settings, init=[0], segment=[2]) == ([0], [2])  # given: kept
-    assert choose_roles(values, RoleChoice(), settings, segment=[2])[0] == [1]
+        for sample, (dy, dx) in zip(parts, SHIFTS):
+            result = segment_eyes(sample, init, segment, None, settings)
+            np.testing.assert_allclose(result.centroids, [[24 + dy, 20 + dx], [25 + dy, 44 + dx]], atol=1.0)
+            assert 2 * 30 <= result.eyes.sum() <= 2 * 120  # eye disks of 49 pixels, give or take the smoothing
+    assert choose_roles(parts, RoleChoice(), settings, init=[0], segment=[2]) == ([0], [2])  # given: kept
+    assert choose_roles(parts, RoleChoice(), settings, segment=[2])[0] == [1]
 
 
-def test_consistent_pairs_counts_pairs_near_their_median():
-    pairs = np.array([[[24, 20], [25, 44]], [[25, 21], [25, 43]], [[50, 5], [50, 30]], [[np.nan] * 2] * 2])
-    assert consistent_pairs(pairs, tolerance=3.0) == 2
+def test_the_position_prior_is_the_mean_score():
+    parts = np.stack([synthetic_components(seed, shift) for seed, shift in enumerate(SHIFTS)])
+    prior = sample_prior(parts, [1], 3.0)
+    assert prior.min() == 0 and prior.max() == 1
+    scores = np.stack([init_score(p, [1], 3.0) for p in parts]).mean(0)
+    np.testing.assert_allclose(prior, (scores - scores.min()) / (scores.max() - scores.min()))
+
+
+def test_consistent_pairs_counts_offsets_near_their_median():
+    pairs = np.array([[[24, 20], [25, 44]], [[35, 1], [35, 26]], [[50, 5], [50, 50]], [[np.nan] * 2] * 2])
+    assert consistent_pairs(pairs, tolerance=3.0) == 2  # the first two have one spacing wherever they are
     assert consistent_pairs(np.full((2, 2, 2), np.nan), tolerance=3.0) == 0
 
 
-def test_no_pair_when_the_region_has_one_blob():
-    mask = disk(64, (30, 30), 5)
-    from probekit_plugins.chan_vese.segmentation import horizontal_pair
+def test_a_pair_needs_two_peaks_on_one_row_at_a_plausible_distance():
+    from scipy.ndimage import gaussian_filter
 
-    eyes, centroids = horizontal_pair(mask, PairRule())
-    assert not eyes.any() and np.isnan(centroids).all()
-    border_pair = disk(64, (61, 20), 4) | disk(64, (61, 44), 4)  # cut by the bottom edge: not eyes
-    assert np.isnan(horizontal_pair(border_pair, PairRule())[1]).all()
-    assert np.isfinite(horizontal_pair(disk(64, (50, 20), 4) | disk(64, (50, 44), 4), PairRule())[1]).all()
+    def score(*centres):
+        return gaussian_filter(sum(disk(64, c, 3).astype(float) for c in centres), 2.0)
+
+    rule = PairRule()
+    assert len(horizontal_pair(score((30, 30)), 12, rule)) == 0  # one blob
+    np.testing.assert_array_equal(horizontal_pair(score((30, 40), (31, 15)), 12, rule), [[31, 15], [30, 40]])
+    assert len(horizontal_pair(score((10, 20), (40, 44)), 12, rule)) == 0  # not on one row
+    assert len(horizontal_pair(score((30, 4), (30, 60)), 12, rule)) == 0  # farther apart than 0.6 W
+    assert len(horizontal_pair(score((30, 30), (30, 33)), 12, rule)) == 0  # closer than 0.12 W
 
 
 @pytest.fixture()

@@ -1,29 +1,30 @@
 """Cat-eye segmentation on generator components with Chan-Vese (paper appendix F, Figs. 12 and 21).
 
-1. Each component ``[3, H, W]`` becomes a scalar image: min-max stretched to
-   [0, 1], then the value channel of HSV (scikit-image ``rgb2hsv``).
-2. *Init* components locate eyes and nose. Their localisation score is the
-   mean |z-score| of their value images, Gaussian-smoothed (``sigma``
-   pixels). With the prior (``prior=true``; off by default) the score is multiplied by the
-   mean score over the samples the roles were chosen on, scaled to [0, 1]:
-   faces in AFHQ and CelebA are aligned, so that mean marks where this data
-   puts eyes and nose. It is learnt from the components alone, no labels.
-3. ``skimage.segmentation.chan_vese`` starts positive on the top
-   ``quantile`` of the score and segments either the score itself
-   (segment ``"init"``) or the mean value image of *segment* components
-   (the paper's choice: components that are flat over the eyes).
-4. The segmented region (its smaller side, if it covers over half the
-   image) is split into connected components. The pair of similar size that
-   sits on one row, side by side, is kept as the eyes: the paper's "row-wise
-   multiplicity of 2". No such pair: nothing is found.
+1. *Init* components locate eyes and nose. Their localisation score ``[H, W]`` is
+   the mean, over init components, of each one's contrast energy (its squared
+   difference from its own mean colour, summed over RGB, divided by its mean
+   so that every init component weighs the same), Gaussian-smoothed (``sigma``
+   pixels). With the prior (``prior=true``; off by default) the score is
+   multiplied by the mean score over the samples the roles were chosen on,
+   scaled to [0, 1]: a position prior, since faces in AFHQ and CelebA are aligned.
+2. The eyes are a pair: of the ``candidates`` strongest local maxima of the
+   score, the two that sit on one row, side by side, at a plausible distance,
+   with the strongest weaker peak (the paper's "row-wise multiplicity of 2").
+   No such pair: nothing is found.
+3. Each eye is segmented by ``skimage.segmentation.chan_vese`` in a window
+   (``window`` x W square) around its peak, started positive on the window's top
+   ``quantile`` of the score. The image segmented is the score itself (segment
+   ``"init"``) or the mean HSV value image (after a min-max stretch to [0, 1]) of
+   *segment* components (the paper's choice: components that are flat over the
+   eyes). The eye is the connected region of the peak's phase that holds the peak.
 
 :func:`choose_roles` picks the roles from a batch of samples without labels:
 init sets grow greedily, one component at a time (at most ``max_init``),
-segmenting the score; then each single other component is tried as the
-segment image against the score. The roles that give the most *consistent*
-pairs win: pairs whose two centroids lie within ``consistency`` x W of the
-median pair over the samples (on aligned faces, pairs that agree across
-samples are eyes; scattered ones are whiskers, fur or nose and mouth).
+segmenting the score; then each single other component is tried as the segment
+image against the score. The roles that give the most *consistent* pairs win:
+pairs whose offset from one eye to the other lies within ``consistency`` x W of
+the median offset over the samples. Eyes keep their spacing wherever the face
+sits in the image; pairs of fur, whiskers or edges do not. No position enters.
 """
 
 from __future__ import annotations
@@ -38,15 +39,12 @@ SCORE = "init"  # segment the init score itself
 
 @dataclass(frozen=True)
 class PairRule:
-    """What counts as a horizontal pair, as fractions of the image: region areas within
-    [``min_area``, ``max_area``], rows within ``row_tolerance`` x H, centres at least ``min_separation`` x W
-    apart, areas within a factor ``area_ratio``; regions that touch the image border are no candidates."""
+    """What counts as a horizontal pair of peaks, as fractions of the image: rows within ``row_tolerance`` x H,
+    centres ``min_separation`` to ``max_separation`` x W apart."""
 
-    min_area: float = 0.001
-    max_area: float = 0.05
     row_tolerance: float = 0.08
     min_separation: float = 0.12
-    area_ratio: float = 3.0
+    max_separation: float = 0.6
 
 
 def value_images(parts: np.ndarray) -> np.ndarray:
@@ -61,17 +59,20 @@ def value_images(parts: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
-def _zscore(images: np.ndarray) -> np.ndarray:
-    flat = images.reshape(len(images), -1)
-    std = flat.std(axis=1, keepdims=True)
-    return ((flat - flat.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1)).reshape(images.shape)
+def contrast_energy(parts: np.ndarray) -> np.ndarray:
+    """``[K, 3, H, W]`` -> ``[K, H, W]``: each component's squared difference from its own mean colour, summed
+    over RGB, divided by its mean over the image (mean 1; a flat component gives zeros)."""
+    parts = parts.astype(np.float64)
+    energy = ((parts - parts.mean(axis=(2, 3), keepdims=True)) ** 2).sum(axis=1)
+    mean = energy.mean(axis=(1, 2), keepdims=True)
+    return energy / np.where(mean > 0, mean, 1)
 
 
-def init_score(values: np.ndarray, init: list[int], sigma: float) -> np.ndarray:
-    """``[H, W]``: the smoothed mean |z-score| of the init components' value images (``values`` ``[K, H, W]``)."""
+def init_score(parts: np.ndarray, init: list[int], sigma: float) -> np.ndarray:
+    """``[H, W]``: the smoothed mean contrast energy of the init components of ``parts`` ``[K, 3, H, W]``."""
     from scipy.ndimage import gaussian_filter
 
-    return gaussian_filter(np.abs(_zscore(values[init])).mean(axis=0), sigma)
+    return gaussian_filter(contrast_energy(parts[init]).mean(axis=0), sigma)
 
 
 def score_prior(scores: np.ndarray) -> np.ndarray:
@@ -81,42 +82,30 @@ def score_prior(scores: np.ndarray) -> np.ndarray:
     return (mean - mean.min()) / span if span > 0 else np.ones_like(mean)
 
 
-def _inside(bbox: tuple[int, int, int, int], h: int, w: int) -> bool:
-    """Whether a region's bounding box (rows and columns, end exclusive) keeps off the image border."""
-    top, left, bottom, right = bbox
-    return top > 0 and left > 0 and bottom < h and right < w
+def horizontal_pair(score: np.ndarray, candidates: int, rule: PairRule) -> np.ndarray:
+    """The two peaks ``[2, (y, x)]`` (left first; pixel indices) of ``score`` ``[H, W]``, among its
+    ``candidates`` strongest local maxima off the border, that form a pair by ``rule`` with the strongest
+    weaker peak; ``[0, 2]`` when there is none."""
+    from skimage.feature import peak_local_max
 
-
-def horizontal_pair(mask: np.ndarray, rule: PairRule) -> tuple[np.ndarray, np.ndarray]:
-    """The best side-by-side pair of regions of ``mask`` ``[H, W]``: its mask and centroids ``[2, (y, x)]``
-    (left eye first; NaN and an empty mask when there is none)."""
-    from skimage.measure import label, regionprops
-
-    h, w = mask.shape
-    regions = [r for r in regionprops(label(mask))
-               if rule.min_area * h * w <= r.area <= rule.max_area * h * w and _inside(r.bbox, h, w)]
-    best, best_cost = None, np.inf
-    for a, b in combinations(regions, 2):
-        (ya, xa), (yb, xb) = a.centroid, b.centroid
-        ratio = max(a.area, b.area) / min(a.area, b.area)
-        if abs(ya - yb) > rule.row_tolerance * h or abs(xa - xb) < rule.min_separation * w or ratio > rule.area_ratio:
+    h, w = score.shape
+    peaks = peak_local_max(score, min_distance=2, num_peaks=candidates, exclude_border=1)
+    best, best_value = np.empty((0, 2), dtype=int), -np.inf
+    for a, b in combinations(peaks, 2):
+        if abs(a[0] - b[0]) > rule.row_tolerance * h:
             continue
-        cost = abs(ya - yb) / h + np.log(ratio)
-        if cost < best_cost:
-            best, best_cost = (a, b), cost
-    if best is None:
-        return np.zeros_like(mask, dtype=bool), np.full((2, 2), np.nan)
-    pair = sorted(best, key=lambda r: r.centroid[1])
-    out = np.zeros_like(mask, dtype=bool)
-    for region in pair:
-        out[tuple(region.coords.T)] = True
-    return out, np.array([r.centroid for r in pair])
+        if not rule.min_separation * w <= abs(a[1] - b[1]) <= rule.max_separation * w:
+            continue
+        value = min(score[tuple(a)], score[tuple(b)])
+        if value > best_value:
+            best, best_value = np.stack(sorted((a, b), key=lambda p: p[1])), value
+    return best
 
 
 @dataclass(frozen=True)
 class Segmentation:
-    """One sample: the Chan-Vese region ``[H, W]``, the kept eye pair ``[H, W]`` and its centroids
-    ``[2, (y, x)]`` in pixels."""
+    """One sample: the Chan-Vese phases holding each eye's peak, in their windows ``[H, W]``; the two eye
+    regions ``[H, W]``; their centroids ``[2, (y, x)]`` in pixel indices (NaN when no pair)."""
 
     region: np.ndarray
     eyes: np.ndarray
@@ -125,80 +114,111 @@ class Segmentation:
 
 @dataclass(frozen=True)
 class SegmentSettings:
-    """``quantile``: share of pixels the level set starts positive on; ``sigma``: smoothing of the init score
-    [pixels]; ``mu``: Chan-Vese's length weight; ``iterations``: its most iterations; ``rule``: the eye pair."""
+    """``sigma``: smoothing of the init score [pixels]; ``candidates``: peaks the pair is chosen from;
+    ``window``: side of the square Chan-Vese runs in around each eye, a fraction of W; ``quantile``: share of
+    the window the level set starts positive on; ``mu``: Chan-Vese's length weight; ``iterations``: its most
+    iterations; ``rule``: the eye pair."""
 
-    quantile: float = 0.05
-    sigma: float = 2.0
+    sigma: float = 3.0
+    candidates: int = 12
+    window: float = 0.3
+    quantile: float = 0.25
     mu: float = 0.25
     iterations: int = 200
     rule: PairRule = field(default_factory=PairRule)
 
 
-def segment_eyes(values: np.ndarray, init: list[int], segment: list[int] | str, prior: np.ndarray | None,
-                 settings: SegmentSettings) -> Segmentation:
-    """One sample's value images ``[K, H, W]``: Chan-Vese on the init score (``segment == "init"``) or on the
-    mean of ``values[segment]``, started from the top of the init score (times ``prior`` ``[H, W]``, if
-    given); then :func:`horizontal_pair`."""
+def segment_around(image: np.ndarray, score: np.ndarray, peak: np.ndarray,
+                   settings: SegmentSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Chan-Vese on ``image`` ``[H, W]`` in a window around ``peak`` ``(y, x)``, started on the top of ``score``:
+    the phase holding the peak, and its connected region that holds the peak (both ``[H, W]``)."""
+    from skimage.measure import label
     from skimage.segmentation import chan_vese
 
-    score = init_score(values, init, settings.sigma)
+    h, w = image.shape
+    half = max(2, int(round(settings.window * w / 2)))
+    top, left = max(peak[0] - half, 0), max(peak[1] - half, 0)
+    window = (slice(top, min(peak[0] + half + 1, h)), slice(left, min(peak[1] + half + 1, w)))
+    local = score[window]
+    start = np.where(local >= np.quantile(local, 1 - settings.quantile), 1.0, -1.0)
+    phase = chan_vese(image[window], mu=settings.mu, max_num_iter=settings.iterations, init_level_set=start)
+    if not phase[peak[0] - top, peak[1] - left]:
+        phase = ~phase
+    regions = label(phase)
+    region, eye = np.zeros((h, w), dtype=bool), np.zeros((h, w), dtype=bool)
+    region[window] = phase
+    eye[window] = regions == regions[peak[0] - top, peak[1] - left]
+    return region, eye
+
+
+def segment_eyes(parts: np.ndarray, init: list[int], segment: list[int] | str, prior: np.ndarray | None,
+                 settings: SegmentSettings) -> Segmentation:
+    """One sample's components ``[K, 3, H, W]``: the init score (times ``prior`` ``[H, W]``, if given), its
+    :func:`horizontal_pair` of peaks, and each eye by :func:`segment_around` on the score
+    (``segment == "init"``) or on the mean value image of ``parts[segment]``."""
+    score = init_score(parts, init, settings.sigma)
     if prior is not None:
         score = score * prior
-    start = score > np.quantile(score, 1 - settings.quantile)
-    image = score if segment == SCORE else values[segment].mean(axis=0)
-    region = chan_vese(image, mu=settings.mu, max_num_iter=settings.iterations,
-                       init_level_set=np.where(start, 1.0, -1.0))
-    if region.mean() > 0.5:
-        region = ~region
-    eyes, centroids = horizontal_pair(region, settings.rule)
-    return Segmentation(region, eyes, centroids)
+    region, eyes = np.zeros(score.shape, dtype=bool), np.zeros(score.shape, dtype=bool)
+    pair = horizontal_pair(score, settings.candidates, settings.rule)
+    if not len(pair):
+        return Segmentation(region, eyes, np.full((2, 2), np.nan))
+    image = score if segment == SCORE else value_images(parts[segment]).mean(axis=0)
+    centroids = []
+    for peak in pair:
+        phase, eye = segment_around(image, score, peak, settings)
+        region |= phase
+        eyes |= eye
+        centroids.append(np.argwhere(eye).mean(axis=0))
+    return Segmentation(region, eyes, np.array(centroids))
 
 
-def sample_prior(values: np.ndarray, init: list[int], sigma: float) -> np.ndarray:
-    """The prior ``[H, W]`` of init components over value images ``[S, K, H, W]``."""
-    return score_prior(np.stack([init_score(v, init, sigma) for v in values]))
+def sample_prior(parts: np.ndarray, init: list[int], sigma: float) -> np.ndarray:
+    """The prior ``[H, W]`` of init components over the components ``[S, K, 3, H, W]`` of S samples."""
+    return score_prior(np.stack([init_score(p, init, sigma) for p in parts]))
 
 
 def consistent_pairs(centroids: np.ndarray, tolerance: float) -> int:
-    """How many of the pairs ``[S, 2, 2]`` (NaN: none found) lie within ``tolerance`` pixels of their median."""
+    """How many of the pairs ``[S, 2, 2]`` (NaN: none found) have an offset between their two centroids within
+    ``tolerance`` pixels of the median offset: eyes keep their spacing wherever the face is; pairs of fur,
+    whiskers or edges do not."""
     found = np.isfinite(centroids).all(axis=(1, 2))
     if not found.any():
         return 0
-    median = np.median(centroids[found], axis=0)
-    return int((np.linalg.norm(centroids[found] - median, axis=2).max(axis=1) <= tolerance).sum())
+    offsets = centroids[found, 1] - centroids[found, 0]
+    return int((np.linalg.norm(offsets - np.median(offsets, axis=0), axis=1) <= tolerance).sum())
 
 
 @dataclass(frozen=True)
 class RoleChoice:
     """Automatic roles: ``max_init`` init components at most, chosen on at most ``samples`` samples;
-    ``consistency``: how close to the median pair a pair must lie, as a fraction of the image width;
+    ``consistency``: how close to the median eye-to-eye offset a pair's must lie, a fraction of the width;
     ``prior``: whether the score is weighted by the sample prior."""
 
     max_init: int = 3
-    samples: int = 16
+    samples: int = 32
     consistency: float = 0.1
-    prior: bool = True
+    prior: bool = False
 
 
-def _consistency(values: np.ndarray, init: list[int], segment: list[int] | str, choice: RoleChoice,
+def _consistency(parts: np.ndarray, init: list[int], segment: list[int] | str, choice: RoleChoice,
                  settings: SegmentSettings) -> int:
-    prior = sample_prior(values, init, settings.sigma) if choice.prior else None
-    centroids = np.stack([segment_eyes(v, init, segment, prior, settings).centroids for v in values])
-    return consistent_pairs(centroids, choice.consistency * values.shape[-1])
+    prior = sample_prior(parts, init, settings.sigma) if choice.prior else None
+    centroids = np.stack([segment_eyes(v, init, segment, prior, settings).centroids for v in parts])
+    return consistent_pairs(centroids, choice.consistency * parts.shape[-1])
 
 
-def choose_roles(values: np.ndarray, choice: RoleChoice, settings: SegmentSettings, init: list[int] | None = None,
+def choose_roles(parts: np.ndarray, choice: RoleChoice, settings: SegmentSettings, init: list[int] | None = None,
                  segment: list[int] | str | None = None) -> tuple[list[int], list[int] | str]:
-    """Roles from value images ``[S, K, H, W]`` (see the module doc); a role given is kept as it is."""
-    values = values[:choice.samples]
-    k = values.shape[1]
+    """Roles from components ``[S, K, 3, H, W]`` (see the module doc); a role given is kept as it is."""
+    parts = parts[:choice.samples]
+    k = parts.shape[1]
     best = -1  # consistent pairs of the chosen init segmenting the score (-1: not counted yet)
     if init is None:
         fixed = [] if segment is None or segment == SCORE else list(segment)
         init = []
         while len(init) < min(choice.max_init, k - 1 - len(fixed)):
-            count, extra = max((_consistency(values, init + [j], segment or SCORE, choice, settings), -j)
+            count, extra = max((_consistency(parts, init + [j], segment or SCORE, choice, settings), -j)
                                for j in range(k) if j not in init + fixed)
             if count <= best:
                 break
@@ -207,9 +227,9 @@ def choose_roles(values: np.ndarray, choice: RoleChoice, settings: SegmentSettin
         return init, segment
     segment = SCORE
     if best < 0:
-        best = _consistency(values, init, SCORE, choice, settings)
+        best = _consistency(parts, init, SCORE, choice, settings)
     for j in (j for j in range(k) if j not in init):
-        count = _consistency(values, init, [j], choice, settings)
+        count = _consistency(parts, init, [j], choice, settings)
         if count > best:
             segment, best = [j], count
     return init, segment
