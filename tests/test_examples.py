@@ -85,7 +85,7 @@ def test_eye_eval_finds_eyes_on_moved_cats_more_often_than_both_baselines(tmp_pa
     results = json.loads((out / "results.json").read_text())
     share = {name: method["share"] for name, method in results["methods"].items()}
     assert results["views"] == 36
-    assert share["chan-vese"] >= 0.3  # measured: 0.61 (roles 5,8; 0.48 on the documented 108 views)
+    assert share["chan-vese"] >= 0.3  # measured: 0.61 (roles 5,8; 0.48 and 0.45 on the documented 108-view sets)
     assert share["chan-vese"] >= share["fixed dots at the aligned mean"] + 0.25
     assert share["chan-vese"] >= share["raw value channel"] + 0.2
     ratios = results["eye_concentration"]["median_per_component"]

@@ -32,7 +32,7 @@ class ChanVeseOptions:
     init: Literal["auto"] | list[int] = "auto"
     segment: Literal["auto", "init"] | list[int] = "auto"
     max_init: int = 3
-    role_samples: int = 32
+    role_samples: int = 64
     consistency: float = 0.1
     prior: bool = False
     sigma: float = 3.0

@@ -196,7 +196,7 @@ class RoleChoice:
     ``prior``: whether the score is weighted by the sample prior."""
 
     max_init: int = 3
-    samples: int = 32
+    samples: int = 64
     consistency: float = 0.1
     prior: bool = False
 
