@@ -247,3 +247,10 @@ def test_gan_training_resumes_to_the_same_weights_and_reports_fidelity(tmp_path,
     extended, _, _ = train_gan(recipe, str(tmp_path / "data"), tmp_path / "c", resume=True, progress=False)
     for a, b in zip(straight.state_dict().values(), extended.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # a checkpoint resumed at its own iteration writes its averaged generator as it is; fewer is refused
+    exported, _, again = train_gan(recipe, str(tmp_path / "data"), tmp_path / "c", resume=True, progress=False)
+    assert again["iterations"] == 4 and len(again["history"]) == 2
+    for a, b in zip(straight.state_dict().values(), exported.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(Exception, match="at iteration 4, past --iterations 2; pass --iterations 4"):
+        train_gan(replace(recipe, iterations=2), str(tmp_path / "data"), tmp_path / "c", resume=True, progress=False)

@@ -193,6 +193,9 @@ def train_gan(recipe: GanRecipe, data_root: str, checkpoint_dir: Path, resume: b
                             (opt_g, "opt_g"), (opt_d, "opt_d")):
             module.load_state_dict(state[key])
         history, start, seconds = state["history"], state["iteration"], state["seconds"]
+        if start > recipe.iterations:
+            raise ProbekitError(f"{last} is at iteration {start}, past --iterations {recipe.iterations}; pass "
+                                f"--iterations {start} to write its averaged generator as it is")
         print(f"resuming after iteration {start} of {recipe.iterations}", flush=True)
     bar = tqdm(range(start, recipe.iterations), desc="iterations", unit="it", disable=not progress, mininterval=5,
                initial=start, total=recipe.iterations)
