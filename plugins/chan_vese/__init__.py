@@ -22,8 +22,8 @@ from .segmentation import SCORE, RoleChoice, SegmentSettings, choose_roles, samp
 class ChanVeseOptions:
     """``init``: ``auto`` or comma-separated branch indices; ``segment``: ``auto``, ``init`` (segment the init
     score) or branch indices; ``max_init``: most init components auto picks; ``role_samples``: samples of the
-    first batch auto looks at; ``consistency``: distance from the median pair that counts as consistent, a
-    fraction of the width; ``prior``: weight the score by the first batch's mean score (a position prior: off
+    first batch auto looks at; ``consistency``: how far a pair's eye-to-eye offset may lie from the median
+    offset and count as consistent, a fraction of the width; ``prior``: weight the score by the first batch's mean score (a position prior: off
     by default, and named in the node's ``prior`` attr when on); ``sigma``: smoothing of the init score
     [pixels]; ``candidates``: score peaks the eye pair is chosen from; ``window``: side of the square
     Chan-Vese runs in around each eye, a fraction of the width; ``init_quantile``: share of that window the
