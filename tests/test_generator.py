@@ -45,7 +45,7 @@ def test_learnt_diffusion_always_smooths_and_never_leaves_the_input_range():
             u = u - model.tau * model.diffusion(u)
             energies.append(gradient_energy(u))
         assert float(u.min()) >= float(x.min()) - 1e-12 and float(u.max()) <= float(x.max()) + 1e-12
-        assert all(b <= a for a, b in zip(energies, energies[1:]))
+        assert all(b <= a for a, b in zip(energies, energies[1:], strict=False))
         r, phis = model.decompose_input(x)
         assert float((r - x).norm()) > 0.1 * float((x - x.mean()).norm())  # the branches get a real share
         torch.testing.assert_close(r + sum(phis), x, rtol=0, atol=1e-10)
@@ -103,7 +103,7 @@ def test_roles_and_eye_pair_follow_faces_that_move():
     init, chosen = choose_roles(parts, RoleChoice(), settings)
     assert init == [1]  # the blobs, not the noise or the flat texture
     for segment in (chosen, SCORE, [2]):
-        for sample, (dy, dx) in zip(parts, SHIFTS):
+        for sample, (dy, dx) in zip(parts, SHIFTS, strict=True):
             result = segment_eyes(sample, init, segment, None, settings)
             np.testing.assert_allclose(result.centroids, [[24 + dy, 20 + dx], [25 + dy, 44 + dx]], atol=1.0)
             assert 2 * 30 <= result.eyes.sum() <= 2 * 120  # eye disks of 49 pixels, give or take the smoothing

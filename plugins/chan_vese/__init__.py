@@ -23,11 +23,12 @@ class ChanVeseOptions:
     """``init``: ``auto`` or comma-separated branch indices; ``segment``: ``auto``, ``init`` (segment the init
     score) or branch indices; ``max_init``: most init components auto picks; ``role_samples``: samples of the
     first batch auto looks at; ``consistency``: how far a pair's eye-to-eye offset may lie from the median
-    offset and count as consistent, a fraction of the width; ``prior``: weight the score by the first batch's mean score (a position prior: off
-    by default, and named in the node's ``prior`` attr when on); ``sigma``: smoothing of the init score
-    [pixels]; ``candidates``: score peaks the eye pair is chosen from; ``window``: side of the square
-    Chan-Vese runs in around each eye, a fraction of the width; ``init_quantile``: share of that window the
-    level set starts positive on; ``mu``: Chan-Vese's length weight; ``iterations``: its most iterations."""
+    offset and count as consistent, a fraction of the width; ``prior``: weight the score by the first batch's
+    mean score (a position prior: off by default, and named in the node's ``prior`` attr when on); ``sigma``:
+    smoothing of the init score [pixels]; ``candidates``: score peaks the eye pair is chosen from; ``window``:
+    side of the square Chan-Vese runs in around each eye, a fraction of the width; ``init_quantile``: share of
+    that window the level set starts positive on; ``mu``: Chan-Vese's length weight; ``iterations``: its most
+    iterations."""
 
     init: Literal["auto"] | list[int] = "auto"
     segment: Literal["auto", "init"] | list[int] = "auto"
