@@ -2,6 +2,8 @@
 
     python examples/eye_eval.py --data-root ../shared/data --out eye-eval [--model afhq-cat-branched9]
 
+``--model`` is ``afhq-cat-diffusion9`` (the cat generator with the most eye-like components) unless given.
+
 Each of the 18 held-out sample cats (``examples/held_out_cats.py``) is randomly cropped (a square of 0.62-0.78
 of the side), placed anywhere in the image, and mirrored half the time: ``--per-cat`` views per cat for each
 seed in ``--seeds``. The hand-placed eye centres (``tests/data/afhq-cat-eyes.json``) follow the same transform.
@@ -125,7 +127,7 @@ def eye_concentration(model: str, cats: list[Path], labels: dict, out: Path, rad
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--model", default="afhq-cat-branched9")
+    parser.add_argument("--model", default="afhq-cat-diffusion9", help="a zoo name or a generator weights file")
     parser.add_argument("--out", type=Path, default=Path("eye-eval"))
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds of the random views")
     parser.add_argument("--per-cat", type=int, default=3, help="views per cat and seed")

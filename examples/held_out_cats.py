@@ -1,10 +1,11 @@
-"""Probe afhq-cat-branched9 on the sample cats it was not trained on, as in docs/figures/.
+"""Probe a bundled cat generator on the sample cats it was not trained on, as in docs/figures/.
 
-    python examples/held_out_cats.py --data-root ../shared/data --out held-out-cats
+    python examples/held_out_cats.py --data-root ../shared/data --out held-out-cats [--model afhq-cat-diffusion9]
 
 Links the cats of ``samples/afhq/cat`` whose file names are not in
 ``afhq-cat-128/train/cat`` into ``<out>/images/cat`` (an ImageFolder tree),
-then runs ``probekit run --plugins decomposition,chan-vese --report`` on them:
+then runs ``probekit run --model <model> --plugins decomposition,chan-vese --report`` on them (``--model``:
+``afhq-cat-branched9`` unless given):
 the store is ``<out>/cats.zarr`` and the figures are in ``<out>/cats-report``.
 Extra arguments go to ``probekit run`` (e.g. ``--option chan-vese.init=5,6,0``).
 """
@@ -32,6 +33,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     parser.add_argument("--out", type=Path, default=Path("held-out-cats"))
+    parser.add_argument("--model", default="afhq-cat-branched9", help="a zoo name or a generator weights file")
     args, extra = parser.parse_known_args()
     folder = args.out / "images" / "cat"
     if folder.exists():
@@ -41,7 +43,7 @@ def main() -> int:
     for path in cats:
         (folder / path.name).symlink_to(path.resolve())
     print(f"{len(cats)} held-out cats linked into {folder}")
-    return probekit(["run", "--model", "afhq-cat-branched9", "--data", f"imagefolder:{folder.parent}",
+    return probekit(["run", "--model", args.model, "--data", f"imagefolder:{folder.parent}",
                      "--plugins", "decomposition,chan-vese", "--out", str(args.out / "cats.zarr"), "--report",
                      *extra])
 

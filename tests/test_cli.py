@@ -64,8 +64,9 @@ def test_show_and_plugins_and_models(cli, tmp_path):
     code, stdout, _ = cli("models")
     listed = {line.split()[0]: line for line in stdout.splitlines()}
     assert "weights not bundled" not in listed["digits-branched8"]
+    assert "weights not bundled" not in listed["afhq-cat-diffusion9"]
     assert set(listed) >= {"toy1", "toy2", "digits-branched8", "cifar10-branched16", "afhq-cat-branched9",
-                           "celeba-branched9"}
+                           "afhq-cat-diffusion9", "celeba-branched9"}
 
 
 def _one_line_error(code, stdout, stderr, expected):

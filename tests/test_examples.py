@@ -75,9 +75,10 @@ def test_eye_eval_views_move_the_eye_labels_with_the_image():
 
 
 def test_eye_eval_finds_eyes_on_moved_cats_more_often_than_both_baselines(tmp_path, shared_data):
-    """The bundled cat generator on 36 moved views (one per held-out cat and seed): Chan-Vese on the components,
-    prior off, against fixed dots and the same pipeline on the raw value channel; and a component whose energy
-    concentrates on the eyes more than the input's contrast does."""
+    """The script's default cat generator (``afhq-cat-diffusion9``) on 36 moved views (one per held-out cat and
+    seed): Chan-Vese on the components, prior off, finds both eyes on at least half, well above fixed dots and the
+    same pipeline on the raw value channel; and a component concentrates its energy on the eyes far more than the
+    input's contrast does."""
     out = tmp_path / "eyes"
     result = subprocess.run([sys.executable, str(REPO / "examples" / "eye_eval.py"), "--data-root", str(shared_data),
                              "--out", str(out), "--per-cat", "1"], capture_output=True, text=True)
@@ -85,8 +86,8 @@ def test_eye_eval_finds_eyes_on_moved_cats_more_often_than_both_baselines(tmp_pa
     results = json.loads((out / "results.json").read_text())
     share = {name: method["share"] for name, method in results["methods"].items()}
     assert results["views"] == 36
-    assert share["chan-vese"] >= 0.3  # measured: 0.61 (roles 5,8; 0.48 and 0.45 on the documented 108-view sets)
+    assert share["chan-vese"] >= 0.5  # measured: 0.61 (22 of 36; 0.61, 0.62 and 0.59 on the 108-view sets)
     assert share["chan-vese"] >= share["fixed dots at the aligned mean"] + 0.25
     assert share["chan-vese"] >= share["raw value channel"] + 0.2
     ratios = results["eye_concentration"]["median_per_component"]
-    assert max(ratios[:-1]) >= 2 * ratios[-1]  # measured: v5 4.09x against the input's 0.85x
+    assert max(ratios[:-1]) >= 4 * ratios[-1]  # measured: v1 5.36x against the input's 0.85x

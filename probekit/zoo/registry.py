@@ -49,7 +49,7 @@ ZOO: dict[str, ZooEntry] = {
     "afhq-cat-branched9": ZooEntry(branched_generator, "9-branch generator re-generating AFHQ cats (paper section 7)",
                                    "imagefolder:../shared/data/samples/afhq"),
     "afhq-cat-diffusion9": ZooEntry(branched_generator, "9 wider branches with a learnt nonlinear diffusion "
-                                    "(paper Eqs. 16-17), AFHQ cats at 64 px; in training",
+                                    "(paper Eqs. 16-17) re-generating AFHQ cats at 64 px",
                                     "imagefolder:../shared/data/samples/afhq"),
     "resnet20-cifar10": ZooEntry(resnet20, "plain CIFAR ResNet20, third-party pretrained weights (BSD-2-Clause); "
                                  "its 9 residual blocks are probed as branches", "cifar10:../shared/data/cifar10",
