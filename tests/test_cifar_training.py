@@ -9,6 +9,8 @@ from probekit import ProbekitError
 
 from probekit.zoo.cifar_training import CifarRecipe, augment, train_cifar
 
+pytestmark = pytest.mark.timeout(300)  # these tests train: a hung kernel fails them with its stack
+
 
 def tiny_cifar(shared_data, tmp_path, per_class=4):
     """A real ImageFolder CIFAR-10 with ``per_class`` images per class and split."""

@@ -206,6 +206,7 @@ def image_tree(root, classes, per_class, size=20, seed=0, prefix=""):
             Image.fromarray(pixels).save(root / c / f"{prefix}{c}{i}.png")
 
 
+@pytest.mark.timeout(300)  # it trains: a hung kernel fails it with its stack
 def test_gan_training_resumes_to_the_same_weights_and_reports_fidelity(tmp_path, monkeypatch):
     from probekit.zoo import gan_training
     from probekit.zoo.gan_training import GanRecipe, train_gan

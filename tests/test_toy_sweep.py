@@ -8,6 +8,8 @@ from probekit.zoo.architectures import branched_perceptron
 from probekit.run.datasets import TOY_POINTS
 from probekit.zoo.toy_sweep import FlatNetworks, SweepConfig, initial_parameters, parse_branch_counts, run_sweep, train
 
+pytestmark = pytest.mark.timeout(300)  # these tests train: a hung kernel fails them with its stack
+
 
 def plain_training(w0, b0, task, steps, lr):
     """One network trained the ordinary way: nn.Modules, autograd and torch.optim.SGD, in float64."""
