@@ -194,14 +194,18 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from probekit.plugins import plugin_infos
+    from probekit.plugins import broken_plugins, plugin_infos
     from probekit.run.registry import checked_analyses
 
     if args.name:
         return describe_analysis(args.name)
     registered, invalid = checked_analyses()
+    broken = broken_plugins()
+    for name, problem in sorted(broken.items()):
+        print(f"broken plugin {escape(name)}: left out, {escape(problem)}")
     for name, problem in sorted(invalid.items()):
-        print(f"invalid analysis {name}: {escape(problem)}")
+        if name not in broken:
+            print(f"invalid analysis {name}: {escape(problem)}")
     by_plugin: dict[str, list[str]] = {}
     for name, (_, plugin) in registered.items():
         by_plugin.setdefault(plugin, []).append(name)
@@ -315,8 +319,14 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"probekit: warning: {escape(message)}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
+
+    warnings.formatwarning = _one_line_warning  # a warning (a plugin left out, an incomplete store) is one line
 
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_terminated)

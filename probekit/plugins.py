@@ -13,6 +13,7 @@ none), which is handy in tests.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -51,18 +52,33 @@ def _make_manager(group: str = ENTRY_POINT_GROUP, builtins: tuple[str, ...] = _B
             continue
         try:
             plugin = ep.load()
-        except Exception as exc:  # a broken third-party plugin must not kill the CLI
-            raise ProbekitError(f"plugin {ep.name!r} ({ep.value}) failed to import: {exc}") from exc
-        pm.register(plugin, name=ep.name)
+        except Exception as exc:  # a broken third-party plugin must not kill the CLI: it is left out
+            _leave_out(ep.name, f"its module {ep.value} failed to import ({type(exc).__name__}: {exc})")
+            continue
+        try:
+            pm.register(plugin, name=ep.name)
+            pm.check_pending()  # a hook implementation whose name matches no hook (a typo) is an error now
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            if pm.is_registered(plugin):
+                pm.unregister(plugin)
+            _leave_out(ep.name, f"it does not register: {str(exc).splitlines()[0]}")
+            continue
         dist = ep.dist
         _versions[ep.name] = dist.version if dist is not None else "unknown"
-    try:
-        pm.check_pending()  # a hook implementation whose name matches no hook (a typo) is an error now
-    except pluggy.PluginValidationError as exc:
-        raise ProbekitError(f"plugin {exc.plugin_name!r}: {str(exc).splitlines()[0]}") from exc
     return pm
 
 
+def _leave_out(name: str, reason: str) -> None:
+    """Record a plugin that cannot be used, and say so in one warning line."""
+    _broken[name] = reason
+    warnings.warn(PluginWarning(f"plugin {name!r} is left out: {reason}"), stacklevel=3)
+
+
+class PluginWarning(UserWarning):
+    """A plugin that is left out (it failed to import or register); the others work."""
+
+
+_broken: dict[str, str] = {}  # plugin name -> why it is left out
 _versions: dict[str, str] = {}
 
 
@@ -84,19 +100,39 @@ def plugin_infos() -> list[PluginInfo]:
     return sorted(infos, key=lambda i: i.name)
 
 
-def collect(hook_name: str) -> dict:
-    """Call a ``register``-style hook; return ``{key: (value, plugin_name)}``."""
+def broken_plugins() -> dict[str, str]:
+    """``{plugin name: why it is left out}`` of the plugins that failed to import, register or run their
+    ``register`` hooks."""
+    manager()
+    return dict(_broken)
+
+
+def collect(hook_name: str, entry=None) -> dict:
+    """Call a ``register``-style hook; return ``{key: (value, plugin_name)}``. ``entry(*args)`` turns the
+    arguments of one ``register`` call into ``(key, value)`` (default: ``register(key, value)`` or
+    ``register(AnalysisClass)``). A plugin whose hook raises contributes nothing and is left out
+    (:func:`broken_plugins`)."""
     pm = manager()
     found: dict = {}
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        mine: dict = {}
 
-        def register(key, value=None, _plugin=impl.plugin_name):
-            if value is None:  # register(AnalysisClass)
-                key, value = key.name, key
-            found[key] = (value, _plugin)
+        def register(*args, _plugin=impl.plugin_name, _into=mine, **kwargs):
+            key, value = (entry or _key_value)(*args, **kwargs)
+            _into[key] = (value, _plugin)
 
-        impl.function(register)
+        try:
+            impl.function(register)
+        except Exception as exc:  # noqa: BLE001 - a plugin's own fault, reported and isolated
+            pm.unregister(name=impl.plugin_name)
+            _leave_out(impl.plugin_name, f"its {hook_name} hook raised {type(exc).__name__}: {exc}")
+            continue
+        found.update(mine)
     return found
+
+
+def _key_value(key, value=None) -> tuple:
+    return (key.name, key) if value is None else (key, value)  # register(AnalysisClass) or register(key, value)
 
 
 def datasets() -> dict:
@@ -111,14 +147,9 @@ def model_loaders() -> dict:
 
 def model_names() -> dict:
     """``{name: (loader, description, data, plugin name)}`` of the bare model names plugins registered."""
-    found: dict = {}
-    for impl in manager().hook.probekit_register_model_names.get_hookimpls():
-
-        def register(name, loader, description="", data="", _plugin=impl.plugin_name):
-            found[name] = (loader, description, data, _plugin)
-
-        impl.function(register)
-    return found
+    found = collect("probekit_register_model_names",
+                    lambda name, loader, description="", data="": (name, (loader, description, data)))
+    return {name: (*value, plugin) for name, (value, plugin) in found.items()}
 
 
 def safe_model_modules() -> tuple[str, ...]:

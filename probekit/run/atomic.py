@@ -9,11 +9,16 @@ from pathlib import Path
 
 import torch
 
+from probekit.store.files import temporary_beside
+
 
 def save_atomically(obj, path: Path) -> None:
-    """``torch.save`` to ``<path>.tmp``, then rename: a crash leaves the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    """``torch.save`` to a new unpredictable file beside ``path`` (never through a planted link), then rename:
+    a crash leaves the old file or the new one, never half."""
+    with temporary_beside(path) as (f, tmp):
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

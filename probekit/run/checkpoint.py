@@ -1,7 +1,7 @@
 """Checkpoints of a run in progress, so ``probekit run --resume`` continues an interrupted run.
 
 Every ``--checkpoint-every`` batches the runner writes every per-sample
-row it has buffered to the store, then ``<store>.tmp/checkpoint.pt``
+row it has buffered to the store, then ``<store>.tmp-<run id>/checkpoint.pt``
 (atomically): the position of the next sample, each analysis's streaming
 state (its ``merge_rules`` attributes), the errors so far, the samples
 flagged NaN/Inf and the targets seen so far, with a fingerprint of the run's settings. ``--resume``
@@ -62,6 +62,7 @@ def save(folder: Path, settings: str, position: int, states: dict, errors: dict,
     """Flush ``arrays`` (per-sample rows before ``position``), then write the checkpoint atomically."""
     for array in arrays:
         array.checkpoint()
+    folder.mkdir(exist_ok=True)  # the staging folder: only per-sample arrays create it before the end
     save_atomically({"settings": settings, "position": position, "states": encode(states), "errors": errors,
                      "nonfinite": nonfinite, "targets": encode(targets)}, folder / CHECKPOINT)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import warnings
 
 from probekit.errors import ProbekitError
-from probekit.plugins import collect
+from probekit.plugins import broken_plugins, collect
 
 
 def analyses() -> dict:
     """``{analysis name: (Analysis class, plugin name)}`` of the valid analyses. Names that could not be a store
     node (see :func:`probekit.store.results.check_node_name`) are left out with a warning; classes that fail
-    :func:`probekit.run.validation.check_class` are left out and listed by :func:`invalid_analyses`."""
+    :func:`probekit.run.validation.check_class` are left out and listed by :func:`invalid_analyses`, as are
+    plugins that are left out whole (:func:`probekit.plugins.broken_plugins`), under the plugin's name."""
     return checked_analyses()[0]
 
 
@@ -38,6 +39,9 @@ def checked_analyses() -> tuple[dict, dict[str, str]]:
             invalid[name] = f"plugin {plugin!r}: {exc}"
             continue
         found[name] = (cls, plugin)
+    for plugin, reason in broken_plugins().items():  # asked for by its plugin's name, it fails in one line
+        if plugin not in found:
+            invalid.setdefault(plugin, f"plugin {plugin!r} is left out: {reason}")
     return found, invalid
 
 

@@ -39,6 +39,7 @@ import xarray as xr
 import zarr
 
 from probekit.errors import ProbekitError, escape
+from probekit.store.files import real_store_path
 from probekit.store.lock import StoreLock
 from probekit.store.location import exists, is_url, local_path, name_of, remote_root_metadata, upload
 from probekit.store.manifest import damage, manifest
@@ -104,7 +105,7 @@ class StoreWriter:
     """Writes one run's store following the protocol in the module docstring."""
 
     def __init__(self, path: str | Path, overwrite: bool = False, resume: bool = False):
-        self.path = local_path(path)
+        self.path = real_store_path(local_path(path))
         if self.path.exists() and not (overwrite or resume):
             raise ProbekitError(f"output store {self.path} already exists; pass --overwrite to replace it")
         self.replacing = self.path.exists() and not resume
