@@ -333,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
+    shown = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning  # a warning (a plugin left out, an incomplete store) is one line
     try:
         return args.func(args)
     except ProbekitError as exc:
@@ -353,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # disk full, file too large, permissions: one line, not a traceback
         print(f"probekit: error: {escape(exc)}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":

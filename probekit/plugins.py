@@ -21,7 +21,6 @@ from importlib import metadata
 import pluggy
 
 from probekit import hookspecs
-from probekit.errors import ProbekitError
 
 ENTRY_POINT_GROUP = "probekit"
 _BUILTIN_MODULES = ("probekit.run.datasets", "probekit.models.loaders", "probekit.models.discovery")

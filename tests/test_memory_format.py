@@ -35,7 +35,8 @@ def test_training_gets_channels_last_only_with_gradients_as_accurate_as_contiguo
 
 def test_a_wrong_gradient_is_found_and_rounding_is_not():
     torch.manual_seed(0)
-    exact = {"conv.weight": torch.randn(8, 3, 3, 3, dtype=torch.float64), "conv.bias": torch.zeros(8, dtype=torch.float64)}
+    exact = {"conv.weight": torch.randn(8, 3, 3, 3, dtype=torch.float64),
+             "conv.bias": torch.zeros(8, dtype=torch.float64)}
     rounded = {k: (v.float() + 1e-7 * torch.randn(v.shape)).double() for k, v in exact.items()}
     assert disagreement(exact, rounded, {k: v.clone() for k, v in rounded.items()}) is None
     wrong = {k: v.clone() for k, v in rounded.items()}

@@ -12,8 +12,8 @@ from PIL import Image
 
 from probekit import hookimpl
 from probekit.plugins import manager
-from probekit.store.results import open_results
 from probekit.store.manifest import manifest
+from probekit.store.results import open_results, seal_root
 from helpers import run_analyses
 
 
@@ -125,6 +125,7 @@ def test_report_reads_no_per_sample_array(cli, demo_store, tmp_path):
     root.attrs["manifests"] = json.dumps({"activity": manifest(store / "activity"),
                                           **{k: v for k, v in json.loads(root.attrs["manifests"]).items()
                                              if k != "activity"}})
+    seal_root(store)
     with pytest.raises(Exception, match="checksum"):
         open_results(store)["activity"].response_norm.load()
     code, _, err = cli("report", store)

@@ -39,25 +39,18 @@ import xarray as xr
 import zarr
 
 from probekit.errors import ProbekitError, escape
-from probekit.store.files import real_store_path
+from probekit.store.files import real_store_path, temporary_beside
+from probekit.store.names import check_node_name
 from probekit.store.lock import StoreLock
-from probekit.store.location import exists, is_url, local_path, name_of, remote_root_metadata, upload
+from probekit.store.location import exists, filesystem, is_url, local_path, name_of, remote_root_metadata, upload
 from probekit.store.manifest import damage, manifest
+from probekit.store.untrusted import (CHECKSUM_ATTR, check_manifest_keys, check_metadata, check_root_checksum,
+                                     local_files, read_local, root_checksum)
 
 STATUS_ATTR = "probekit_status"
 STAGING_ATTR = "probekit_staging"
 MANIFESTS_ATTR = "manifests"
 DAMAGED_ATTR = "damaged_nodes"
-NODE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
-
-
-def check_node_name(name: str) -> str:
-    """``name`` if it is a safe node (and analysis) name: lowercase letters, digits, ``-`` and ``_``, starting
-    with a letter, at most 64 characters; so no path separators, ``..`` or hidden files."""
-    if not isinstance(name, str) or not NODE_NAME.fullmatch(name):
-        raise ProbekitError(f"{name!r} is not a valid analysis or node name (lowercase letters, digits, - and _, "
-                            "starting with a letter)")
-    return name
 
 
 def checksummed_compressors() -> tuple:
@@ -206,6 +199,7 @@ class StoreWriter:
         with warnings.catch_warnings():  # zarr 3 warns that consolidation is not in its v3 spec yet
             warnings.simplefilter("ignore", UserWarning)
             zarr.consolidate_metadata(str(self.target))
+        seal_root(self.target)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         if self.replacing:
@@ -216,6 +210,18 @@ class StoreWriter:
         for stale in self._stale_siblings():
             shutil.rmtree(stale, ignore_errors=True)
         self.release()
+
+
+def seal_root(store: Path) -> None:
+    """Record the root ``zarr.json``'s checksum in it (:func:`probekit.store.untrusted.root_checksum`), atomically."""
+    path = store / "zarr.json"
+    document = json.loads(path.read_bytes())
+    document.setdefault("attributes", {})[CHECKSUM_ATTR] = root_checksum(document)
+    with temporary_beside(path) as (f, tmp):
+        f.write(json.dumps(document, indent=2).encode())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def check_staging_name(name: str, store_name: str) -> str:
@@ -301,26 +307,66 @@ def open_results(path: str | Path, chunks: dict | None = None) -> xr.DataTree:
 
     Variables load on access. ``chunks={}`` makes them dask arrays in the store's own chunks (per-sample
     arrays are chunked along ``sample``), for out-of-core or dask.distributed analysis. An incomplete store
-    (a run that was interrupted) still opens, with a warning. In a local store, a node whose files differ
-    from the manifest written with it is left out of the tree, with a warning naming what is wrong, and
-    listed in the root attr ``damaged_nodes``; the other nodes stay readable.
+    (a run that was interrupted) still opens, with a warning. The store is untrusted input: its files, codecs,
+    manifest and root checksum are checked before anything is decoded (:mod:`probekit.store.untrusted`). In a
+    local store, a node whose files differ from the manifest written with it is left out of the tree, unread,
+    with a warning naming what is wrong, and listed in the root attr ``damaged_nodes``; the other nodes stay
+    readable.
     """
     if not exists(path):
         raise ProbekitError(f"results store not found: {path}")
     location = str(path) if is_url(path) else str(local_path(path))
-    status = store_status(location)
+    root = checked_root(location)
+    attrs = root.get("attributes") or {}
+    if STATUS_ATTR not in attrs:
+        raise ProbekitError(f"{path} is not a probekit results store (its root has no {STATUS_ATTR})")
+    status = str(attrs[STATUS_ATTR])
     if status == "incomplete":
         warnings.warn(f"{path} is incomplete: its run did not finish", stacklevel=2)
-    # consolidated metadata when present (a run that died while finishing may have none)
-    tree = xr.open_datatree(location, engine="zarr", consolidated=None if status != "incomplete" else False,
-                            chunks=chunks)
-    damaged = {} if is_url(path) else _damaged_nodes(Path(location), tree.attrs)
+    damaged = {} if is_url(path) else _damaged_nodes(Path(location), attrs)
     for name, problem in damaged.items():
         warnings.warn(f"{path}: node {name!r} is damaged and left out: {problem}", stacklevel=2)
+    # consolidated metadata when present (a run that died while finishing may have none)
+    consolidated = None if status != "incomplete" else False
+    try:
+        if damaged:  # the damaged nodes are never opened: their chunks may decode into anything
+            tree = _tree_without(location, set(damaged), consolidated, chunks)
+        else:
+            tree = xr.open_datatree(location, engine="zarr", consolidated=consolidated, chunks=chunks)
+    except ProbekitError:
+        raise
+    except Exception as exc:
+        raise ProbekitError(f"{path} cannot be read as a results store: {type(exc).__name__}: {exc}") from exc
     if damaged:
-        tree = tree.drop_nodes([n for n in damaged if n in tree.children])
         tree.attrs[DAMAGED_ATTR] = json.dumps(damaged)
     return tree
+
+
+def checked_root(location: str) -> dict:
+    """The root document of the store at ``location`` once every check of :mod:`probekit.store.untrusted`
+    has passed."""
+    if is_url(location):
+        fs, base = filesystem(location)
+        base = base.rstrip("/")
+        files = [p[len(base) + 1:] for p in fs.find(base)]
+        root = check_metadata(files, lambda rel: fs.cat_file(f"{base}/{rel}"), location)
+    else:
+        folder = Path(location)
+        if not folder.is_dir():
+            raise ProbekitError(f"{location} is not a probekit results store (not a folder)")
+        root = check_metadata(local_files(folder), lambda rel: read_local(folder, rel), location)
+    check_root_checksum(root, location)
+    check_manifest_keys(json.loads((root.get("attributes") or {}).get(MANIFESTS_ATTR, "{}") or "{}"), location)
+    return root
+
+
+def _tree_without(location: str, left_out: set[str], consolidated, chunks) -> xr.DataTree:
+    """The store's tree without the nodes in ``left_out``, each remaining node opened on its own."""
+    group = zarr.open_group(location, mode="r", use_consolidated=False)
+    nodes = {"/": xr.Dataset(attrs=dict(group.attrs))}
+    for name in sorted(n for n, _ in group.groups() if n not in left_out):
+        nodes[name] = xr.open_dataset(location, group=name, engine="zarr", consolidated=False, chunks=chunks)
+    return xr.DataTree.from_dict(nodes)
 
 
 def _damaged_nodes(root: Path, attrs: dict) -> dict[str, str]:

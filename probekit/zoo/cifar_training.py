@@ -4,8 +4,9 @@ Data: the CIFAR-10 train split decoded once into a uint8 tensor; standard
 augmentation (random crop with 4 pixels of zero padding, horizontal flip).
 Model and batches are channels-last (on one CPU thread 1.3-1.4x faster than
 contiguous) only where :mod:`probekit.zoo.memory_format` finds that format's
-weight gradients right on this CPU; contiguous otherwise. Optimiser: SGD, momentum 0.9 (Nesterov), weight decay 5e-4, one-cycle
-learning rate peaking at 0.02, batch 128. Loss: the paper's scheme by default
+weight gradients right on this CPU; contiguous otherwise. Optimiser: SGD,
+momentum 0.9 (Nesterov), weight decay 5e-4, one-cycle learning rate peaking
+at 0.02, batch 128. Loss: the paper's scheme by default
 (:func:`probekit.zoo.resnet.clamped_softmax_loss`), or plain cross-entropy on
 unclamped logits.
 
