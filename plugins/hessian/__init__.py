@@ -10,7 +10,7 @@ in eval mode, so BatchNorm uses its running statistics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
@@ -21,7 +21,7 @@ from probekit.api import (Analysis, analysis_hooks, Batch, init_note, model_stat
                           summed_loss)
 from .exact import (MAX_HEAD_OUTPUTS, WITHIN, ZERO_PROBES, MemoryPlan, generic_hessian, is_plain_sum, parse_bytes,
                     saved_bytes, summed_hessian, summed_layer_of)
-from .estimate import estimate
+from .estimate import Estimates, estimate
 from .params import block_slices, param_coords, select_params
 
 METHODS = ("auto", "summed", "generic")
@@ -81,7 +81,11 @@ class Hessian(Analysis):
     name = "hessian"
     plot = "probekit_plugins.hessian.plot:plot_hessian"
     needs_targets = True
-    merge_rules = {"sums": "sum", "samples": "sum", "batches": "sum", "zero_within": "custom"}
+    # what the first batch decides (method, fallbacks, a switch to estimates) is state too: a resumed run must
+    # finish the way the interrupted one started
+    merge_rules = {"sums": "sum", "samples": "sum", "batches": "sum", "zero_within": "custom", "method": "custom",
+                   "not_plain": "custom", "mode": "custom", "switch_reason": "custom", "estimates": "custom",
+                   "estimated_samples": "custom"}
     description = "exact loss Hessian over chosen parameters, blocked by branch (paper section 5, Fig. 5)"
     Options = HessianOptions
 
@@ -102,7 +106,7 @@ class Hessian(Analysis):
         self.zero_within: set[tuple[str, str]] = set()
         self.not_plain = False  # auto fell back to generic: the container is not a plain sum
         self.mode = options.mode  # becomes "estimate" when auto finds the exact matrix too slow or too large
-        self.estimates: dict[str, object] = {}
+        self.estimates: dict[str, dict] = {}  # state -> the fields of its Estimates (plain arrays, checkpointable)
         self.switch_reason = ""
         self.estimated_samples = 0
 
@@ -156,15 +160,17 @@ class Hessian(Analysis):
         def loss_of(m):
             return summed_loss(self.loss, m(inputs), targets, self.name)
 
-        self.estimates[state] = estimate(loss_of, model, self.blocks, len(inputs), self.options.probes,
+        self.estimates[state] = asdict(estimate(loss_of, model, self.blocks, len(inputs), self.options.probes,
                                          self.options.eigenvalues if self.options.lanczos else 0,
                                          self.options.lanczos_steps, self.context.seed,
-                                         max_time=self.options.max_time, progress=True)
+                                         max_time=self.options.max_time, progress=True))
         self.estimated_samples = len(inputs)
 
     def update(self, batch: Batch) -> None:
-        if self.batches >= (1 if self.mode == "estimate" else self.options.batches) or self.estimates:
-            return
+        wanted = 1 if self.mode == "estimate" else self.options.batches
+        first = self.context.batch_size is None or int(batch.index[0]) < wanted * self.context.batch_size
+        if self.batches >= wanted or self.estimates or not first:
+            return  # the run's first batches only: with --nproc, those in the first shards
         if not self.batches:
             self.method = self._choose_method(batch)
         for state, model in self.models.items():
@@ -211,7 +217,7 @@ class Hessian(Analysis):
         error, and Lanczos eigenvalues of the diagonal blocks (no ``hessian`` matrix)."""
         states = list(self.estimates)
         names = np.array(list(block_slices(self.blocks)), dtype=object)
-        est = [self.estimates[s] for s in states]
+        est = [Estimates(**self.estimates[s]) for s in states]
         shares = [e.share_replicates for e in est]
         variables = {
             "block_energy": (("state", "branch", "branch_other"), np.stack([e.energy for e in est]), {
@@ -287,6 +293,17 @@ class Hessian(Analysis):
 
     def merge_zero_within(self, mine: set, theirs: set) -> set:
         return mine | theirs
+
+    def merge_method(self, mine: str, theirs: str) -> str:
+        return theirs if mine == "auto" else mine  # a fresh analysis has not chosen yet
+
+    def merge_mode(self, mine: str, theirs: str) -> str:
+        return "estimate" if "estimate" in (mine, theirs) else mine
+
+    def _first_set(self, mine, theirs):
+        return mine or theirs
+
+    merge_not_plain = merge_switch_reason = merge_estimates = merge_estimated_samples = _first_set
 
     def _within_note(self, branches: int) -> str:
         """How the within-branch terms R_k were obtained (summed method only)."""

@@ -73,7 +73,7 @@ class _InputGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, out, backward):
         ctx.backward = backward
-        return out.view_as(out)
+        return out.clone()  # not a view: the next layer may be an in-place activation
 
     @staticmethod
     def backward(ctx, grad):

@@ -69,6 +69,7 @@ class RunContext:
     align: int | None = None  # shards start at multiples of this; per-sample chunks must divide it
     resume_from: int = 0  # a resumed run: rows before this position are already on disk
     random_init: bool = False  # the model was loaded without weights (e.g. torchvision:NAME without --weights)
+    batch_size: int | None = None  # samples per batch (the last batch may be smaller)
     arrays: list = dataclasses.field(default_factory=list)  # every SampleArray made, for checkpoints
 
     @property

@@ -120,7 +120,9 @@ def _loopback_interface() -> str:
 def launch(nproc: int, argv: list[str]) -> int:
     """Run ``probekit <argv>`` as ``nproc`` local processes; the first non-zero exit code, else 0.
 
-    When one process fails, the others are stopped. See the module docstring for what is (not) exposed."""
+    When one process fails, the others are stopped. Rank 0 speaks for the run: the other ranks' stderr (a peer's
+    "connection closed" traceback once rank 0 has failed with its one-line error) is shown only when rank 0
+    succeeded. See the module docstring for what is (not) exposed."""
     folder = Path(tempfile.mkdtemp(prefix="probekit-rendezvous-"))
     threads = os.environ.get("OMP_NUM_THREADS", str(max(1, torch.get_num_threads() // nproc)))
     loopback = _loopback_interface()
@@ -131,8 +133,15 @@ def launch(nproc: int, argv: list[str]) -> int:
             env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
                    "LOCAL_WORLD_SIZE": str(nproc), RENDEZVOUS_ENV: str(folder / "store"),
                    "OMP_NUM_THREADS": threads, "GLOO_SOCKET_IFNAME": loopback, "NCCL_SOCKET_IFNAME": loopback}
-            processes.append(subprocess.Popen(command, env=env))
-        return _wait_all(processes)
+            log = None if rank == 0 else open(folder / f"rank-{rank}.log", "wb")  # noqa: SIM115 - closed below
+            processes.append(subprocess.Popen(command, env=env, stderr=log))
+            if log is not None:
+                log.close()
+        code = _wait_all(processes)
+        if code and processes[0].returncode == 0:
+            for rank in range(1, nproc):
+                sys.stderr.write((folder / f"rank-{rank}.log").read_text(errors="replace"))
+        return code
     finally:
         for process in processes:
             if process.poll() is None:
@@ -141,16 +150,21 @@ def launch(nproc: int, argv: list[str]) -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _wait_all(processes: list[subprocess.Popen]) -> int:
-    """Wait for every process; on the first failure stop the rest and return its code."""
+def _wait_all(processes: list[subprocess.Popen], grace: float = 10.0) -> int:
+    """Wait for every process; on the first failure give rank 0 ``grace`` seconds to end on its own (with its
+    own error), stop the rest, and return rank 0's code if it failed, else the first failure's."""
     while True:
         codes = [p.poll() for p in processes]
         failed = [c for c in codes if c not in (None, 0)]
         if failed:
+            try:
+                processes[0].wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
             for process in processes:
                 if process.poll() is None:
                     process.terminate()
-            return failed[0]
+            return processes[0].returncode if processes[0].returncode not in (None, 0) else failed[0]
         if all(c == 0 for c in codes):
             return 0
         time.sleep(0.1)

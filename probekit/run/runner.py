@@ -335,6 +335,7 @@ def _probe_and_write(run: Run, writer: StoreWriter | None, ranks: distributed.Ra
         context = RunContext(run.branchset, run.data, run.n_samples, run.device, spec.seed, staging=staging,
                              model=run.module, shard=shard,
                              align=distributed.SHARD_ALIGN if ranks is not None else None, resume_from=start,
+                             batch_size=spec.batch_size,
                              random_init=run.model.sha256.startswith("none"))
         run.context = context
         run.analyses = _create_analyses(classes, context, options, ranks)  # what the model lacks, first

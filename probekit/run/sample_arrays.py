@@ -10,10 +10,12 @@ array then appears in the node as a variable like any other.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import zarr
+import zarr.errors
 
 CHUNK_BYTES = 4 << 20  # about 4 MiB per chunk
 
@@ -26,6 +28,23 @@ def chunk_rows(shape: tuple[int, ...], itemsize: int, align: int | None) -> int:
     if align is None:
         return rows
     return math.gcd(2 ** int(math.log2(rows)), align)
+
+
+def _create_or_open(root: zarr.Group, name: str, settings: dict, tries: int = 50) -> zarr.Array:
+    """The array ``name`` of ``root``, made with ``settings`` unless another process made it first (the
+    processes of a distributed run may reach their first batch at the same moment)."""
+    from probekit.store.results import checksummed_compressors
+
+    try:
+        return root.create_array(name, compressors=checksummed_compressors(), **settings)
+    except zarr.errors.ContainsArrayError:
+        pass
+    for _ in range(tries):  # its metadata may still be being written
+        try:
+            return root[name]
+        except (KeyError, ValueError):
+            time.sleep(0.1)
+    return root[name]
 
 
 class SampleArray:
@@ -48,16 +67,9 @@ class SampleArray:
         if group is None:
             self._array = np.zeros(shape, dtype=self.dtype)
         else:
-            root = zarr.open_group(str(group), mode="a", zarr_format=3)
-            if name in root:
-                self._array = root[name]
-            else:
-                from probekit.store.results import checksummed_compressors
-
-                self._array = root.create_array(name, shape=shape, dtype=self.dtype,
-                                                chunks=(self.chunk_rows, *shape[1:]), dimension_names=dims,
-                                                attributes=attrs, fill_value=0,
-                                                compressors=checksummed_compressors())
+            self._array = _create_or_open(zarr.open_group(str(group), mode="a", zarr_format=3), name, dict(
+                shape=shape, dtype=self.dtype, chunks=(self.chunk_rows, *shape[1:]), dimension_names=dims,
+                attributes=attrs, fill_value=0))
         self.in_memory = group is None
         if start > self._next:  # a resumed run: rows before ``start`` are on disk; reload the open chunk
             self._next = start
