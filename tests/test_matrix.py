@@ -31,7 +31,8 @@ from probekit.zoo.generator import BranchedGenerator
 pytestmark = pytest.mark.timeout(600)
 
 PROBEKIT = str(Path(sys.executable).with_name("probekit"))
-LIMIT, BATCH = 128, 32  # four batches; --nproc 2 gives each rank one 64-sample shard
+LIMIT, BATCH = 64, 16  # four batches in the generated cells
+NPROC_LIMIT, NPROC_BATCH = 128, 32  # --nproc 2 gives each rank one 64-sample shard (and the real SIGKILL test)
 KILL_AFTER = 2  # checkpoints
 SHARD_TOLERANCE = {"rtol": 1e-5, "atol": 1e-7}  # float32 sums added in another order (two shards, then merged)
 CLASSIFIER = ["activity", "covariance", "gradient-factors", "hessian", "specialization", "intra-class",
@@ -52,8 +53,8 @@ def models(tmp_path_factory):
             "generator": (str(generator), "random:3,24,24", GENERATOR)}
 
 
-def spec(model, data, plugins, out, options=OPTIONS, **kwargs) -> RunSpec:
-    return RunSpec(model=model, data=data, plugins=list(plugins), out=str(out), limit=LIMIT, batch_size=BATCH,
+def spec(model, data, plugins, out, options=OPTIONS, limit=LIMIT, batch_size=BATCH, **kwargs) -> RunSpec:
+    return RunSpec(model=model, data=data, plugins=list(plugins), out=str(out), limit=limit, batch_size=batch_size,
                    progress=False, options={p: options[p] for p in plugins if p in options}, **kwargs)
 
 
@@ -78,16 +79,26 @@ def assert_same(got: xr.Dataset, expected: xr.Dataset, where: str, tolerance: di
     assert got.attrs.get("summary") == expected.attrs.get("summary") or tolerance is not None, where
 
 
-@pytest.fixture(scope="module")
-def reference(models, tmp_path_factory):
+def plain_runs(models, folder, options=OPTIONS, **sizes) -> dict:
     """Each model's analyses all together, in one process, without checkpoints: ``{kind: {node: Dataset}}``."""
     found = {}
     for kind, (model, data, analyses) in models.items():
-        out = tmp_path_factory.mktemp("reference") / f"{kind}.zarr"
-        run = execute(spec(model, data, analyses, out, checkpoint_every=0))
+        out = folder / f"{kind}.zarr"
+        run = execute(spec(model, data, analyses, out, options, checkpoint_every=0, **sizes))
         assert not run.errors, run.errors
         found[kind] = nodes(out)
     return found
+
+
+@pytest.fixture(scope="module")
+def reference(models, tmp_path_factory):
+    return plain_runs(models, tmp_path_factory.mktemp("reference"))
+
+
+@pytest.fixture(scope="module")
+def nproc_reference(models, tmp_path_factory):
+    return plain_runs(models, tmp_path_factory.mktemp("nproc-reference"), {**OPTIONS, **NPROC_OPTIONS},
+                      limit=NPROC_LIMIT, batch_size=NPROC_BATCH)
 
 
 def cells() -> list:
@@ -132,9 +143,9 @@ def test_checkpointed_and_resumed_runs_equal_the_plain_run(kind, combination, mo
     assert sorted(p.name for p in out.parent.iterdir()) == ["r.zarr"]  # no staging or lock left
 
 
-def cli_args(model, data, analyses, out, options=OPTIONS) -> list[str]:
+def cli_args(model, data, analyses, out, options) -> list[str]:
     options = [f"--option={p}.{k}={v}" for p in analyses for k, v in options.get(p, {}).items()]
-    return ["run", "--model", model, "--data", data, "--limit", str(LIMIT), "--batch-size", str(BATCH),
+    return ["run", "--model", model, "--data", data, "--limit", str(NPROC_LIMIT), "--batch-size", str(NPROC_BATCH),
             "--plugins", ",".join(analyses), "--out", str(out), "--quiet", *options]
 
 
@@ -143,25 +154,22 @@ def child_env() -> dict:
 
 
 @pytest.mark.parametrize("kind", ["classifier", "generator"])
-def test_two_processes_equal_one(kind, models, reference, tmp_path):
+def test_two_processes_equal_one(kind, models, nproc_reference, tmp_path):
     model, data, analyses = models[kind]
-    options = {**OPTIONS, **NPROC_OPTIONS}
-    expected = reference[kind]
-    if any(p in NPROC_OPTIONS for p in analyses):
-        assert not execute(spec(model, data, analyses, tmp_path / "one.zarr", options, checkpoint_every=0)).errors
-        expected = nodes(tmp_path / "one.zarr")
+    expected = nproc_reference[kind]
     out = tmp_path / "n.zarr"
-    done = subprocess.run([PROBEKIT, *cli_args(model, data, analyses, out, options), "--nproc", "2"],
+    done = subprocess.run([PROBEKIT, *cli_args(model, data, analyses, out, {**OPTIONS, **NPROC_OPTIONS}),
+                           "--nproc", "2"],
                           capture_output=True, text=True, env=child_env(), timeout=600)
     assert done.returncode == 0, done.stderr
     for name, node in nodes(out).items():
         assert_same(node, expected[name], f"--nproc 2, {name}", SHARD_TOLERANCE)
 
 
-def test_a_real_sigkill_then_resume_equals_the_plain_run(models, reference, tmp_path):
+def test_a_real_sigkill_then_resume_equals_the_plain_run(models, nproc_reference, tmp_path):
     model, data, analyses = models["classifier"]
     out = tmp_path / "k.zarr"
-    args = [*cli_args(model, data, analyses, out), "--checkpoint-every", "1"]
+    args = [*cli_args(model, data, analyses, out, OPTIONS), "--checkpoint-every", "1"]
     child = subprocess.Popen([PROBEKIT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env())
     deadline = time.time() + 300
     while time.time() < deadline and child.poll() is None and not any(
@@ -171,7 +179,8 @@ def test_a_real_sigkill_then_resume_equals_the_plain_run(models, reference, tmp_
     assert child.poll() is None, "the run ended before it could be killed"
     child.send_signal(signal.SIGKILL)
     child.wait()
-    run = execute(spec(model, data, analyses, out, checkpoint_every=1, resume=True))
+    run = execute(spec(model, data, analyses, out, limit=NPROC_LIMIT, batch_size=NPROC_BATCH, checkpoint_every=1,
+                       resume=True))
     assert not run.errors, run.errors
     for name, node in nodes(out).items():
-        assert_same(node, reference["classifier"][name], f"SIGKILL and --resume, {name}")
+        assert_same(node, nproc_reference["classifier"][name], f"SIGKILL and --resume, {name}")
