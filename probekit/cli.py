@@ -60,6 +60,7 @@ def default_store(model: str, now: datetime | None = None) -> str:
 def cmd_run(args) -> int:
     from probekit.models.loading import LoadOptions
     from probekit.run.runner import RunSpec, execute
+    from probekit.store.location import check_output_location
 
     if args.out is None:
         if args.resume:
@@ -74,7 +75,7 @@ def cmd_run(args) -> int:
     if not plugins:
         raise ProbekitError("--plugins names no plugin")
     spec = RunSpec(
-        model=args.model, data=args.data, plugins=plugins, out=args.out, options=options,
+        model=args.model, data=args.data, plugins=plugins, out=check_output_location(args.out), options=options,
         load=LoadOptions(weights=args.weights, arch=args.arch, trust_pickle=args.trust_pickle,
                          trust_code=args.trust_code, target_class=args.target_class),
         branches=args.branches, limit=args.limit, batch_size=args.batch_size, device=args.device,

@@ -37,6 +37,8 @@ def _from_file(spec: str, options: LoadOptions) -> LoadedModel:
         if built is None:
             raise ProbekitError(f"{spec} holds weights (a state_dict), not a model: add --arch module:callable")
         obj = built
+    if isinstance(obj, nn.Module) and not (options.trust_pickle or options.trust_code):
+        refuse_planted_hooks(obj, spec)
     return LoadedModel(obj, spec, file_sha256(options.weights or spec))
 
 
@@ -62,10 +64,55 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
             f"unknown model {spec!r}: not a file, a registered name ({', '.join(sorted(names)) or 'none'}) "
             f"or scheme:name ({', '.join(sorted(loaders))})"
         )
+    check_module_tree(loaded.module, spec)
     if options.target_class is not None:
         _select_target(loaded.module, spec, options.target_class)
     loaded.module.eval()
     return loaded
+
+
+MAX_DEPTH = 500  # module nesting; torch's own recursive walks (eval, named_modules) fail near 1,000
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+              "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+              "_load_state_dict_post_hooks")
+
+
+def check_module_tree(module: nn.Module, spec: str) -> None:
+    """Refuse a module tree torch cannot walk (a module that contains itself, nesting deeper than
+    :data:`MAX_DEPTH`), walking it without recursion."""
+    stack, on_path = [(module, 1, False)], set()
+    while stack:
+        node, depth, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(node))
+            continue
+        if id(node) in on_path:
+            raise ProbekitError(f"{spec}: a module contains itself ({type(node).__name__}); it cannot be probed")
+        if depth > MAX_DEPTH:
+            raise ProbekitError(f"{spec}: modules nested over {MAX_DEPTH} deep; it cannot be probed")
+        on_path.add(id(node))
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in node._modules.values() if child is not None)
+
+
+def refuse_planted_hooks(module: nn.Module, spec: str) -> None:
+    """A model file is data: hooks pickled into its modules (functions called on every pass) are refused."""
+    for node in _modules_of(module):
+        planted = [name for name in HOOK_DICTS if getattr(node, name, None)]
+        if planted:
+            raise ProbekitError(f"{spec} carries hooks pickled into a {type(node).__name__} ({planted[0]}): a "
+                                "model file is data, and probekit does not run functions stored in it")
+
+
+def _modules_of(module: nn.Module) -> list[nn.Module]:
+    """Every module of an already checked tree, without recursion."""
+    seen, stack = {}, [module]
+    while stack:
+        node = stack.pop()
+        if id(node) not in seen:
+            seen[id(node)] = node
+            stack.extend(child for child in node._modules.values() if child is not None)
+    return list(seen.values())
 
 
 def _select_target(model: nn.Module, spec: str, name: str) -> None:

@@ -102,11 +102,15 @@ def allowed(qualified: str):
     return obj if home.startswith(LIBRARY_PREFIXES) or home in model_modules() else None
 
 
-def _is_system(qualified: str) -> bool:
-    """Whether a name belongs to the standard library, torch outside torch.nn, or probekit outside its model
-    classes: things that run commands or touch files, never a model's part."""
-    root = qualified.split(".")[0]
-    return root in sys.stdlib_module_names or root in ("torch", "probekit", "probekit_plugins")
+NOT_MODELS = ("torch", "torchvision", "probekit", "probekit_plugins", "numpy", "scipy", "pandas", "PIL", "builtins")
+
+
+def _plausible_model_class(qualified: str) -> bool:
+    """Whether a refused name could be the user's own model class (``mypackage.nets.MyNet``): a class-like
+    (capitalised) name outside the standard library and the libraries whose allowed parts are already allowed or
+    that are no model (``numpy.save``, ``torchvision.io.write_file``, ``functools.partial`` are not)."""
+    root, last = qualified.partition(".")[0], qualified.rpartition(".")[2]
+    return "." in qualified and last[:1].isupper() and root not in sys.stdlib_module_names and root not in NOT_MODELS
 
 
 def refusal(path: str, refused: list[str]) -> str:
@@ -114,9 +118,9 @@ def refusal(path: str, refused: list[str]) -> str:
     names = ", ".join(quoted(n) for n in refused[:SHOWN]) + (f" and {len(refused) - SHOWN} more"
                                                              if len(refused) > SHOWN else "")
     head = f"{path} tries to import {names}"
-    if any(_is_system(n) for n in refused):
-        return (f"{head}, which can run commands or touch files and is no part of a model: refused. This file "
-                "is not a plain model; probekit will not load it")
+    if not all(_plausible_model_class(n) for n in refused):
+        return (f"{head}, which is no model class (it can run commands, touch files or call functions): "
+                "refused. This file is not a plain model; probekit will not load it")
     return (f"{head}, which is not on probekit's safe list (torch.nn, torchvision.models/ops and probekit's "
             "model classes). Only if you trust the file's author: pass --trust-pickle (it runs code from the "
             "file); or save a state_dict or safetensors file and pass --arch module:callable")

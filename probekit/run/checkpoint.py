@@ -15,6 +15,7 @@ restored, so reading a checkpoint cannot run code.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,17 @@ def load(folder: Path, settings: str) -> dict:
     if not path.is_file():
         raise ProbekitError(f"no checkpoint at {path}: the run stopped before its first checkpoint; start it "
                             "again without --resume (pass --overwrite)")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():  # torch's note on an unusual pickle protocol: the error below says enough
+            warnings.simplefilter("ignore", UserWarning)
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any pickle the safe loader refuses, or a damaged file
+        raise ProbekitError(f"{path} cannot be read safely ({type(exc).__name__}: it is damaged or needs code "
+                            "to load); start the run again with --overwrite instead of --resume") from None
+    shape = {"settings": str, "position": int, "states": dict, "errors": dict, "nonfinite": list}
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), t) for k, t in shape.items()):
+        raise ProbekitError(f"{path} is not a probekit run checkpoint; start the run again with --overwrite "
+                            "instead of --resume")
     saved["states"] = decode(saved["states"])
     saved["targets"] = decode(saved.get("targets"))
     if saved["settings"] != settings:

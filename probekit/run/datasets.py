@@ -117,13 +117,14 @@ def check_image_headers(paths: list[str], ids: list[str], same_size: bool = True
     """Read every image's header (about 30 us each): an unreadable file, or (with ``same_size``) one whose size
     differs from the first image's, is one error line naming the file, before any batch is made."""
     from PIL import Image, UnidentifiedImageError
+    from PIL.Image import DecompressionBombError  # (a subclass of Exception, not of OSError)
 
     first = None
     for path, sample_id in zip(paths, ids, strict=True):
         try:
             with Image.open(path) as image:
                 size = image.size
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+        except (OSError, UnidentifiedImageError, ValueError, DecompressionBombError) as exc:
             raise ProbekitError(f"image {sample_id} cannot be read: {type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else 'empty or corrupt file'}") from None
         if first is None:

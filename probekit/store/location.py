@@ -24,9 +24,24 @@ def is_url(location: str | Path) -> bool:
 
 
 def local_path(location: str | Path) -> Path:
-    """A local location as a path (``file://`` stripped)."""
+    """A local location as a path (``file://`` stripped; a ``file://`` URL naming another host is refused)."""
     text = str(location)
-    return Path(urlparse(text).path) if text.startswith("file://") else Path(text)
+    if not text.startswith("file://"):
+        return Path(text)
+    parsed = urlparse(text)
+    if parsed.netloc not in ("", "localhost"):
+        raise ProbekitError(f"{text} names the host {parsed.netloc!r}; file:// URLs are local (file:///path)")
+    return Path(parsed.path)
+
+
+def check_output_location(location: str | Path) -> str | Path:
+    """``location``, unless the results would vanish there: ``memory://`` lives only as long as the CLI's
+    process (in Python, ``probe(out="memory://...")`` is fine)."""
+    if str(location).startswith("memory://"):
+        raise ProbekitError(f"--out {location} is in this process's memory and would vanish when it exits; "
+                            "write to a path or a remote store")
+    local_path(location)  # a file:// URL naming another host
+    return location
 
 
 def filesystem(url: str):

@@ -10,8 +10,10 @@ older store):
   arrays stream there during the pass; the folder is named in the root attr
   ``probekit_staging``, for ``--resume``) and then moved into the store with
   one ``os.replace``;
-* at the end the root becomes ``status='complete'`` (or ``'failed'`` with the
-  errors), and metadata are consolidated;
+* at the end metadata are consolidated, and only then the root becomes
+  ``status='complete'`` (or ``'failed'`` with the errors) and gets its
+  checksum, in one atomic replacement of its ``zarr.json`` (a full disk
+  before that leaves it ``incomplete``);
 * with ``overwrite`` the new store is built at ``<store>.new-<run id>`` and
   swapped in only when complete, so a crash keeps the old store. Only a
   probekit store is ever replaced: any other file or folder is refused;
@@ -193,13 +195,11 @@ class StoreWriter:
     def finish(self, errors: dict[str, str], attrs: dict | None = None) -> None:
         """Mark the store complete (or failed), add ``attrs`` to the root, consolidate, swap it in, unlock."""
         group = zarr.open_group(str(self.target), mode="r+")
-        group.attrs.update({**(attrs or {}), STATUS_ATTR: "failed" if errors else "complete",
-                            "errors": json.dumps(errors), MANIFESTS_ATTR: json.dumps(self.manifests)})
-        group.attrs.pop(STAGING_ATTR, None)
+        group.attrs.update({**(attrs or {}), "errors": json.dumps(errors), MANIFESTS_ATTR: json.dumps(self.manifests)})
         with warnings.catch_warnings():  # zarr 3 warns that consolidation is not in its v3 spec yet
             warnings.simplefilter("ignore", UserWarning)
             zarr.consolidate_metadata(str(self.target))
-        seal_root(self.target)
+        seal_root(self.target, "failed" if errors else "complete")  # until here (a full disk) it says incomplete
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         if self.replacing:
@@ -212,11 +212,16 @@ class StoreWriter:
         self.release()
 
 
-def seal_root(store: Path) -> None:
-    """Record the root ``zarr.json``'s checksum in it (:func:`probekit.store.untrusted.root_checksum`), atomically."""
+def seal_root(store: Path, status: str | None = None) -> None:
+    """Set the root's final ``status`` (if given; the staging attr goes) and record the root ``zarr.json``'s
+    checksum in it (:func:`probekit.store.untrusted.root_checksum`), in one atomic replacement."""
     path = store / "zarr.json"
     document = json.loads(path.read_bytes())
-    document.setdefault("attributes", {})[CHECKSUM_ATTR] = root_checksum(document)
+    root_attrs = document.setdefault("attributes", {})
+    if status is not None:
+        root_attrs[STATUS_ATTR] = status
+        root_attrs.pop(STAGING_ATTR, None)
+    root_attrs[CHECKSUM_ATTR] = root_checksum(document)
     with temporary_beside(path) as (f, tmp):
         f.write(json.dumps(document, indent=2).encode())
         f.flush()

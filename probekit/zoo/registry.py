@@ -76,8 +76,15 @@ def is_zoo_checkpoint(obj) -> bool:
 def build_from_checkpoint(checkpoint: dict) -> nn.Module:
     """The zoo architecture named by ``checkpoint['recipe']``, with its weights (and class names, if any)."""
     entry = ZOO[checkpoint["recipe"]]
-    model = entry.build(**checkpoint["config"])
-    model.load_state_dict(checkpoint["state_dict"])
+    config = checkpoint["config"]
+    try:
+        model = entry.build(**config) if isinstance(config, dict) else None
+        if model is None:
+            raise TypeError("its config is not a mapping")
+        model.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # a config or weights this build cannot take
+        raise ProbekitError(f"this {checkpoint['recipe']} checkpoint does not fit its architecture: "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     model.probekit_data = entry.probe_data or entry.data  # the default --data (probekit.run.data_choice)
     names = checkpoint.get("metrics", {}).get("classes")
     if names and hasattr(model, "class_names"):
