@@ -15,6 +15,7 @@ _NAMES = {
     "Analysis": "probekit.run.analysis", "Batch": "probekit.run.analysis", "RunContext": "probekit.run.analysis",
     "NoOptions": "probekit.run.analysis", "Tap": "probekit.run.taps", "SampleArray": "probekit.run.sample_arrays",
     "forward_hooks": "probekit.run.hooks", "ProbeData": "probekit.run.data",
+    "compensated_add": "probekit.run.merging", "compensated_value": "probekit.run.merging",
     "hookimpl": "probekit.hookspecs", "analysis_hooks": "probekit.hookspecs", "ProbekitError": "probekit.errors",
     # branches and models
     "BranchLayer": "probekit.models.branches", "BranchSet": "probekit.models.branches",

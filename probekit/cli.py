@@ -107,7 +107,7 @@ def describe_analysis(name: str) -> int:
     """``probekit plugins NAME``: an analysis's description, options (type and default) and needs."""
     import dataclasses
 
-    from probekit.run.options import describe, option_types
+    from probekit.run.options import describe, option_help, option_types
     from probekit.run.registry import checked_analyses
 
     registered, invalid = checked_analyses()
@@ -117,12 +117,13 @@ def describe_analysis(name: str) -> int:
         raise ProbekitError(f"unknown analysis {name!r}; available: {', '.join(sorted(registered))}")
     cls, plugin = registered[name]
     print(f"{name} (plugin {plugin}): {cls.description or 'no description'}")
-    kinds = option_types(cls.Options)
+    kinds, helps = option_types(cls.Options), option_help(cls.Options)
     fields = dataclasses.fields(cls.Options)
     print("options:" if fields else "options: none")
     for field in fields:
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        print(f"  {name}.{field.name}: {describe(kinds[field.name])} (default {default!r})")
+        text = f": {escape(helps[field.name])}" if field.name in helps else ""
+        print(f"  {name}.{field.name}: {describe(kinds[field.name])} (default {default!r}){text}")
     merges = "declared (runs with --nproc and --resume)" if cls.merge_rules is not None else \
         "undeclared (no --nproc, no --resume)"
     data = ", ".join(need for need, wanted in (("targets", cls.needs_targets), ("classes", cls.needs_classes))

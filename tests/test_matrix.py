@@ -35,6 +35,7 @@ LIMIT, BATCH = 64, 16  # four batches in the generated cells
 NPROC_LIMIT, NPROC_BATCH = 128, 32  # --nproc 2 gives each rank one 64-sample shard (and the real SIGKILL test)
 KILL_AFTER = 2  # checkpoints
 SHARD_TOLERANCE = {"rtol": 1e-5, "atol": 1e-7}  # float32 sums added in another order (two shards, then merged)
+BITWISE_ACROSS_SHARDS = {"covariance"}  # its sums are compensated ("compensated-sum" merge rule)
 CLASSIFIER = ["activity", "covariance", "gradient-factors", "hessian", "specialization", "intra-class",
               "attribution", "class-filters", "kernels"]
 GENERATOR = ["decomposition", "chan-vese", "activity", "covariance"]
@@ -163,7 +164,8 @@ def test_two_processes_equal_one(kind, models, nproc_reference, tmp_path):
                           capture_output=True, text=True, env=child_env(), timeout=600)
     assert done.returncode == 0, done.stderr
     for name, node in nodes(out).items():
-        assert_same(node, expected[name], f"--nproc 2, {name}", SHARD_TOLERANCE)
+        assert_same(node, expected[name], f"--nproc 2, {name}",
+                    None if name in BITWISE_ACROSS_SHARDS else SHARD_TOLERANCE)
 
 
 def test_a_real_sigkill_then_resume_equals_the_plain_run(models, nproc_reference, tmp_path):

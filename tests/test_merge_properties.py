@@ -109,3 +109,30 @@ def test_merging_is_associative(name, first, second):
     b.merge(c.state(), c.context.rows)  # a + (b + c)
     a.merge(b.state(), range(lo, N))
     assert_same(a.finalize(), whole(name), per_sample=False)
+
+
+def test_compensated_sums_merge_bitwise_equal_whatever_the_sharding():
+    """Plain float sums of the same batches differ with the order (two shards, then merged); the
+    ``compensated-sum`` rule gives the same bits, and the correctly rounded sum (math.fsum)."""
+    import math
+
+    from probekit.run.merging import compensated_add, compensated_value, merge_value
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(6, generator=gen, dtype=torch.float64) * 10 ** torch.randint(-8, 9, (6,), generator=gen)
+               for _ in range(40)]
+    plain_differs = 0
+    for cut in range(1, 40):
+        one = two_a = two_b = None
+        for b in batches:
+            one = compensated_add(one, b)
+        for b in batches[:cut]:
+            two_a = compensated_add(two_a, b)
+        for b in batches[cut:]:
+            two_b = compensated_add(two_b, b)
+        merged = merge_value("compensated-sum", two_a, two_b, range(0), None)
+        assert torch.equal(compensated_value(merged), compensated_value(one))
+        exact = torch.tensor([math.fsum(float(b[i]) for b in batches) for i in range(6)], dtype=torch.float64)
+        assert torch.equal(compensated_value(one), exact)
+        plain_differs += not torch.equal(sum(batches[:cut]) + sum(batches[cut:]), sum(batches))
+    assert plain_differs > 0  # the plain rule would not have been bitwise

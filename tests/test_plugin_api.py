@@ -6,6 +6,7 @@ one clear line before the pass."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 import os
 import signal
 import subprocess
@@ -138,7 +139,7 @@ def broken_plugins():
 
 @pytest.mark.parametrize("plugin, extra, message", [
     ("misspelt", [], "merge_rules names 'totl', which __init__ does not set (its attributes: total)"),
-    ("bad-rule", [], "merge rule 'summ' of 'total' is not one of sum, max, min, rows, custom"),
+    ("bad-rule", [], "merge rule 'summ' of 'total' is not one of sum, max, min, rows, compensated-sum, custom"),
     ("rows-as-state", [], "'values' is a per-sample array; the runner writes, merges and restores those itself"),
     ("with-optional", ["--option", "with-optional.limit=abc"], "with-optional.limit must be int or none, not 'abc'"),
     ("bad-tap", [], "tap 'no.such.module' matches no module path"),
@@ -166,3 +167,57 @@ def test_optional_list_and_literal_options_read_their_text(cli, tmp_path, broken
                        "with-optional", "--option", "with-optional.limit=12", "--out", tmp_path / "ok.zarr",
                        "--quiet")
     assert code == 0, err
+
+
+@dataclasses.dataclass
+class TapOptions:
+    layer: Annotated[str, "module path glob whose outputs are tapped"] = "branches.*"
+    keep: int = dataclasses.field(default=3, metadata={"help": "values kept per branch"})
+
+
+class ChosenTap(Analysis):
+    """Chooses its tap from an option and sizes its state from the response sizes known before the pass."""
+
+    name = "chosen-tap"
+    Options = TapOptions
+    merge_rules = {"seen": "sum"}
+
+    def __init__(self, context, options):
+        super().__init__(context, options)
+        self.taps = {"chosen": Tap(options.layer)}
+        self.sizes = dict(context.response_sizes)
+        self.seen = 0
+
+    def update(self, batch):
+        self.seen += sum(t.shape[0] for t in batch.taps["chosen"].values())
+
+    def finalize(self):
+        return xr.Dataset({"seen": ((), self.seen), "sizes": (("layer",), list(self.sizes.values()))},
+                          coords={"layer": ("layer", list(self.sizes))})
+
+
+class ChosenTapPlugin:
+    @hookimpl
+    def probekit_register_analyses(register):
+        register(ChosenTap)
+
+
+def test_options_carry_help_taps_follow_an_option_and_sizes_are_known_before_the_pass(cli, tmp_path):
+    manager().register(ChosenTapPlugin, name="chosen-tap-for-test")
+    try:
+        code, out, err = cli("plugins", "chosen-tap")
+        assert code == 0 and "chosen-tap.layer: str (default 'branches.*'): module path glob whose outputs" in out
+        assert "chosen-tap.keep: int (default 3): values kept per branch" in out
+        code, _, err = cli("run", "--model", "digits-branched8", "--data", "digits:test", "--limit", "16",
+                           "--plugins", "chosen-tap", "--option", "chosen-tap.layer=branches.0", "--out",
+                           tmp_path / "t.zarr", "--quiet")
+        assert code == 0, err
+        node = open_results(tmp_path / "t.zarr")["chosen-tap"]
+        assert int(node.seen) == 16  # one tapped module (branches.0), 16 samples
+        assert dict(zip(node["layer"].values, node["sizes"].values, strict=True)) == {"model": 10}
+        code, _, err = cli("run", "--model", "digits-branched8", "--data", "digits:test", "--limit", "16",
+                           "--plugins", "chosen-tap", "--option", "chosen-tap.layer=no.such", "--out",
+                           tmp_path / "u.zarr", "--quiet")
+        assert code == 2 and "tap 'no.such' matches no module path" in err
+    finally:
+        manager().unregister(name="chosen-tap-for-test")

@@ -13,19 +13,19 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import Analysis, analysis_hooks, Batch, branch_coords
+from probekit.api import Analysis, analysis_hooks, Batch, branch_coords, compensated_add, compensated_value
 
 
 class Covariance(Analysis):
     name = "covariance"
     plot = "probekit_plugins.covariance.plot:plot_covariance"
-    merge_rules = {"gram": "sum", "count": "sum"}
+    merge_rules = {"gram": "compensated-sum", "count": "sum"}  # bitwise the same with --nproc
     description = "streaming F F^T between branch responses, and their correlation"
 
     def __init__(self, context, options):
         super().__init__(context, options)
-        self.gram = {
-            layer.name: torch.zeros(len(layer.branches), len(layer.branches), dtype=torch.float64,
+        self.gram = {  # compensated sums [2, K, K] (probekit.api.compensated_add)
+            layer.name: torch.zeros(2, len(layer.branches), len(layer.branches), dtype=torch.float64,
                                     device=context.device)
             for layer in context.branchset.layers
         }
@@ -33,14 +33,14 @@ class Covariance(Analysis):
 
     def update(self, batch: Batch) -> None:
         for name, responses in batch.responses.items():  # [N, K, D]
-            self.gram[name] += torch.bmm(responses, responses.transpose(1, 2)).sum(0).double()
+            self.gram[name] = compensated_add(self.gram[name], torch.bmm(responses, responses.transpose(1, 2)).sum(0))
         self.count += batch.index.shape[0]
 
     def finalize(self) -> xr.Dataset:
         b = len(self.context.branchset)
         gram = np.full((b, b), np.nan)
         for layer, branches in self.context.branchset.layer_slices():
-            gram[branches, branches] = self.gram[layer.name].cpu().numpy()
+            gram[branches, branches] = compensated_value(self.gram[layer.name]).cpu().numpy()
         second_moment = gram / max(self.count, 1)
         diag = np.sqrt(np.diag(gram))
         with np.errstate(invalid="ignore", divide="ignore"):

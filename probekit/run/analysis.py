@@ -70,6 +70,7 @@ class RunContext:
     resume_from: int = 0  # a resumed run: rows before this position are already on disk
     random_init: bool = False  # the model was loaded without weights (e.g. torchvision:NAME without --weights)
     batch_size: int | None = None  # samples per batch (the last batch may be smaller)
+    response_sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # layer name -> values per response
     arrays: list = dataclasses.field(default_factory=list)  # every SampleArray made, for checkpoints
 
     @property

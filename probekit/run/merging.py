@@ -7,6 +7,10 @@ declared, so it cannot run distributed). Rules:
 * ``"max"``, ``"min"``: the same, elementwise extremes;
 * ``"rows"``: per-sample arrays ``[n_samples, ...]`` each shard fills in its
   own rows; the other shard's rows are copied in;
+* ``"compensated-sum"``: float sums kept as ``[2, ...]`` float64 pairs (value, rounding error) by
+  :func:`compensated_add`; merged with the error carried, so the result (:func:`compensated_value`) is the
+  correctly rounded sum whatever the order and sharding, bitwise equal across ``--nproc`` and one process
+  (unless the exact sum lies within about 2^-100 of its value from a rounding boundary);
 * ``"custom"``: the analysis's ``merge_<attribute>(mine, theirs)`` combines them
   (top-k lists, kept samples), and must be associative and order-independent.
 
@@ -21,7 +25,34 @@ from typing import Any
 import numpy as np
 import torch
 
-RULES = ("sum", "max", "min", "rows", "custom")
+RULES = ("sum", "max", "min", "rows", "compensated-sum", "custom")
+
+
+def _two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, e)`` with ``s = fl(a + b)`` and ``s + e = a + b`` exactly (Knuth's TwoSum)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def compensated_add(state: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+    """Add ``values`` (any float tensor) to a compensated sum ``[2, *values.shape]`` (float64 value and rounding
+    error; ``None``: empty). Returns the new state."""
+    values = values.double()
+    if state is None:
+        return torch.stack([values, torch.zeros_like(values)])
+    high, error = _two_sum(state[0], values)
+    return torch.stack(_two_sum(high, state[1] + error))
+
+
+def compensated_value(state: torch.Tensor) -> torch.Tensor:
+    """The sum a compensated state holds, as float64."""
+    return state[0] + state[1]
+
+
+def _merge_compensated(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+    high, error = _two_sum(mine[0], theirs[0])
+    return torch.stack(_two_sum(high, mine[1] + theirs[1] + error))
 
 
 def _maximum(a, b):
@@ -32,11 +63,12 @@ def _minimum(a, b):
     return torch.minimum(a, b) if isinstance(a, torch.Tensor) else np.minimum(a, b)
 
 
-ELEMENTWISE = {"sum": lambda a, b: a + b, "max": _maximum, "min": _minimum}
+ELEMENTWISE = {"sum": lambda a, b: a + b, "max": _maximum, "min": _minimum,
+               "compensated-sum": _merge_compensated}
 
 
 def merge_elementwise(rule: str, mine: Any, theirs: Any) -> Any:
-    """Values (or dicts of them) combined by ``rule`` (sum, max, min); None is the identity."""
+    """Values (or dicts of them) combined by ``rule`` (sum, max, min, compensated-sum); None is the identity."""
     if mine is None:
         return theirs
     if theirs is None:

@@ -6,7 +6,9 @@ text is read: ``bool`` (true/false, yes/no, on/off, 1/0), ``int``, ``float``
 meaning), ``str``, ``Literal["a", "b"]`` (one of the values),
 ``list[T]`` or ``tuple[T, ...]`` (comma-separated), ``T | None`` (``none``
 or empty text is None) and unions (the first member that reads the text
-wins). Every bad value is one error line naming the option and what it takes.
+wins); ``Annotated[T, "help text"]`` reads as ``T``. Every bad value is one error line naming the option and what
+it takes. Help text (``field(metadata={"help": ...})`` or the ``Annotated`` string) is shown by
+``probekit plugins NAME``.
 """
 
 from __future__ import annotations
@@ -108,6 +110,18 @@ def option_types(options_class: type) -> dict[str, Any]:
     for name in fields:
         check_annotation(hints[name], f"{options_class.__qualname__}.{name}")
     return {name: hints[name] for name in fields}
+
+
+def option_help(options_class: type) -> dict[str, str]:
+    """``{field: help text}`` from ``field(metadata={"help": ...})`` or ``Annotated[T, "help"]``."""
+    hints = get_type_hints(options_class, include_extras=True)
+    found = {}
+    for f in dataclasses.fields(options_class):
+        texts = [str(f.metadata["help"])] if "help" in f.metadata else []
+        texts += [a for a in getattr(hints.get(f.name), "__metadata__", ()) if isinstance(a, str)]
+        if texts:
+            found[f.name] = texts[0]
+    return found
 
 
 def parse_options(analysis: type, pairs: dict[str, str]):

@@ -77,6 +77,7 @@ class Run:
     targets: np.ndarray | None = None  # [n_samples] every probed sample's target (this shard's rows), for coords
     notes: list[str] = field(default_factory=list)  # what the run chose for the user (data, targets, methods)
     predicted_targets: bool = False  # targets are the model's own predicted classes
+    response_sizes: dict[str, int] = field(default_factory=dict)  # layer name -> D, values per branch response
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,6 +101,14 @@ def _analysis_classes(spec: RunSpec) -> dict:
         if name not in spec.plugins:
             raise ProbekitError(f"--option {name}.*: {name!r} is not among --plugins {','.join(spec.plugins)}")
     return {name: registered[name][0] for name in spec.plugins}
+
+
+def response_sizes(module, branchset: BranchSet, x: torch.Tensor) -> dict[str, int]:
+    """``{layer name: D}``: how many values one branch response of each layer holds, from one forward of ``x``
+    (one sample), so analyses can size their memory before the pass."""
+    with torch.no_grad(), capture(module, branchset) as recorder:
+        _forward(module, x)
+        return {layer: int(r.shape[2]) for layer, r in recorder.take(x.shape[0]).items()}
 
 
 def _forward(model, x: torch.Tensor) -> torch.Tensor:
@@ -297,7 +306,8 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
         module = torchscript_to_tapped(module, first_batch[1].to(device))
     branchset = discover(module, DiscoveryConfig(spec.branches))
     run = Run(spec, loaded, data, branchset, n_samples, module=module, device=device, notes=notes,
-              predicted_targets=targets.source == "predictions")
+              predicted_targets=targets.source == "predictions",
+              response_sizes=response_sizes(module, branchset, first_batch[1][:1].to(device)))
     attrs = provenance(run, spec)
     settings = run_checkpoint.fingerprint({**asdict(replace(spec, overwrite=False, progress=True, resume=False,
                                                             checkpoint_every=0)),
@@ -335,7 +345,7 @@ def _probe_and_write(run: Run, writer: StoreWriter | None, ranks: distributed.Ra
         context = RunContext(run.branchset, run.data, run.n_samples, run.device, spec.seed, staging=staging,
                              model=run.module, shard=shard,
                              align=distributed.SHARD_ALIGN if ranks is not None else None, resume_from=start,
-                             batch_size=spec.batch_size,
+                             batch_size=spec.batch_size, response_sizes=run.response_sizes,
                              random_init=run.model.sha256.startswith("none"))
         run.context = context
         run.analyses = _create_analyses(classes, context, options, ranks)  # what the model lacks, first

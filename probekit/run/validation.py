@@ -46,8 +46,11 @@ def check_class(cls) -> None:
 
 
 def check_instance(analysis: Analysis) -> None:
-    """After ``__init__``, before the pass: every merge-rule attribute exists and none is a per-sample array."""
+    """After ``__init__``, before the pass: its taps (which ``__init__`` may choose from the options) are Taps,
+    every merge-rule attribute exists and none is a per-sample array."""
     where = f"analysis {analysis.name!r}"
+    if not isinstance(analysis.taps, dict) or not all(isinstance(t, Tap) for t in analysis.taps.values()):
+        raise ProbekitError(f"{where}: taps must be a dict {{name: Tap(...)}} (set in __init__ from its options)")
     for attribute in analysis.merge_rules or {}:
         if not hasattr(analysis, attribute):
             known = ", ".join(sorted(k for k in vars(analysis) if not k.startswith("_") and k not in
