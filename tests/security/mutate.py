@@ -37,6 +37,23 @@ mutations = [
  ("nproc-any-interface", "probekit/run/distributed.py", "\"GLOO_SOCKET_IFNAME\": loopback, ", "", f"{S}::test_nproc_listens_only_on_loopback"),
  ("no-root-status", "probekit/store/results.py", "        group.attrs.update({**attrs, STATUS_ATTR: \"incomplete\", STAGING_ATTR: self.tmp.name})", "        pass", "tests/test_cli.py::test_a_killed_run_keeps_earlier_stores_and_leaves_its_own_readable"),
  ("full-disk-keeps-staging", "probekit/run/runner.py", "    except OSError:\n        writer.drop_staging()\n        raise", "    except OSError:\n        raise", "tests/test_reliability.py::test_a_full_disk_fails_clearly_and_keeps_what_was_written"),
+ # issue 29: stores, planted files, plugins, training, combinations
+ ("lock-follows-links", "probekit/store/lock.py", "        return create_new(path, os.O_RDWR)", "        return os.open(path, os.O_RDWR | os.O_CREAT)", f"{T}::test_a_planted_lock_symlink_is_refused_and_its_target_untouched"),
+ ("predictable-tmp", "probekit/store/files.py", "    tmp = path.with_name(f\".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}\")\n    fd = create_new(tmp)", "    tmp = path.with_name(path.name + \".tmp\")\n    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)", f"{T}::test_atomic_saves_never_write_through_a_planted_name"),
+ ("zarr2-accepted", "probekit/store/untrusted.py", "        if name in ZARR2_FILES:", "        if False:", f"{T}::test_a_zarr2_pickle_codec_store_is_refused_and_runs_nothing"),
+ ("any-codec", "probekit/store/untrusted.py", "                if name not in ALLOWED_CODECS:", "                if False:", f"{T}::test_a_codec_outside_the_allowlist_is_refused_before_decoding"),
+ ("no-root-checksum", "probekit/store/untrusted.py", "    if recorded is not None and recorded != root_checksum(document):", "    if False:", f"{T}::test_a_flipped_root_value_fails_the_root_checksum"),
+ ("manifest-keys-unchecked", "probekit/store/untrusted.py", "    for node, files in manifests.items():", "    for node, files in {}.items():", f"{T}::test_manifest_keys_must_be_plain_paths_inside_the_node"),
+ ("links-in-store", "probekit/store/untrusted.py", "            if stat.S_ISLNK(mode):", "            if False:", f"{T}::test_links_and_special_files_in_a_store_are_refused_unread[symlinked-node]"),
+ ("out-symlink", "probekit/store/files.py", "    if path.is_symlink():", "    if False:", f"{T}::test_out_through_a_symlink_is_refused_and_leaves_nothing"),
+ ("plugin-import-kills", "probekit/plugins.py", "            _leave_out(ep.name, f\"its module {ep.value} failed to import ({type(exc).__name__}: {exc})\")\n            continue", "            raise", "tests/test_plugin_isolation.py::test_a_broken_plugin_is_left_out_with_one_line_and_the_rest_works[import]"),
+ ("no-schema-shim", "probekit/schema.py", "from probekit.api import branch_coords, class_coords, layer_coords, sample_coords", "raise ImportError('probekit.schema is gone')", "tests/test_plugin_isolation.py::test_a_plugin_written_against_the_01_docs_runs_with_a_deprecation_warning"),
+ ("channels-last-always", "probekit/zoo/memory_format.py", "    if agree:\n", "    if True:\n", "tests/test_memory_format.py::test_training_gets_channels_last_only_with_gradients_as_accurate_as_contiguous"),
+ ("checkpoint-without-staging", "probekit/run/checkpoint.py", "    folder.mkdir(exist_ok=True)", "    pass", "tests/test_matrix.py::test_checkpointed_and_resumed_runs_equal_the_plain_run[classifier:covariance]"),
+ ("hessian-forgets-method", "plugins/hessian/__init__.py", "\"zero_within\": \"custom\", \"method\": \"custom\",", "\"zero_within\": \"custom\",", "tests/test_matrix.py::test_checkpointed_and_resumed_runs_equal_the_plain_run[classifier:hessian]"),
+ ("complete-before-consolidation", "probekit/store/results.py", "group.attrs.update({**(attrs or {}), \"errors\"", "group.attrs.update({**(attrs or {}), STATUS_ATTR: \"complete\", \"errors\"", "tests/test_one_line_errors.py::test_a_full_disk_while_consolidating_never_leaves_a_complete_store"),
+ ("pickled-hooks-run", "probekit/models/loading.py", "        refuse_planted_hooks(obj, spec)", "        pass", "tests/test_one_line_errors.py::test_a_pickled_forward_hook_is_refused_in_run_and_evaluate"),
+ ("trust-offered-for-functions", "probekit/models/safe_pickle.py", "    if not all(_plausible_model_class(n) for n in refused):", "    if False:", "tests/test_one_line_errors.py::test_trust_pickle_is_offered_only_for_plausible_model_classes"),
 ]
 only = sys.argv[2:]
 for name, file, old, new, tests in mutations:

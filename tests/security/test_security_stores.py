@@ -112,17 +112,17 @@ def test_a_manifest_node_name_that_is_a_path_is_refused(cli, copy):
     assert code == 2 and "invalid node" in one_line(err)
 
 
-@pytest.mark.parametrize("plant", ["symlink to /dev/zero", "fifo", "symlinked node"])
+@pytest.mark.parametrize("plant", ["symlink-to-dev-zero", "fifo", "symlinked-node"])
 def test_links_and_special_files_in_a_store_are_refused_unread(cli, copy, plant):
     """A coordinate chunk linked to ``/dev/zero`` read until memory ran out; a FIFO hung ``show``. Mutation:
     ``local_files`` accepting every entry -> the read hangs or fills memory (the per-test timeout fails it)."""
     chunk = copy / "activity" / "branch" / "c" / "0"
-    if plant == "symlinked node":
+    if plant == "symlinked-node":
         shutil.move(copy / "covariance", copy.parent / "elsewhere")
         (copy / "covariance").symlink_to(copy.parent / "elsewhere")
     else:
         chunk.unlink()
-        chunk.symlink_to("/dev/zero") if plant.startswith("symlink") else os.mkfifo(chunk)
+        chunk.symlink_to("/dev/zero") if plant == "symlink-to-dev-zero" else os.mkfifo(chunk)
     code, _, err = cli("show", copy)
     assert code == 2 and ("symbolic link" in err or "not a regular file" in err) and one_line(err)
 
