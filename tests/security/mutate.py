@@ -14,6 +14,7 @@ PATHS = Path(tempfile.mkdtemp(prefix="probekit-mut-"))  # the scratch copy's pac
 (PATHS / "probekit_plugins").symlink_to(MUT / "plugins")
 S = "tests/security/test_security_results.py"
 M = "tests/security/test_security_model_files.py"
+T = "tests/security/test_security_stores.py"
 mutations = [
  ("programs-no-trust-check", "probekit/models/model_files.py", "if kind in PROGRAMS and not options.trust_code:", "if False:", f"{M}::test_hostile_file_is_refused_and_runs_nothing"),
  ("pickle-weights-only-false", "probekit/models/safe_pickle.py", "    if trust:\n        return torch.load(path, map_location=\"cpu\", weights_only=False)", "    if True:\n        return torch.load(path, map_location=\"cpu\", weights_only=False)", f"{M}::test_hostile_file_is_refused_and_runs_nothing"),
