@@ -80,8 +80,8 @@ class StoreLock:
 
 
 def _same_file(fd: int, path: Path) -> bool:
-    """Whether ``path`` (not followed) is still the file open as ``fd``."""
+    """Whether ``path`` is still the file open as ``fd`` (:func:`_open_lock` refused a link there)."""
     try:
-        return os.fstat(fd).st_ino == os.lstat(path).st_ino
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
     except FileNotFoundError:
         return False
