@@ -70,8 +70,15 @@ def install(site: Path, name: str, source: str) -> None:
     (info / "entry_points.txt").write_text(f"[probekit]\n{name} = {module}\n")
 
 
+def with_site(site: Path) -> dict:
+    """The environment with ``site`` first on the path (after it, what the caller had: a scratch copy of probekit
+    in tests/security/mutate.py)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": "1"}
+
+
 def probekit(site: Path, *args, cwd: Path):
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+    env = with_site(site)
     return subprocess.run([PROBEKIT, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=600)
 
@@ -100,7 +107,7 @@ def test_a_broken_plugin_is_left_out_with_one_line_and_the_rest_works(tmp_path, 
     assert "Traceback" not in asked.stderr and not (tmp_path / "b.zarr").exists()
     loaded = subprocess.run([sys.executable, "-c", "import probekit; print(type(probekit.load_model("
                              "'digits-branched8').module).__name__)"], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(site)}, timeout=300)
+                            env=with_site(site), timeout=300)
     assert loaded.returncode == 0 and loaded.stdout.strip(), loaded.stderr
 
 
