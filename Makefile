@@ -41,7 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/resnet_fused.py
 	$(BIN)/python benchmarks/classifier_run.py
 	$(BIN)/python benchmarks/hessian.py
-	$(BIN)/python benchmarks/kernels.py
+	$(BIN)/python benchmarks/kernel_clustering.py
 	$(BIN)/python benchmarks/distributed.py
 
 zoo: $(STAMP)

@@ -142,9 +142,9 @@ def test_a_full_disk_fails_clearly_and_keeps_what_was_written(cli, tmp_path, dig
     assert errors and all("File too large" in line for line in errors), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert open_results(digits_store)["activity"].sizes["sample"] == 360  # an earlier store is untouched
-    with pytest.warns(RuntimeWarning, match="consolidated"):  # the run died before consolidating
+    with pytest.warns(UserWarning, match="incomplete"):  # the run died before consolidating: never "complete"
         tree = open_results(out)  # the new store opens: the node that fit is intact, the other is named as failed
-    assert tree.attrs["probekit_status"] == "failed" and "activity" in json.loads(tree.attrs["errors"])
+    assert tree.attrs["probekit_status"] == "incomplete" and "activity" in json.loads(tree.attrs["errors"])
     assert tree["covariance"].cov.shape == (8, 8)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("full.zarr.")] == []  # no staging left
 

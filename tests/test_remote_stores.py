@@ -1,4 +1,7 @@
-"""Stores at fsspec URLs (memory://, file://) and lazy dask-backed results."""
+"""Stores at fsspec URLs (an in-memory stand-in for a remote object store, file://) and lazy dask-backed results.
+
+The CLI refuses ``--out memory://`` (the results would vanish with its process), so these in-process runs write
+to ``bucket://``: fsspec's memory filesystem under another name, standing in for s3 and the like."""
 
 import dask.array
 import fsspec
@@ -10,12 +13,25 @@ from probekit import open_results
 from probekit.store.location import upload
 
 
+class BucketFileSystem(MemoryFileSystem):
+    """fsspec's in-memory filesystem as a stand-in for a remote bucket (its own files)."""
+
+    protocol = "bucket"
+    store: dict = {}
+    pseudo_dirs = [""]
+
+
 @pytest.fixture()
 def memory_url():
-    fs = fsspec.filesystem("memory")
-    yield "memory://probekit-tests/run.zarr"
-    if fs.exists("/probekit-tests"):
-        fs.rm("/probekit-tests", recursive=True)
+    fsspec.register_implementation("bucket", BucketFileSystem, clobber=True)
+    yield "bucket://probekit-tests/run.zarr"
+    BucketFileSystem.store.clear()
+    BucketFileSystem.pseudo_dirs[:] = [""]
+
+
+def test_a_memory_url_is_refused_as_out_because_it_would_vanish(cli):
+    code, _, err = run_digits(cli, "memory://probekit-tests/gone.zarr")
+    assert code == 2 and "would vanish" in err and len(err.strip().splitlines()) == 1
 
 
 def run_digits(cli, out, *extra):
@@ -46,7 +62,7 @@ def test_existing_url_needs_overwrite_and_overwrite_replaces_it(cli, memory_url)
     assert code == 0, err
     tree = open_results(memory_url)
     assert tree["activity"].sizes["sample"] == 24 and "covariance" not in tree.children
-    assert not fsspec.filesystem("memory").exists("/probekit-tests/run.zarr.new")
+    assert not fsspec.filesystem("bucket").exists("bucket://probekit-tests/run.zarr.new")
 
 
 def test_file_url_is_a_local_path_and_reports_from_urls_go_to_the_working_folder(cli, tmp_path, memory_url,

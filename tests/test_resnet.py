@@ -1,4 +1,4 @@
-import sys
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -6,8 +6,18 @@ import torch
 from probekit.models.losses import indicator_targets
 from probekit.zoo.resnet import SlimResNet18, branched_resnet18, clamped_softmax_loss
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from fused_resnet import FusedBranchedResNet18  # noqa: E402 - benchmark-only code lives in benchmarks/
+
+def _benchmark_module(name: str):
+    """A module of benchmarks/ loaded by path: benchmark-only code lives there, and putting the folder on sys.path
+    would let its scripts shadow libraries for every later test (``kernels``, imported by transformers)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" /
+                                                  f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FusedBranchedResNet18 = _benchmark_module("fused_resnet").FusedBranchedResNet18
 
 
 def test_one_branch_has_about_80k_parameters():

@@ -36,7 +36,7 @@ def local_path(location: str | Path) -> Path:
 
 def check_output_location(location: str | Path) -> str | Path:
     """``location``, unless the results would vanish there: ``memory://`` lives only as long as the CLI's
-    process (in Python, ``probe(out="memory://...")`` is fine)."""
+    process."""
     if str(location).startswith("memory://"):
         raise ProbekitError(f"--out {location} is in this process's memory and would vanish when it exits; "
                             "write to a path or a remote store")

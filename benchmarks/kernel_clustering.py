@@ -8,7 +8,7 @@ the same UMAP settings, then KMeans, HDBSCAN, ARI and NMI on the embedding
 only, no baseline. numba's compile is paid by a small warm-up fit first and
 reported apart (a cached compile loads in seconds; a cold one takes longer).
 
-    python benchmarks/kernels.py [--kernels-per-branch 625] [--permutations 200]
+    python benchmarks/kernel_clustering.py [--kernels-per-branch 625] [--permutations 200]
 """
 
 from __future__ import annotations
