@@ -193,7 +193,8 @@ class StoreWriter:
             self.lock = None
 
     def finish(self, errors: dict[str, str], attrs: dict | None = None) -> None:
-        """Mark the store complete (or failed), add ``attrs`` to the root, consolidate, swap it in, unlock."""
+        """Add ``attrs`` to the root, consolidate, then mark the store complete (or failed) with its root checksum,
+        swap it in, unlock."""
         group = zarr.open_group(str(self.target), mode="r+")
         group.attrs.update({**(attrs or {}), "errors": json.dumps(errors), MANIFESTS_ATTR: json.dumps(self.manifests)})
         with warnings.catch_warnings():  # zarr 3 warns that consolidation is not in its v3 spec yet
@@ -335,7 +336,7 @@ def open_results(path: str | Path, chunks: dict | None = None) -> xr.DataTree:
     consolidated = None if status != "incomplete" else False
     try:
         if damaged:  # the damaged nodes are never opened: their chunks may decode into anything
-            tree = _tree_without(location, set(damaged), consolidated, chunks)
+            tree = _tree_without(location, set(damaged), chunks)
         else:
             tree = xr.open_datatree(location, engine="zarr", consolidated=consolidated, chunks=chunks)
     except ProbekitError:
@@ -365,7 +366,7 @@ def checked_root(location: str) -> dict:
     return root
 
 
-def _tree_without(location: str, left_out: set[str], consolidated, chunks) -> xr.DataTree:
+def _tree_without(location: str, left_out: set[str], chunks) -> xr.DataTree:
     """The store's tree without the nodes in ``left_out``, each remaining node opened on its own."""
     group = zarr.open_group(location, mode="r", use_consolidated=False)
     nodes = {"/": xr.Dataset(attrs=dict(group.attrs))}
