@@ -60,7 +60,9 @@ def test_show_and_plugins_and_models(cli, tmp_path):
     code, stdout, _ = cli("show", out)
     assert code == 0 and "[activity]" in stdout and "active/total in model" in stdout
     code, stdout, _ = cli("plugins")
-    assert code == 0 and "activity 0.1.0" in stdout and "probekit_register_analyses" in stdout
+    from importlib.metadata import version
+
+    assert code == 0 and f"activity {version('probekit')}" in stdout and "probekit_register_analyses" in stdout
     code, stdout, _ = cli("models")
     listed = {line.split()[0]: line for line in stdout.splitlines()}
     assert "weights not bundled" not in listed["digits-branched8"]
