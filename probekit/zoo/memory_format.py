@@ -103,7 +103,7 @@ def check(models: list, steps: int = CHECK_STEPS) -> dict:
 def _checked(spec: str, timeout: float) -> tuple[bool, str]:
     try:
         done = subprocess.run([sys.executable, "-m", "probekit.zoo.memory_format", spec], capture_output=True,
-                              text=True, timeout=timeout, env=os.environ.copy())
+                              text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return False, f"the channels_last check hung (no answer in {timeout:.0f} s)"
     if done.returncode != 0:
