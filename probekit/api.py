@@ -31,6 +31,13 @@ _NAMES = {
     "image_layer": "probekit.measures.image_components", "components": "probekit.measures.image_components",
     "inputs_like": "probekit.measures.image_components", "pixel_correlation": "probekit.measures.image_components",
     "fidelity": "probekit.measures.image_components",
+    # evidence: nulls, intervals, corrections and their schema convention
+    "EvidenceOptions": "probekit.stats.evidence", "evidence_rng": "probekit.stats.evidence",
+    "add_test": "probekit.stats.evidence", "add_interval": "probekit.stats.evidence",
+    "describe_p": "probekit.stats.evidence", "SIGNIFICANCE": "probekit.stats.evidence",
+    "permutation_p": "probekit.stats.permutation", "permute_within": "probekit.stats.permutation",
+    "permutation_null": "probekit.stats.permutation", "bootstrap_ci": "probekit.stats.bootstrap",
+    "resample_indices": "probekit.stats.bootstrap", "adjust_p": "probekit.stats.corrections",
     # results: coordinates and stores
     "branch_coords": "probekit.run.coords", "class_coords": "probekit.run.coords",
     "layer_coords": "probekit.run.coords", "sample_coords": "probekit.run.coords",
@@ -52,6 +59,11 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     from probekit.run.analysis import Analysis, Batch, NoOptions, RunContext  # noqa: F401
     from probekit.run.sample_arrays import SampleArray  # noqa: F401
     from probekit.run.taps import Tap  # noqa: F401
+    from probekit.stats.bootstrap import bootstrap_ci, resample_indices  # noqa: F401
+    from probekit.stats.corrections import adjust_p  # noqa: F401
+    from probekit.stats.evidence import (SIGNIFICANCE, EvidenceOptions, add_interval, add_test,  # noqa: F401
+                                         describe_p, evidence_rng)
+    from probekit.stats.permutation import permutation_null, permutation_p, permute_within  # noqa: F401
     from probekit.store.results import open_results  # noqa: F401
 
 

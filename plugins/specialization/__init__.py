@@ -14,6 +14,11 @@ the branch's alone-confidence profile over classes normalised to sum to 1
 branch that contributes most to the true-class score (``top_branch``) and
 every branch's contribution (streamed to disk).
 
+Evidence (``specialization_p``, ``_p_adjusted``, ``_null``, ``_ci`` per branch; ``heterogeneity`` and its
+evidence per layer): the null exchanges the branches of a layer within every sample
+(:mod:`probekit_plugins.specialization.evidence`), so identical branches are never significant; intervals
+bootstrap the samples.
+
 Models without a summed classifier at the root (e.g. a ResNeXt's grouped
 convs) are scored by the norm of each branch's response instead
 (``attrs['mode'] == 'responses'``): ``class_score`` is then the mean response
@@ -23,19 +28,31 @@ norm per class, the index is computed from that profile, and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import Analysis, analysis_hooks, Batch, BranchScores, class_coords, sample_coords
+from probekit.api import (add_interval, add_test, Analysis, analysis_hooks, Batch, BranchScores, class_coords,
+                          describe_p, evidence_rng, EvidenceOptions, sample_coords, SIGNIFICANCE)
+from probekit_plugins.specialization import evidence
+
+NULL = "the scores of the branches of each layer exchanged independently within every sample"
+
+
+@dataclass
+class SpecializationOptions(EvidenceOptions):
+    """The evidence's permutations, resamples, interval level and correction (:class:`probekit.api.EvidenceOptions`)."""
 
 
 class Specialization(Analysis):
     name = "specialization"
     plot = "probekit_plugins.specialization.plot:plot_specialization"
     needs_classes = True
-    merge_rules = {name: "sum" for name in ("score", "confidence", "share", "top", "count")}
+    merge_rules = {**{name: "sum" for name in ("score", "confidence", "share", "top", "count")}, "targets": "rows"}
     description = "per branch and class: confidence alone, share of the true-class score; specialization index"
+    Options = SpecializationOptions
 
     def __init__(self, context, options):
         super().__init__(context, options)
@@ -47,6 +64,11 @@ class Specialization(Analysis):
         self.contribution = context.sample_array(self.name, "contribution", ("sample", "branch"), (b,), np.float32, {
             "long_name": "branch's true-class score v_k(x)[y]" if self.scores.mode == "classifier"
             else "branch response norm", "units": "logit" if self.scores.mode == "classifier" else "output units"})
+        self.sample_confidence = context.sample_array(
+            self.name, "sample_confidence", ("sample", "branch"), (b,), np.float32, {
+                "long_name": "branch's confidence in the true class alone, per sample", "units": "probability"}
+        ) if self.scores.mode == "classifier" else None
+        self.targets = np.full(context.n_samples, -1, dtype=np.int64)
         self.top_branch = context.sample_array(
             self.name, "top_branch", ("sample", "layer"), (len(self.scores.layers),), np.int16,
             {"long_name": "index within its layer of the branch with the largest score"})
@@ -70,6 +92,9 @@ class Specialization(Analysis):
         start = int(batch.index[0])
         self.contribution.write(start, score.float().cpu().numpy())
         self.top_branch.write(start, torch.stack(top_index, 1).to(torch.int16).cpu().numpy())
+        if self.sample_confidence is not None:
+            self.sample_confidence.write(start, confidence.float().cpu().numpy())
+        self.targets[start:start + len(y)] = y.cpu().numpy()
 
     def finalize(self) -> xr.Dataset:
         count = self.count.clamp_min(1)
@@ -108,9 +133,33 @@ class Specialization(Analysis):
                     **class_coords(self.context), **sample_coords(self.context)},
             attrs={"mode": self.scores.mode},
         )
-        for array in (self.contribution, self.top_branch):
-            if array.in_memory:
+        for array in (self.contribution, self.top_branch, self.sample_confidence):
+            if array is not None and array.in_memory:
                 ds[array.name] = (array.dims, array.values(), array.attrs)
+        return self._with_evidence(ds)
+
+    def _with_evidence(self, ds: xr.Dataset) -> xr.Dataset:
+        """The index's and each layer's heterogeneity's null, p-values and intervals (from the per-sample
+        scores)."""
+        source = self.sample_confidence or self.contribution
+        source.checkpoint()
+        seen = self.targets >= 0  # every probed sample with a label
+        values = source.read(0, self.context.n_samples)[seen].astype(np.float64)
+        parts = [part for _, part in self.scores.layer_slices()]
+        o = self.options
+        found = evidence.evidence(values, self.targets[seen], len(self.count), parts, o.permutations, o.resamples,
+                                  o.level, evidence_rng(self.context.seed, self.name))
+        ds = ds.assign(heterogeneity=("layer", found["heterogeneity"], {
+            "long_name": "spread of the branches' class profiles", "units": "profile units^2",
+            "description": "mean over the layer's branches and classes of (profile - the layer's mean profile)^2; "
+                           "0 when every branch has the same class profile"}))
+        for name, dim in (("specialization", "branch"), ("heterogeneity", "layer")):
+            key = "index" if name == "specialization" else name
+            if o.permutations:
+                ds = add_test(ds, name, (dim,), found[f"{key}_p"], found[f"{key}_null"], permuted=NULL,
+                              permutations=o.permutations, correction=o.correction)
+            if o.resamples:
+                ds = add_interval(ds, name, (dim,), found[f"{key}_ci"], level=o.level, resamples=o.resamples)
         return ds
 
     def summary(self, ds: xr.Dataset) -> dict:
@@ -123,12 +172,22 @@ class Specialization(Analysis):
                                                f"{ds.branch.values[broken][0]})"}
         best = profile.argmax(1)
         top = int(np.argmax(index))
-        return {
+        out = {
             "scores": ds.attrs["mode"],
             "specialization index (min / median / max)": f"{index.min():.3f} / {np.median(index):.3f} / "
                                                           f"{index.max():.3f}",
             "most specialized branch": f"{ds.branch.values[top]} (best class {ds.class_name.values[best[top]]})",
             "distinct best classes across branches": int(len(set(best.tolist()))),
         }
+        if "specialization_p_adjusted" in ds:
+            adjusted = ds.specialization_p_adjusted.values
+            out["most specialized branch"] += f", {describe_p(float(adjusted[top]))}"
+            out["branches specialized beyond the null"] = (
+                f"{int((adjusted < SIGNIFICANCE).sum())} of {len(adjusted)} "
+                f"({ds.specialization_p_adjusted.attrs['correction']}-adjusted p < {SIGNIFICANCE})")
+        if "heterogeneity_p_adjusted" in ds:
+            out |= {f"class profiles differ between branches in {layer}": describe_p(float(p))
+                    for layer, p in zip(ds.layer.values[:8], ds.heterogeneity_p_adjusted.values[:8], strict=False)}
+        return out
 
 probekit_register_analyses, probekit_plot = analysis_hooks(Specialization)

@@ -41,6 +41,7 @@ import xarray as xr
 import zarr
 
 from probekit.errors import ProbekitError, escape
+from probekit.store.combine import combine_results
 from probekit.store.files import real_store_path, temporary_beside
 from probekit.store.names import check_node_name
 from probekit.store.lock import StoreLock
@@ -308,8 +309,11 @@ def store_status(path: str | Path) -> str:
     return str(group.attrs.get(STATUS_ATTR, "unknown"))
 
 
-def open_results(path: str | Path, chunks: dict | None = None) -> xr.DataTree:
+def open_results(path, chunks: dict | None = None, dim: str = "seed") -> xr.DataTree:
     """Open a results store (a path or an fsspec URL) as an ``xarray.DataTree``, one node per analysis.
+
+    Several stores (a list, or a mapping of labels to stores) open as one tree whose nodes gain the dimension
+    ``dim`` (``seed``, ``step``, ``model``...): see :func:`probekit.store.combine.combine_results`.
 
     Variables load on access. ``chunks={}`` makes them dask arrays in the store's own chunks (per-sample
     arrays are chunked along ``sample``), for out-of-core or dask.distributed analysis. An incomplete store
@@ -319,6 +323,8 @@ def open_results(path: str | Path, chunks: dict | None = None) -> xr.DataTree:
     with a warning naming what is wrong, and listed in the root attr ``damaged_nodes``; the other nodes stay
     readable.
     """
+    if isinstance(path, (list, tuple, dict)):
+        return combine_results(path, dim, chunks, open_results)
     if not exists(path):
         raise ProbekitError(f"results store not found: {path}")
     location = str(path) if is_url(path) else str(local_path(path))

@@ -1,0 +1,90 @@
+"""The schema convention for evidence, and the options every analysis with evidence shares.
+
+For a stored statistic ``S`` an analysis adds, with :func:`add_test` and :func:`add_interval`:
+
+* ``S_p``: the permutation p-value, at the dims of the test; its attrs say in one sentence what was permuted
+  (``null``) and how many times (``permutations``);
+* ``S_p_adjusted``: where several tests are made, the corrected p-values, attr ``correction``;
+* ``S_null``: the null's mean, at the dims of the test;
+* ``S_ci``: the dims of ``S`` plus ``bound`` = ``low``, ``high``; attrs ``level``, ``resamples`` and, for a
+  clustered bootstrap, ``clustered_by``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import xarray as xr
+
+from probekit.errors import ProbekitError
+from probekit.stats.corrections import CORRECTIONS, adjust_p
+
+SIGNIFICANCE = 0.05  # the level summaries call significant at (on adjusted p-values)
+
+
+@dataclass
+class EvidenceOptions:
+    """Options of an analysis's nulls and intervals; an analysis's ``Options`` dataclass subclasses it (and its
+    own ``check`` calls ``super().check()``)."""
+
+    permutations: int = field(default=999, metadata={
+        "help": "permutations of each null (0: no test); the smallest p-value is 1/(1 + permutations)"})
+    resamples: int = field(default=200, metadata={"help": "bootstrap resamples of each interval (0: none)"})
+    level: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
+    correction: str = field(default="holm", metadata={
+        "help": "multiple-comparison correction: holm (family-wise), bh (false discovery rate) or none"})
+
+    def check(self):
+        if self.permutations < 0 or self.resamples < 0:
+            raise ProbekitError("permutations and resamples must be >= 0")
+        if not 0 < self.level < 1:
+            raise ProbekitError(f"level must be in (0, 1), not {self.level}")
+        if self.correction not in CORRECTIONS:
+            raise ProbekitError(f"correction must be one of {', '.join(CORRECTIONS)}, not {self.correction!r}")
+
+
+def evidence_rng(seed: int, name: str) -> np.random.Generator:
+    """The generator of an analysis's nulls and resamples: fixed by the run's ``--seed`` and the statistic's
+    ``name``, so a rerun (or a resumed or distributed run) draws the same permutations."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def add_test(ds: xr.Dataset, name: str, dims: tuple[str, ...], p: np.ndarray, null: np.ndarray, *, permuted: str,
+             permutations: int, correction: str | None = "holm", alternative: str = "greater") -> xr.Dataset:
+    """``ds`` with ``name_p``, ``name_null`` and (unless ``correction`` is ``None``: one test) ``name_p_adjusted``
+    at ``dims``; all entries of ``p`` are one family. ``permuted``: what the null permutes, one sentence."""
+    sentence = f"{permuted.rstrip('.')}, {permutations} times."
+    variables = {
+        f"{name}_p": (dims, np.asarray(p, dtype=np.float64), {
+            "long_name": f"permutation p-value of {name}", "units": "1", "null": sentence,
+            "permutations": int(permutations), "alternative": alternative,
+            "description": "(1 + #{null at least as extreme}) / (1 + permutations)"}),
+        f"{name}_null": (dims, np.asarray(null, dtype=np.float64), {
+            "long_name": f"mean of {name} under the null", "null": sentence}),
+    }
+    if correction is not None:
+        variables[f"{name}_p_adjusted"] = (dims, adjust_p(p, correction), {
+            "long_name": f"adjusted p-value of {name}", "units": "1", "correction": correction,
+            "family": f"every entry of {name}_p ({int(np.isfinite(p).sum())} tests)"})
+    return ds.assign(variables)
+
+
+def add_interval(ds: xr.Dataset, name: str, dims: tuple[str, ...], ci: np.ndarray, *, level: float, resamples: int,
+                 clustered_by: str | None = None, resampled: str = "samples") -> xr.Dataset:
+    """``ds`` with ``name_ci`` at ``dims + ('bound',)`` (``low``, ``high``): a percentile bootstrap interval over
+    ``resamples`` resamples of ``resampled`` (whole groups of ``clustered_by`` when given)."""
+    attrs = {"long_name": f"{level:.0%} bootstrap interval of {name}", "level": float(level),
+             "resamples": int(resamples), "resampled": resampled}
+    if clustered_by:
+        attrs["clustered_by"] = clustered_by
+    return ds.assign({f"{name}_ci": ((*dims, "bound"), np.asarray(ci, dtype=np.float64), attrs)}).assign_coords(
+        bound=("bound", np.array(["low", "high"], dtype=object)))
+
+
+def describe_p(p_adjusted: float, threshold: float = SIGNIFICANCE) -> str:
+    """``'n.s.'`` or ``'p_adj = 0.004'``: how a summary states one adjusted p-value (never a bare ranking)."""
+    if not np.isfinite(p_adjusted):
+        return "untested"
+    return f"p_adj = {p_adjusted:.3g}" if p_adjusted < threshold else f"n.s. (p_adj = {p_adjusted:.2g})"
