@@ -57,10 +57,10 @@ def test_planted_branch_clusters_score_high_and_shuffled_labels_do_not():
     for points in (embedded, planted):
         scores = label_agreement(points, labels, cluster(points, 4, 0), 50, 2000, 0)
         assert scores.observed[0] > 0.9 and scores.observed[4] > 0.5  # KMeans ARI, silhouette
-        assert scores.p_value[0] == pytest.approx(1 / 51) and abs(scores.baseline[0]) < 0.1
+        assert scores.p[0] == pytest.approx(1 / 51) and abs(scores.null[0]) < 0.1
     unrelated = rng.permutation(labels)
     scores = label_agreement(planted, unrelated, cluster(planted, 4, 0), 50, 2000, 0)
-    assert scores.observed[0] < 0.1 and scores.p_value[0] > 0.05
+    assert scores.observed[0] < 0.1 and scores.p[0] > 0.05
 
 
 def planted_model():
@@ -86,7 +86,7 @@ def test_cli_run_scores_trained_and_init_and_draws_the_report(cli, tmp_path):
     assert list(node.layer.values) == ["0", "2"] and node.sizes["kernel"] == 2 * 12 + 2 * 6
     first = node.score.sel(layer="0", space="raw", metric="ari_kmeans")
     assert float(first.sel(state="trained")) == pytest.approx(1.0)  # planted: two tight clusters
-    assert float(node.p_value.sel(state="trained", layer="0", space="raw", metric="ari_kmeans")) < 0.05
+    assert float(node.score_p.sel(state="trained", layer="0", space="raw", metric="ari_kmeans")) < 0.05
     assert float(first.sel(state="init")) < 0.5
     assert node.rgb_kernel.shape == (2, 24, 3, 3, 3) and node.rgb_kernel_branch.values[12] == "branches.1"
     report = tmp_path / "k-report"

@@ -7,28 +7,42 @@ probed samples. It is *active* when that norm is at least ``threshold``
 
 On gated layers (mixtures of experts) the response is the gated contribution ``g_k e_k``, so an expert the
 router never picks is silent, and the node adds the routing statistics: each expert's mean gate value
-(``routing_share``, summing to 1 over a layer's experts), the share of samples routed to it, and both per class.
+(``routing_share``, summing to 1 over a layer's experts), the share of samples routed to it, both per class, and
+each gated layer's ``dispatch_entropy``.
+
+Evidence (:mod:`probekit_plugins.activity.evidence`): ``relative_norm_ci`` bootstraps the samples, and
+``active_confident`` calls a branch active or silent only when the whole interval is on one side of the
+threshold; ``relative_norm_p`` tests whether a branch is weaker than exchanging the branches of its layer within
+every sample would make it; ``dispatch_entropy_p`` whether routing is less balanced than random routing at the
+same per-sample load.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import (active_flags, Analysis, analysis_hooks, Batch, branch_coords, class_coords, count_flags,
-                          describe_count, layer_coords, ProbekitError, relative_norms, sample_coords)
+from probekit.api import (active_flags, add_interval, add_test, Analysis, analysis_hooks, Batch, branch_coords,
+                          class_coords, count_flags, describe_count, describe_p, evidence_rng, EvidenceOptions,
+                          layer_coords, ProbekitError, relative_norms, sample_coords, SIGNIFICANCE)
+from probekit_plugins.activity import evidence
+
+EXCHANGE = "the responses of the branches of each layer exchanged independently within every sample"
+ROUTING = "each sample's gate values assigned to the layer's experts at random (random routing at the same load)"
 
 
 @dataclass
-class ActivityOptions:
-    """``threshold``: active when norm >= threshold x the layer's largest norm."""
+class ActivityOptions(EvidenceOptions):
+    """``threshold``: active when norm >= threshold x the layer's largest norm; and the evidence's options
+    (:class:`probekit.api.EvidenceOptions`)."""
 
-    threshold: float = 0.1
+    threshold: float = field(default=0.1, metadata={"help": "active when norm >= threshold x the layer's largest"})
 
     def check(self):
+        super().check()
         if not 0 <= self.threshold <= 1:
             raise ProbekitError(f"activity.threshold must be in [0, 1], not {self.threshold}")
 
@@ -56,6 +70,9 @@ class Activity(Analysis):
         self.routed = torch.zeros(b, dtype=torch.float64, device=context.device)  # samples with g_k(x) > 0
         self.class_gate_sum = torch.zeros(n_classes, b, dtype=torch.float64, device=context.device)
         self.class_count = torch.zeros(n_classes, dtype=torch.float64, device=context.device)
+        self.sample_gate = context.sample_array(self.name, "gate", ("sample", "branch"), (b,), np.float32, {
+            "long_name": "gate value g_k(x) per sample", "units": "1",
+            "description": "0 on branches without a gate"}) if self.gated else None
 
     def update(self, batch: Batch) -> None:
         squares = torch.cat([r.pow(2).sum(dim=2) for r in batch.responses.values()], dim=1)  # [N, B]
@@ -68,6 +85,11 @@ class Activity(Analysis):
                 self.class_sq.index_add_(0, batch.targets.long(), squares.double())
                 self.class_count.index_add_(0, batch.targets.long(),
                                             torch.ones_like(batch.targets, dtype=torch.float64))
+        if self.gated:
+            per_sample = torch.zeros_like(squares, dtype=torch.float32)
+            for name, branches in self.gated:
+                per_sample[:, branches] = batch.gates[name].float()
+            self.sample_gate.write(start, per_sample.cpu().numpy())
         for name, branches in self.gated:
             gates = batch.gates[name].double()  # [N, K]
             self.gate_sum[branches] += gates.sum(0)
@@ -120,6 +142,7 @@ class Activity(Analysis):
         )
         if self.sample_norm.in_memory:
             ds[self.sample_norm.name] = (self.sample_norm.dims, self.sample_norm.values(), self.sample_norm.attrs)
+        ds = self._with_evidence(ds)
         if len(self.class_sq):
             class_sq = self.class_sq.cpu().numpy()
             ds = ds.assign_coords(class_coords(ctx)).assign(
@@ -130,6 +153,26 @@ class Activity(Analysis):
                     "description": "1/0/NaN: active, silent or unknown within the class by the same rule"}),
             )
         return self._with_routing(ds) if self.gated else ds
+
+    def _with_evidence(self, ds: xr.Dataset) -> xr.Dataset:
+        """Intervals and the branch-exchange test of the relative norms, and the call they allow."""
+        o, parts = self.options, [part for _, part in self.context.branchset.layer_slices()]
+        self.sample_norm.checkpoint()
+        norms = self.sample_norm.read(0, self.context.n_samples)
+        found = evidence.norm_evidence(norms, parts, o.permutations, o.resamples, o.level,
+                                       evidence_rng(self.context.seed, self.name))
+        if o.permutations:
+            ds = add_test(ds, "relative_norm", ("branch",), found["p"], found["null"], permuted=EXCHANGE,
+                          permutations=o.permutations, correction=o.correction, alternative="less")
+        if o.resamples:
+            ds = add_interval(ds, "relative_norm", ("branch",), found["ci"], level=o.level, resamples=o.resamples)
+            low, high = found["ci"][:, 0], found["ci"][:, 1]
+            call = np.where(low >= o.threshold, 1.0, np.where(high < o.threshold, 0.0, np.nan))
+            ds["active_confident"] = ("branch", call, {
+                "long_name": "active branch, called with its interval",
+                "description": f"1 when the whole {o.level:.0%} interval of relative_norm is >= {o.threshold}, 0 when "
+                               "it is wholly below, NaN when it straddles the threshold (undecided)"})
+        return ds
 
     def _with_routing(self, ds: xr.Dataset) -> xr.Dataset:
         """Routing statistics of the gated layers (NaN on the branches of other layers)."""
@@ -154,6 +197,29 @@ class Activity(Analysis):
             ds = ds.assign(class_routing_share=(("cls", "branch"), np.where(gated, per_class, np.nan), {
                 "long_name": "routing share per class", "units": "1",
                 "description": "mean gate value over the class's samples; NaN on branches without a gate"}))
+        return self._with_dispatch_entropy(ds)
+
+    def _with_dispatch_entropy(self, ds: xr.Dataset) -> xr.Dataset:
+        """Each gated layer's dispatch entropy with its random-routing null and interval (NaN on other layers)."""
+        o, names = self.options, [layer.name for layer in self.context.branchset.layers]
+        self.sample_gate.checkpoint()
+        gates = self.sample_gate.read(0, self.context.n_samples).astype(np.float64)
+        rng = evidence_rng(self.context.seed, f"{self.name}.routing")
+        entropy, p, null = (np.full(len(names), np.nan) for _ in range(3))
+        ci = np.full((len(names), 2), np.nan)
+        for name, branches in self.gated:
+            i = names.index(name)
+            found = evidence.routing_evidence(gates[:, branches], o.permutations, o.resamples, o.level, rng)
+            entropy[i], p[i], null[i], ci[i] = found["entropy"], found["p"], found["null"], found["ci"]
+        ds = ds.assign(dispatch_entropy=("layer", entropy, {
+            "long_name": "dispatch entropy", "units": "1",
+            "description": "entropy of the layer's expert load (share of the summed gate values) / log K: 1 balanced, "
+                           "0 one expert; NaN on layers without a gate"}))
+        if o.permutations:
+            ds = add_test(ds, "dispatch_entropy", ("layer",), p, null, permuted=ROUTING, permutations=o.permutations,
+                          correction=o.correction, alternative="less")
+        if o.resamples:
+            ds = add_interval(ds, "dispatch_entropy", ("layer",), ci, level=o.level, resamples=o.resamples)
         return ds
 
     def summary(self, ds: xr.Dataset) -> dict:
@@ -162,7 +228,27 @@ class Activity(Analysis):
                                                        int((ds.branch_layer == layer).sum()))
             for layer in ds.layer.values[:8]
         } | ({"layers": f"{len(ds.layer)} (the first 8 shown above; all are in the node)"} if len(ds.layer) > 8 else {}
-             ) | (_routing_summary(ds) if "routing_share" in ds else {})
+             ) | _evidence_summary(ds) | (_routing_summary(ds) if "routing_share" in ds else {})
+
+
+def _evidence_summary(ds: xr.Dataset) -> dict:
+    """How many calls the intervals allow, and how many branches are weaker than branch exchange gives."""
+    out = {}
+    if "active_confident" in ds:
+        call = ds.active_confident.values
+        out[f"called with {ds.relative_norm_ci.attrs['level']:.0%} intervals"] = (
+            f"{int((call == 1).sum())} active, {int((call == 0).sum())} silent, {int(np.isnan(call).sum())} undecided")
+    if "relative_norm_p_adjusted" in ds:
+        weak = ds.relative_norm_p_adjusted.values < SIGNIFICANCE
+        out["branches weaker than branch exchange gives"] = (
+            f"{int(weak.sum())} of {len(weak)} ({ds.relative_norm_p_adjusted.attrs['correction']}-adjusted "
+            f"p < {SIGNIFICANCE})")
+    if "dispatch_entropy_p_adjusted" in ds:
+        for layer, value, p in zip(ds.layer.values, ds.dispatch_entropy.values, ds.dispatch_entropy_p_adjusted.values,
+                                   strict=True):
+            if np.isfinite(value):
+                out[f"dispatch entropy in {layer}"] = f"{value:.3f}, less balanced than random routing: {describe_p(p)}"
+    return dict(list(out.items())[:12])
 
 
 def _routing_summary(ds: xr.Dataset) -> dict:

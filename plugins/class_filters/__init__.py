@@ -14,6 +14,9 @@ sample and read back once at the end to score the decomposed head exactly:
 * pairwise mutual information between the class filter distributions (:func:`stats.pairwise_information`);
 * decomposed head ``logit_c = sum_{j in I_c} W_cj h_j + b_c`` and its accuracy for each k (no fine-tune);
 * branch share: the share of each class's filters owned by each branch.
+
+Evidence (:mod:`probekit_plugins.class_filters.evidence`): ``selectivity_p`` against shuffled labels (corrected
+over the features), ``selectivity_null`` and ``selectivity_ci`` (bootstrap over samples).
 """
 
 from __future__ import annotations
@@ -25,27 +28,32 @@ import torch
 import xarray as xr
 from torch import nn
 
-from probekit.api import (Analysis, analysis_hooks, Batch, class_coords, classifier_layer, glob_regex, ProbekitError,
-                          sample_coords, Tap)
-from probekit_plugins.class_filters import stats
+from probekit.api import (add_interval, add_test, Analysis, analysis_hooks, Batch, class_coords, classifier_layer,
+                          evidence_rng, EvidenceOptions, glob_regex, ProbekitError, sample_coords, SIGNIFICANCE, Tap)
+from probekit_plugins.class_filters import evidence, stats
 
 TAP = "class-filters"
 READ_ROWS = 4096  # features read back per step at the end
 
 
 @dataclass
-class ClassFiltersOptions:
+class ClassFiltersOptions(EvidenceOptions):
     """``layer``: a module path whose output (pooled over space) are the features, instead of the summed
     classifier's branch features; ``head``: the linear layer that reads them (default: the model's last
     ``nn.Linear`` of matching width); ``k``: filter counts, integers, or fractions of the D features below 1
-    (0.05: 5% of them, at least 1); ``fractions``: the mass fractions of ``Psi``."""
+    (0.05: 5% of them, at least 1); ``fractions``: the mass fractions of ``Psi``; and the evidence's options
+    (:class:`probekit.api.EvidenceOptions`)."""
 
     layer: str = ""
     head: str = ""
     k: list[float] = field(default_factory=lambda: [1, 5, 10, 20, 50])
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    correction: str = field(default="bh", metadata={
+        "help": "correction over the features: bh (false discovery rate, the default for a screen of many "
+                "features), holm or none"})
 
     def check(self):
+        super().check()
         if not self.k or min(self.k) <= 0 or any(k > 1 and k != int(k) for k in self.k):
             raise ProbekitError(f"class-filters.k must be integers >= 1 or fractions in (0, 1), not {self.k}")
 
@@ -261,7 +269,22 @@ class ClassFilters(Analysis):
                     **sample_coords(self.context, self.targets)},
             attrs={"full_accuracy": accuracy[width], "logit_error": self.logit_error, "features": width,
                    "source": self.source.tap.path if self.source.layer is None else "each branch's final linear input"},
-        ).pipe(self._with_features)
+        ).pipe(self._with_features).pipe(self._with_evidence)
+
+    def _with_evidence(self, ds: xr.Dataset) -> xr.Dataset:
+        """Selectivity against shuffled labels, and its bootstrap interval."""
+        o, n = self.options, self.context.n_samples
+        features = np.concatenate([self.features.read(start, min(n, start + READ_ROWS))
+                                   for start in range(0, n, READ_ROWS)])
+        found = evidence.selectivity_evidence(features, self.targets[:n], self.n_classes, o.permutations,
+                                              o.resamples, o.level, evidence_rng(self.context.seed, self.name))
+        if o.permutations:
+            ds = add_test(ds, "selectivity", ("feature",), found["p"], found["null"],
+                          permuted="the class labels shuffled over the samples", permutations=o.permutations,
+                          correction=o.correction)
+        if o.resamples:
+            ds = add_interval(ds, "selectivity", ("feature",), found["ci"], level=o.level, resamples=o.resamples)
+        return ds
 
     def _with_features(self, ds: xr.Dataset) -> xr.Dataset:
         if self.features.in_memory:
@@ -277,7 +300,10 @@ class ClassFilters(Analysis):
             "accuracy with every feature": round(float(ds.attrs["full_accuracy"]), 4),
             "Psi at half the mass (median over classes)": round(float(np.nanmedian(half.values)), 4),
             "median selectivity": round(float(np.median(ds.selectivity.values)), 4),
-        }
+        } | ({"features more selective than with shuffled labels": (
+            f"{int((ds.selectivity_p_adjusted.values < SIGNIFICANCE).sum())} of {ds.sizes['feature']} "
+            f"({ds.selectivity_p_adjusted.attrs['correction']}-adjusted p < {SIGNIFICANCE}); null mean "
+            f"{float(np.mean(ds.selectivity_null.values)):.4f}")} if "selectivity_p_adjusted" in ds else {})
 
 
 probekit_register_analyses, probekit_plot = analysis_hooks(ClassFilters)

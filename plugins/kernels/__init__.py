@@ -10,13 +10,14 @@ probed data are not used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
-from probekit.api import Analysis, analysis_hooks, Batch, init_note, model_states, ProbekitError
+from probekit.api import (add_interval, add_test, Analysis, analysis_hooks, Batch, describe_p, EvidenceOptions,
+                          init_note, model_states, ProbekitError, SIGNIFICANCE)
 from .cluster_scores import (CLUSTERINGS, SCORES, ScoreSet, UmapSettings, cluster, label_agreement,
                                      umap_embedding)
 from .kernel_sets import NORMALISATIONS, LayerKernels, collect_kernels, normalise
@@ -25,22 +26,23 @@ SPACES = ("umap", "raw")
 
 
 @dataclass
-class KernelsOptions:
+class KernelsOptions(EvidenceOptions):
     """``layers``: glob over layer names (empty: every conv shared by all branches, and every grouped conv);
     ``normalise``: none, l2 or zero-mean-l2 (per kernel); ``n_neighbors``, ``min_dist``: UMAP's;
-    ``permutations``: shuffled-label baselines for the p-values; ``silhouette_sample``: most kernels the
-    silhouette uses per layer; ``compare_init``: also score the model's initialisation (PyTorch's default
-    init under --seed)."""
+    ``silhouette_sample``: most kernels the silhouette uses per layer; ``compare_init``: also score the model's
+    initialisation (PyTorch's default init under --seed); and the evidence's options
+    (:class:`probekit.api.EvidenceOptions`): ``permutations`` shuffles of the branch labels (999 by default, so
+    that a Holm-corrected p over 20 layers can pass), ``resamples`` of the kernels for the intervals."""
 
     layers: str = ""
     normalise: str = "zero-mean-l2"
     n_neighbors: int = 15
     min_dist: float = 0.1
-    permutations: int = 200
-    silhouette_sample: int = 2000
+    silhouette_sample: int = field(default=2000, metadata={"help": "most kernels the silhouette uses per layer"})
     compare_init: bool = False
 
     def check(self):
+        super().check()
         if self.normalise not in NORMALISATIONS:
             raise ProbekitError(f"kernels.normalise must be one of {', '.join(NORMALISATIONS)}, "
                                 f"not {self.normalise!r}")
@@ -53,13 +55,14 @@ class KernelsOptions:
 @dataclass
 class StateResult:
     """One model state's per-kernel embedding ``[n, 2]`` and cluster ids ``[space, clustering, n]``, and
-    per-layer scores ``[layer, space, score]`` (observed, baseline mean, p-value)."""
+    per-layer scores ``[layer, space, score]`` (observed, null mean, p-value) and intervals ``[..., 2]``."""
 
     embedding: np.ndarray
     clusters: np.ndarray
     observed: np.ndarray
-    baseline: np.ndarray
-    p_value: np.ndarray
+    null: np.ndarray
+    p: np.ndarray
+    ci: np.ndarray
 
 
 def score_layer(layer: LayerKernels, options: KernelsOptions, seed: int
@@ -79,7 +82,8 @@ def score_layer(layer: LayerKernels, options: KernelsOptions, seed: int
     for points in (embedded, raw):
         clusters = cluster(points, int(codes.max()) + 1, seed)
         ids.append([clusters[c] for c in CLUSTERINGS])
-        scores.append(label_agreement(points, codes, clusters, options.permutations, options.silhouette_sample, seed))
+        scores.append(label_agreement(points, codes, clusters, options.permutations, options.silhouette_sample, seed,
+                                      options.resamples, options.level))
     inverse = np.argsort(order)
     return embedded[inverse], np.array(ids)[..., inverse], scores
 
@@ -111,7 +115,7 @@ class Kernels(Analysis):
             bar.update()
         return StateResult(np.concatenate(embeddings), np.concatenate(clusters, axis=2),
                            *(np.array([[getattr(s, f) for s in layer] for layer in scores])
-                             for f in ("observed", "baseline", "p_value")))
+                             for f in ("observed", "null", "p", "ci")))
 
     def finalize(self) -> xr.Dataset:
         total = sum(len(layers) for layers in self.layers.values())
@@ -132,11 +136,6 @@ class Kernels(Analysis):
             "score": (score_dims, stack("observed"), {
                 "long_name": "agreement of clusters (ARI, NMI) and geometry (silhouette) with the branch labels",
                 "units": "1"}),
-            "baseline": (score_dims, stack("baseline"), {
-                "long_name": "mean score over shuffled branch labels", "units": "1"}),
-            "p_value": (score_dims, stack("p_value"), {
-                "long_name": "one-sided permutation p-value of the score",
-                "description": "(1 + #{shuffled >= observed}) / (1 + permutations)"}),
         }
         coords = {
             "state": ("state", np.array(states, dtype=object)),
@@ -156,21 +155,34 @@ class Kernels(Analysis):
                                            "long_name": f"raw kernels of {first[0].layer} (3 input channels)",
                                            "units": "parameter units"})
             coords["rgb_kernel_branch"] = ("rgb_kernel", first[0].branch.astype(object))
-        return xr.Dataset(variables, coords=coords, attrs={
+        ds = xr.Dataset(variables, coords=coords, attrs={
             "normalise": self.options.normalise, "permutations": self.options.permutations,
             "silhouette_sample": self.options.silhouette_sample, "seed": self.context.seed,
             "umap": f"umap-learn, n_neighbors={self.options.n_neighbors} (capped at n-1), "
                     f"min_dist={self.options.min_dist}, 2 components, euclidean, random_state={self.context.seed}",
             "clustering": "KMeans (k = branches in the layer, n_init=10) and HDBSCAN (min_cluster_size=5)",
             "init": init_note(states, self.context.seed)})
+        o = self.options
+        if o.permutations:
+            ds = add_test(ds, "score", score_dims, stack("p"), stack("null"),
+                          permuted="the branch labels shuffled over the layer's kernels", permutations=o.permutations,
+                          correction=o.correction, family=("layer",))
+        if o.resamples:
+            ds = add_interval(ds, "score", score_dims, stack("ci"), level=o.level, resamples=o.resamples,
+                              resampled="kernels, with the clusters held fixed (none for the silhouette)")
+        return ds
 
     def summary(self, ds: xr.Dataset) -> dict:
         out = {"layers": ds.sizes["layer"], "kernels": ds.sizes["kernel"]}
         for state in ds.state.values:
             ari = ds.score.sel(state=state, space="umap", metric="ari_kmeans")
-            p = ds.p_value.sel(state=state, space="umap", metric="ari_kmeans")
             out[f"median UMAP KMeans ARI ({state})"] = round(float(ari.median()), 4)
-            out[f"layers with p < 0.05 ({state})"] = int((p < 0.05).sum())
+            if "score_p_adjusted" in ds:
+                p = ds.score_p_adjusted.sel(state=state, space="umap", metric="ari_kmeans")
+                best = int(np.nanargmin(p.values))
+                out[f"layers beyond shuffled labels, UMAP KMeans ARI ({state})"] = (
+                    f"{int((p < SIGNIFICANCE).sum())} of {len(p)} ({ds.score_p_adjusted.attrs['correction']}-adjusted "
+                    f"p < {SIGNIFICANCE}; best {p.layer.values[best]}: {describe_p(float(p.values[best]))})")
         return out
 
 

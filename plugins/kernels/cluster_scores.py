@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from probekit.api import ProbekitError
+
+from probekit.api import bootstrap_ci, permutation_p, ProbekitError
+from probekit_plugins.kernels import agreement
 
 SCORES = ("ari_kmeans", "nmi_kmeans", "ari_hdbscan", "nmi_hdbscan", "silhouette")
 CLUSTERINGS = ("kmeans", "hdbscan")
@@ -81,37 +83,33 @@ def cluster(points: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def _silhouette(distances: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import silhouette_score
-
-    if not 2 <= len(np.unique(labels)) <= len(labels) - 1:
-        return float("nan")
-    return float(silhouette_score(distances, labels, metric="precomputed"))
-
-
-def _scores(clusters: dict[str, np.ndarray], labels: np.ndarray, distances: np.ndarray, sample: np.ndarray):
-    """The :data:`SCORES` of ``labels`` ``[n]`` against the clusters, silhouette on ``sample``."""
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
+def _scores(clusters: dict[str, np.ndarray], labels: np.ndarray, distances: np.ndarray, sample: np.ndarray
+            ) -> np.ndarray:
+    """``[P, len(SCORES)]``: the :data:`SCORES` of each labeling ``labels [P, n]`` against the clusters, the
+    silhouette on the points ``sample`` (whose ``distances`` are given)."""
     out = []
     for method in CLUSTERINGS:
-        out += [adjusted_rand_score(labels, clusters[method]), normalized_mutual_info_score(labels, clusters[method])]
-    return np.array([*out, _silhouette(distances, labels[sample])])
+        out += [agreement.ari(labels, clusters[method]), agreement.nmi(labels, clusters[method])]
+    return np.stack([*out, agreement.silhouette(distances, labels[:, sample])], axis=1)
 
 
 @dataclass(frozen=True)
 class ScoreSet:
-    """:data:`SCORES` of the true labels (``observed``), their mean over label permutations (``baseline``),
-    and one-sided permutation p-values ``(1 + #{permuted >= observed}) / (1 + permutations)``."""
+    """:data:`SCORES` of the true labels (``observed``), their mean over label permutations (``null``), one-sided
+    permutation p-values ``(1 + #{permuted >= observed}) / (1 + permutations)`` (``p``), and bootstrap
+    intervals ``[score, 2]`` over the points with the clusters held fixed (``ci``; NaN for the silhouette, which
+    duplicated points would bias)."""
 
     observed: np.ndarray
-    baseline: np.ndarray
-    p_value: np.ndarray
+    null: np.ndarray
+    p: np.ndarray
+    ci: np.ndarray
 
 
 def label_agreement(points: np.ndarray, labels: np.ndarray, clusters: dict[str, np.ndarray], permutations: int,
-                    silhouette_sample: int, seed: int) -> ScoreSet:
-    """How well ``clusters`` (and the geometry of ``points`` ``[n, d]``) follow ``labels`` ``[n]``.
+                    silhouette_sample: int, seed: int, resamples: int = 0, level: float = 0.95) -> ScoreSet:
+    """How well ``clusters`` (and the geometry of ``points`` ``[n, d]``) follow ``labels`` ``[n]`` (codes
+    ``0..K-1``), against ``permutations`` shuffles of the labels.
 
     The silhouette uses the labels as clusters, on a seeded subsample of at most ``silhouette_sample`` points
     (the same subsample for the permutations).
@@ -121,11 +119,17 @@ def label_agreement(points: np.ndarray, labels: np.ndarray, clusters: dict[str, 
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.permutation(len(points))[:silhouette_sample])
     distances = pairwise_distances(points[sample])
-    observed = _scores(clusters, labels, distances, sample)
-    permuted = np.array([_scores(clusters, rng.permutation(labels), distances, sample)
-                         for _ in range(permutations)])
-    if not permutations:
-        return ScoreSet(observed, np.full_like(observed, np.nan), np.full_like(observed, np.nan))
-    exceed = (permuted >= observed).sum(axis=0)
-    p_value = np.where(np.isnan(observed), np.nan, (1 + exceed) / (1 + permutations))
-    return ScoreSet(observed, permuted.mean(axis=0), p_value)
+    observed = _scores(clusters, labels[None], distances, sample)[0]
+    if permutations:
+        null = _scores(clusters, np.stack([rng.permutation(labels) for _ in range(permutations)]), distances, sample)
+        p, null_mean = permutation_p(observed, null), null.mean(0)
+    else:
+        p = null_mean = np.full_like(observed, np.nan)
+
+    def resampled(rows: np.ndarray) -> np.ndarray:
+        picked = {method: ids[rows] for method, ids in clusters.items()}
+        return np.append(_scores(picked, labels[rows][None], np.zeros((0, 0)), np.zeros(0, dtype=int))[0, :-1],
+                         np.nan)
+
+    ci = bootstrap_ci(resampled, len(points), resamples, rng, level)
+    return ScoreSet(observed, null_mean, p, ci)

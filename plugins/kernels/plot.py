@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from probekit.api import MAX_PANELS, new_figure, panel_caption
+from probekit.api import describe_p, MAX_PANELS, new_figure, panel_caption
 
 MAX_KERNELS_PER_ROW = 16
 MAX_BRANCH_ROWS = 32
@@ -25,13 +25,20 @@ def scatter(ds: xr.Dataset, state: str):
         ax.scatter(points[:, 0], points[:, 1], c=codes, cmap="tab20" if codes.max() < 20 else "turbo", s=4,
                    linewidths=0)
         s = ds.score.sel(state=state, layer=layer, space="umap")
-        p = ds.p_value.sel(state=state, layer=layer, space="umap")
-        ax.set_title(f"{layer}\nARI {float(s.sel(metric='ari_kmeans')):.3f} (p {float(p.sel(metric='ari_kmeans')):.3g})"
-                     f", sil {float(s.sel(metric='silhouette')):.3f} (p {float(p.sel(metric='silhouette')):.3g})",
+        ax.set_title(f"{layer}\nARI {float(s.sel(metric='ari_kmeans')):.3f} ({_verdict(ds, state, layer, 'ari_kmeans')})"
+                     f", sil {float(s.sel(metric='silhouette')):.3f} ({_verdict(ds, state, layer, 'silhouette')})",
                      fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
     return fig
+
+
+def _verdict(ds: xr.Dataset, state: str, layer: str, metric: str) -> str:
+    """``n.s.`` or the adjusted p of one layer's score (``untested`` without permutations)."""
+    if "score_p_adjusted" not in ds:
+        return "untested"
+    p = float(ds.score_p_adjusted.sel(state=state, layer=layer, space="umap", metric=metric))
+    return describe_p(p)
 
 
 def rgb_grid(ds: xr.Dataset, state: str):

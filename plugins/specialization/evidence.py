@@ -1,7 +1,7 @@
 """The specialization statistics and their null: branch identity permuted within each sample.
 
 ``values [N, B]`` holds a per-sample score for every branch (the branch's confidence in the true class alone, or
-its response norm) and ``targets [N]`` the classes. The null exchanges the scores of the branches of one layer
+its response norm) and ``targets [N]`` the classes (:func:`probekit.api.permute_within`). The null exchanges the scores of the branches of one layer
 independently in every sample: it keeps what the whole layer does on each sample (and so the model's per-class
 accuracy) and breaks only which branch does it. Identical branches are unchanged by it, so they get p = 1.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probekit.api import bootstrap_ci, permutation_null, permutation_p
+from probekit.api import bootstrap_ci, permutation_null, permutation_p, permute_within
 
 
 def class_profiles(values: np.ndarray, targets: np.ndarray, n_classes: int) -> np.ndarray:
@@ -32,14 +32,6 @@ def heterogeneity(profiles: np.ndarray, parts: list[slice]) -> np.ndarray:
     return np.array([((profiles[part] - profiles[part].mean(0)) ** 2).mean() for part in parts])
 
 
-def branch_permuted(values: np.ndarray, parts: list[slice], rng: np.random.Generator) -> np.ndarray:
-    """``values [N, B]`` with the branches of each layer (``parts``) exchanged independently in every sample."""
-    out = values.copy()
-    for part in parts:
-        out[:, part] = rng.permuted(values[:, part], axis=1)
-    return out
-
-
 def statistics(values: np.ndarray, targets: np.ndarray, n_classes: int, parts: list[slice]) -> np.ndarray:
     """``[B + L]``: every branch's specialization index, then every layer's heterogeneity."""
     profiles = class_profiles(values, targets, n_classes)
@@ -48,13 +40,13 @@ def statistics(values: np.ndarray, targets: np.ndarray, n_classes: int, parts: l
 
 def evidence(values: np.ndarray, targets: np.ndarray, n_classes: int, parts: list[slice], permutations: int,
              resamples: int, level: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Observed statistics, their p-values and null means under :func:`branch_permuted`, and bootstrap intervals
+    """Observed statistics, their p-values and null means under branch exchange (:func:`probekit.api.permute_within` per layer), and bootstrap intervals
     over samples: ``{"index": [B], "index_p", "index_null", "index_ci": [B, 2], "heterogeneity": [L],
     "heterogeneity_p", "heterogeneity_null", "heterogeneity_ci": [L, 2]}``."""
     b = values.shape[1]
     observed = statistics(values, targets, n_classes, parts)
     if permutations:
-        null = permutation_null(lambda r: statistics(branch_permuted(values, parts, r), targets, n_classes, parts),
+        null = permutation_null(lambda r: statistics(permute_within(values, r, parts), targets, n_classes, parts),
                                 permutations, rng, "specialization null")
         p, null_mean = permutation_p(observed, null), null.mean(0)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -31,7 +32,7 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], np.ndarray], n: int, resample
     draws = np.stack([np.asarray(statistic(resample_indices(n, rng, groups)), dtype=np.float64)
                       for _ in range(resamples)])
     tail = (1 - level) / 2
-    with np.errstate(invalid="ignore"):
-        bounds = np.nanquantile(draws, [tail, 1 - tail], axis=0) if np.isnan(draws).any() else \
-            np.quantile(draws, [tail, 1 - tail], axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN entry (a score undefined on resamples)
+        bounds = np.nanquantile(draws, [tail, 1 - tail], axis=0)
     return np.moveaxis(bounds, 0, -1)

@@ -51,10 +51,25 @@ def evidence_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
+def adjust_within(p: np.ndarray, dims: tuple[str, ...], family: tuple[str, ...], method: str) -> np.ndarray:
+    """``p`` (at ``dims``) adjusted separately in each family: the entries that differ only along ``family``."""
+    p = np.asarray(p, dtype=np.float64)
+    inner = [dims.index(d) for d in family]
+    outer = [i for i in range(len(dims)) if i not in inner]
+    moved = np.transpose(p, outer + inner)
+    flat = moved.reshape(-1, int(np.prod([p.shape[i] for i in inner], dtype=np.int64)))
+    adjusted = np.stack([adjust_p(row, method) for row in flat]).reshape(moved.shape)
+    return np.transpose(adjusted, np.argsort(outer + inner))
+
+
 def add_test(ds: xr.Dataset, name: str, dims: tuple[str, ...], p: np.ndarray, null: np.ndarray, *, permuted: str,
-             permutations: int, correction: str | None = "holm", alternative: str = "greater") -> xr.Dataset:
+             permutations: int, correction: str | None = "holm", alternative: str = "greater",
+             family: tuple[str, ...] | None = None) -> xr.Dataset:
     """``ds`` with ``name_p``, ``name_null`` and (unless ``correction`` is ``None``: one test) ``name_p_adjusted``
-    at ``dims``; all entries of ``p`` are one family. ``permuted``: what the null permutes, one sentence."""
+    at ``dims``. ``family``: the dims one correction spans (default all ``dims``: every entry is one family; e.g.
+    ``("layer",)`` corrects over layers separately for each entry of the other dims). ``permuted``: what the
+    null permutes, one sentence."""
+    family = tuple(dims) if family is None else tuple(family)
     sentence = f"{permuted.rstrip('.')}, {permutations} times."
     variables = {
         f"{name}_p": (dims, np.asarray(p, dtype=np.float64), {
@@ -65,9 +80,10 @@ def add_test(ds: xr.Dataset, name: str, dims: tuple[str, ...], p: np.ndarray, nu
             "long_name": f"mean of {name} under the null", "null": sentence}),
     }
     if correction is not None:
-        variables[f"{name}_p_adjusted"] = (dims, adjust_p(p, correction), {
+        variables[f"{name}_p_adjusted"] = (dims, adjust_within(p, tuple(dims), family, correction), {
             "long_name": f"adjusted p-value of {name}", "units": "1", "correction": correction,
-            "family": f"every entry of {name}_p ({int(np.isfinite(p).sum())} tests)"})
+            "family": f"the entries of {name}_p along {', '.join(family)}" if family != tuple(dims)
+            else f"every entry of {name}_p ({int(np.isfinite(p).sum())} tests)"})
     return ds.assign(variables)
 
 

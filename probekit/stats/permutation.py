@@ -34,9 +34,12 @@ def permutation_p(observed: np.ndarray, null: np.ndarray, alternative: str = "gr
 def permute_within(values: np.ndarray, rng: np.random.Generator, parts: Sequence[slice] | None = None) -> np.ndarray:
     """``values [N, K, ...]`` with the K entries of each row shuffled independently per row (and, with ``parts``,
     only within each slice of K: the branches of one layer are exchanged only with each other)."""
-    out = np.empty_like(values)
+    out = values.copy()
     for part in parts or [slice(0, values.shape[1])]:
         block = values[:, part]
+        if block.ndim == 2:
+            out[:, part] = rng.permuted(block, axis=1)
+            continue
         order = rng.random(block.shape[:2]).argsort(axis=1)
         out[:, part] = np.take_along_axis(block, order.reshape(order.shape + (1,) * (block.ndim - 2)), axis=1)
     return out
