@@ -25,9 +25,9 @@ def scatter(ds: xr.Dataset, state: str):
         ax.scatter(points[:, 0], points[:, 1], c=codes, cmap="tab20" if codes.max() < 20 else "turbo", s=4,
                    linewidths=0)
         s = ds.score.sel(state=state, layer=layer, space="umap")
-        ax.set_title(f"{layer}\nARI {float(s.sel(metric='ari_kmeans')):.3f} ({_verdict(ds, state, layer, 'ari_kmeans')})"
-                     f", sil {float(s.sel(metric='silhouette')):.3f} ({_verdict(ds, state, layer, 'silhouette')})",
-                     fontsize=7)
+        ari, sil = (f"{float(s.sel(metric=m)):.3f} ({_verdict(ds, state, layer, m)})" for m in ("ari_kmeans",
+                                                                                              "silhouette"))
+        ax.set_title(f"{layer}\nARI {ari}, sil {sil}", fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
     return fig

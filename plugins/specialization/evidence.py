@@ -1,9 +1,10 @@
 """The specialization statistics and their null: branch identity permuted within each sample.
 
 ``values [N, B]`` holds a per-sample score for every branch (the branch's confidence in the true class alone, or
-its response norm) and ``targets [N]`` the classes (:func:`probekit.api.permute_within`). The null exchanges the scores of the branches of one layer
-independently in every sample: it keeps what the whole layer does on each sample (and so the model's per-class
-accuracy) and breaks only which branch does it. Identical branches are unchanged by it, so they get p = 1.
+its response norm) and ``targets [N]`` the classes. The null (:func:`probekit.api.permute_within`) exchanges the
+scores of the branches of one layer independently in every sample: it keeps what the whole layer does on each
+sample (and so the model's per-class accuracy) and breaks only which branch does it. Identical branches are
+unchanged by it, so they get p = 1.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def statistics(values: np.ndarray, targets: np.ndarray, n_classes: int, parts: l
 
 def evidence(values: np.ndarray, targets: np.ndarray, n_classes: int, parts: list[slice], permutations: int,
              resamples: int, level: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Observed statistics, their p-values and null means under branch exchange (:func:`probekit.api.permute_within` per layer), and bootstrap intervals
-    over samples: ``{"index": [B], "index_p", "index_null", "index_ci": [B, 2], "heterogeneity": [L],
+    """Observed statistics, their p-values and null means under branch exchange within each layer, and bootstrap
+    intervals over samples: ``{"index": [B], "index_p", "index_null", "index_ci": [B, 2], "heterogeneity": [L],
     "heterogeneity_p", "heterogeneity_null", "heterogeneity_ci": [L, 2]}``."""
     b = values.shape[1]
     observed = statistics(values, targets, n_classes, parts)

@@ -99,8 +99,16 @@ def add_interval(ds: xr.Dataset, name: str, dims: tuple[str, ...], ci: np.ndarra
         bound=("bound", np.array(["low", "high"], dtype=object)))
 
 
-def describe_p(p_adjusted: float, threshold: float = SIGNIFICANCE) -> str:
-    """``'n.s.'`` or ``'p_adj = 0.004'``: how a summary states one adjusted p-value (never a bare ranking)."""
-    if not np.isfinite(p_adjusted):
+def describe_p(p: float, threshold: float = SIGNIFICANCE, label: str = "p_adj") -> str:
+    """``'n.s. (p_adj = 0.3)'`` or ``'p_adj = 0.004'``: how a summary states one (by default adjusted) p-value,
+    never a bare ranking; ``label="p"`` for a single test's own p-value."""
+    if not np.isfinite(p):
         return "untested"
-    return f"p_adj = {p_adjusted:.3g}" if p_adjusted < threshold else f"n.s. (p_adj = {p_adjusted:.2g})"
+    return f"{label} = {p:.3g}" if p < threshold else f"n.s. ({label} = {p:.2g})"
+
+
+def smallest_adjusted_p(permutations: int, tests: int, correction: str) -> float:
+    """The smallest adjusted p-value ``tests`` permutation tests of ``permutations`` draws can reach (each p is at
+    least ``1 / (1 + permutations)``): a summary says so when it is above :data:`SIGNIFICANCE`."""
+    floor = 1 / (1 + permutations)
+    return min(1.0, floor * tests) if correction == "holm" else floor

@@ -98,6 +98,9 @@ def probekit_register_commands(subparsers):  # called directly by probekit.comma
     nad.add_argument("--train-per-class", type=int, default=256, help="training images per class (random)")
     nad.add_argument("--test-per-class", type=int, default=100, help="test images per class (random)")
     nad.add_argument("--mosaics", type=int, default=100, help="2x2 mosaics for the CAM hit rate")
+    nad.add_argument("--permutations", type=int, default=99, help="random masks of the same size per class for "
+                     "the null (each a pass over the test images; 0: no test)")
+    nad.add_argument("--resamples", type=int, default=200, help="bootstrap resamples of the test images")
     nad.add_argument("--seed", type=int, default=0)
     nad.add_argument("--trust-pickle", action="store_true")
     nad.add_argument("--trust-code", action="store_true")

@@ -94,7 +94,8 @@ def nad(args) -> str:
 
     config = NadConfig(layers=args.layers, branch_gates=args.branch_gates, beta=args.beta, lr=args.lr,
                        epochs=args.epochs, batch_size=args.batch_size, train_per_class=args.train_per_class,
-                       test_per_class=args.test_per_class, mosaics=args.mosaics, seed=args.seed)
+                       test_per_class=args.test_per_class, mosaics=args.mosaics, seed=args.seed,
+                       permutations=args.permutations, resamples=args.resamples)
     config = with_options(config, args.option)
     config.check()
     loaded = load_model(args.model, LoadOptions(trust_pickle=args.trust_pickle, trust_code=args.trust_code))

@@ -30,6 +30,9 @@ from probekit.errors import ProbekitError
 from probekit.models.branches import BranchSet, glob_regex
 from probekit.models.classifier import classifier_layer
 from probekit.run.hooks import forward_hooks
+from probekit.stats.evidence import (SIGNIFICANCE, EvidenceOptions, add_interval, add_test, describe_p, evidence_rng,
+                                     smallest_adjusted_p)
+from probekit.zoo.nad_evidence import mask_evidence
 
 LAYERS_ATTR = "probekit_nad_layers"  # a model's own default gate glob (the zoo's branched ResNets name theirs)
 BRANCH = "branch:"  # key prefix of the scalar branch gates
@@ -51,8 +54,13 @@ class NadConfig:
     top_fraction: float = 0.1
     similar: int = 3
     seed: int = 0
+    permutations: int = 99  # random masks per class (each a pass over the test images)
+    resamples: int = 200
+    level: float = 0.95
+    correction: str = "holm"
 
     def check(self):
+        EvidenceOptions.check(self)
         if self.beta < 0 or self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
             raise ProbekitError("nad: --beta must be >= 0, --lr > 0, --epochs and --batch-size >= 1")
         if not 0 < self.top_fraction <= 1 or self.mosaics < 0 or self.similar < 1:
@@ -325,7 +333,8 @@ def run_nad(model: nn.Module, branchset: BranchSet | None, train, test, config: 
         soft.append({k: torch.sigmoid(m) for k, m in masks.items()})
         losses.append(curve)
     bar.close()
-    return _evaluate(model, gates, channels, soft, losses, trains, tests, branchset, branches, classes, config)
+    return _evaluate(model, gates, channels, soft, losses, trains, tests, branchset, branches, classes, config,
+                     progress)
 
 
 def _images(data, indices: np.ndarray) -> torch.Tensor:
@@ -333,18 +342,24 @@ def _images(data, indices: np.ndarray) -> torch.Tensor:
     return torch.stack([data.dataset[int(i)][0] for i in indices]) if len(indices) else torch.empty(0)
 
 
-def _evaluate(model, gates, channels, soft, losses, trains, tests, branchset, branches, classes, config):
+def _evaluate(model, gates, channels, soft, losses, trains, tests, branchset, branches, classes, config, progress):
     keys = [k for k in gates.keys if not k.startswith(BRANCH)]
     hard = [{k: (s > 0.5).float() for k, s in masks.items()} for masks in soft]
     bools = [{k: h.numpy() > 0.5 for k, h in masks.items()} for masks in hard]
     n = len(classes)
     kept = np.array([[bools[c][k].mean() for k in keys] for c in range(n)])
     sim = similarity(bools, keys)
-    masked = np.full((n, n), np.nan)
-    for i in range(n):
-        for j, x in enumerate(tests):
-            if len(x):
-                masked[i, j] = float((predictions(model, gates, hard[i], x, config.batch_size) == j).mean())
+    everything = torch.cat([x for x in tests if len(x)])
+    labels = np.concatenate([[j] * len(x) for j, x in enumerate(tests)]).astype(np.int64)
+    found = mask_evidence(lambda mask: predictions(model, gates, mask, everything, config.batch_size), hard, labels,
+                          config.permutations, config.resamples, config.level, evidence_rng(config.seed, "nad"),
+                          progress)
+    onehot = np.eye(n)[labels]
+    present = onehot.sum(0) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        masked = np.where(present, (found["predicted"] == labels[None]) @ onehot / onehot.sum(0), np.nan)
+        predicted_as = np.where(present, (found["predicted"] == np.arange(n)[:, None]) @ onehot / onehot.sum(0),
+                                np.nan)
     unmasked = [predictions(model, gates, None, x, config.batch_size) if len(x) else None for x in tests]
     original = np.array([float((p == j).mean()) if p is not None else np.nan for j, p in enumerate(unmasked)])
     hit, hit_plain, mosaic_note = mosaic_hits(model, gates, hard, tests, config, keys)
@@ -363,6 +378,18 @@ def _evaluate(model, gates, channels, soft, losses, trains, tests, branchset, br
                 "long_name": "masked accuracy", "units": "1",
                 "description": "accuracy on class cls_other's test images with class cls's hard mask"}),
             "original_accuracy": ("cls", original, {"long_name": "unmasked accuracy per class", "units": "1"}),
+            "predicted_as": (("cls", "cls_other"), predicted_as, {
+                "long_name": "share predicted as the mask's class", "units": "1",
+                "description": "share of class cls_other's test images predicted as cls under class cls's hard mask"}),
+            "separation": ("cls", found["measures"][:-1, 0], {
+                "long_name": "class separation of the mask", "units": "1",
+                "description": "masked accuracy on the class's own images minus the mean over the other classes"}),
+            "bias": ("cls", found["measures"][:-1, 1], {
+                "long_name": "bias of the mask toward its class", "units": "1",
+                "description": "share of the other classes' test images predicted as the mask's class"}),
+            "random_mask_accuracy": ("cls", found["random_accuracy"], {
+                "long_name": "accuracy on the class's images under random masks of the same size", "units": "1",
+                "description": "mean over the null's random masks (as many gates kept per layer, random channels)"}),
             "hit_rate": ("layer", hit, {"long_name": "mosaic hit rate of the masked CAM", "units": "1",
                                         "description": f"share of the top {config.top_fraction:g} CAM pixels in "
                                                        "the class's quadrant; chance 0.25"}),
@@ -379,8 +406,24 @@ def _evaluate(model, gates, channels, soft, losses, trains, tests, branchset, br
                "train_per_class": config.train_per_class, "test_per_class": config.test_per_class,
                "mosaics": config.mosaics, "mosaic_note": mosaic_note,
                "misclassified": wrong_count, "misclassified_to_similar": wrong_similar,
-               "misclassified_chance": min(1.0, config.similar / max(n - 1, 1)), "similar": config.similar},
+               "misclassified_chance": min(1.0, config.similar / max(n - 1, 1)), "similar": config.similar,
+               "seed": config.seed},
     )
+    null = "each class's mask replaced by a random mask keeping as many gates in every layer, at random channels"
+    for k, name in enumerate(("separation", "bias")):
+        pooled = f"mean_{name}"
+        ds[pooled] = ((), found["measures"][-1, k], {"long_name": f"{name} averaged over the classes",
+                                                      "units": "1", "description": "one pooled test of every mask"})
+        if config.permutations:
+            ds = add_test(ds, name, ("cls",), found["p"][:-1, k], found["null"][:-1, k], permuted=null,
+                          permutations=config.permutations, correction=config.correction)
+            ds = add_test(ds, pooled, (), found["p"][-1, k], found["null"][-1, k], permuted=null,
+                          permutations=config.permutations, correction=None)
+        if config.resamples:
+            ds = add_interval(ds, name, ("cls",), found["ci"][:-1, k], level=config.level,
+                              resamples=config.resamples, resampled="test images")
+            ds = add_interval(ds, pooled, (), found["ci"][-1, k], level=config.level, resamples=config.resamples,
+                              resampled="test images")
     return _with_branches(ds, soft, bools, keys, branchset, branches, model, tests)
 
 
@@ -421,6 +464,27 @@ def _misclassified(unmasked: list[np.ndarray | None], sim: np.ndarray, similar: 
     return (hits / total if total else float("nan")), total
 
 
+def _evidence_summary(ds: xr.Dataset) -> dict:
+    """Separation and bias beside their random-mask null, and how many classes beat it."""
+    out = {}
+    for name in ("separation", "bias"):
+        if f"{name}_p_adjusted" not in ds:
+            continue
+        adjusted = ds[f"{name}_p_adjusted"]
+        floor = smallest_adjusted_p(ds[f"{name}_p"].attrs["permutations"], ds.sizes["cls"],
+                                    adjusted.attrs["correction"])
+        out[f"{name}, mean over classes (random masks of the same size)"] = (
+            f"{float(ds[f'mean_{name}']):.3f} ({float(ds[f'mean_{name}_null']):.3f}): "
+            f"{describe_p(float(ds[f'mean_{name}_p']), label='p')} (one pooled test)")
+        out[f"classes whose {name} is beyond the null"] = (
+            f"{int((adjusted.values < SIGNIFICANCE).sum())} of {ds.sizes['cls']} ({adjusted.attrs['correction']}-"
+            f"adjusted p < {SIGNIFICANCE}; the smallest attainable is {floor:.3g})")
+    if "random_mask_accuracy" in ds and np.isfinite(ds.random_mask_accuracy.values).any():
+        out["own-class accuracy under random masks of the same size"] = round(
+            float(np.nanmean(ds.random_mask_accuracy.values)), 4)
+    return out
+
+
 def _padded(curves: list[list[float]]) -> np.ndarray:
     width = max((len(c) for c in curves), default=0)
     return np.array([c + [np.nan] * (width - len(c)) for c in curves], dtype=np.float64).reshape(len(curves), width)
@@ -433,6 +497,7 @@ def summary(ds: xr.Dataset) -> dict:
         "kept fraction (mean over classes and layers)": round(float(ds.kept.mean()), 4),
         "masked accuracy, own class / other classes": f"{np.nanmean(diagonal):.3f} / {np.nanmean(off):.3f}",
         "unmasked accuracy": round(float(np.nanmean(ds.original_accuracy.values)), 4),
+        **_evidence_summary(ds),
         "mosaic hit rate (best layer), unmasked, chance": (
             f"{np.nanmax(ds.hit_rate.values):.3f}, {np.nanmax(ds.hit_rate_unmasked.values):.3f}, 0.25"
             if np.isfinite(ds.hit_rate.values).any() else ds.attrs["mosaic_note"]),
