@@ -12,9 +12,9 @@ each gated layer's ``dispatch_entropy``.
 
 Evidence (:mod:`probekit_plugins.activity.evidence`): ``relative_norm_ci`` bootstraps the samples, and
 ``active_confident`` calls a branch active or silent only when the whole interval is on one side of the
-threshold; ``relative_norm_p`` tests whether a branch is weaker than exchanging the branches of its layer within
-every sample would make it; ``dispatch_entropy_p`` whether routing is less balanced than random routing at the
-same per-sample load.
+threshold; ``norm_share_p`` tests whether a branch's share of its layer's summed norms is below what exchanging
+the branches of the layer within every sample gives; ``dispatch_entropy_p`` whether routing is less balanced
+than random routing at the same per-sample load.
 """
 
 from __future__ import annotations
@@ -161,12 +161,17 @@ class Activity(Analysis):
         norms = self.sample_norm.read(0, self.context.n_samples)
         found = evidence.norm_evidence(norms, parts, o.permutations, o.resamples, o.level,
                                        evidence_rng(self.context.seed, self.name))
+        ds["norm_share"] = ("branch", found["share"], {
+            "long_name": "share of the layer's summed norms", "units": "1",
+            "description": "norm / the sum of the norms of the layer's branches (1 / K when all are equal)"})
         if o.permutations:
-            ds = add_test(ds, "relative_norm", ("branch",), found["p"], found["null"], permuted=EXCHANGE,
+            ds = add_test(ds, "norm_share", ("branch",), found["p"], found["null"], permuted=EXCHANGE,
                           permutations=o.permutations, correction=o.correction, alternative="less")
         if o.resamples:
-            ds = add_interval(ds, "relative_norm", ("branch",), found["ci"], level=o.level, resamples=o.resamples)
-            low, high = found["ci"][:, 0], found["ci"][:, 1]
+            ds = add_interval(ds, "norm_share", ("branch",), found["share_ci"], level=o.level, resamples=o.resamples)
+            ds = add_interval(ds, "relative_norm", ("branch",), found["relative_ci"], level=o.level,
+                              resamples=o.resamples)
+            low, high = found["relative_ci"][:, 0], found["relative_ci"][:, 1]
             call = np.where(low >= o.threshold, 1.0, np.where(high < o.threshold, 0.0, np.nan))
             ds["active_confident"] = ("branch", call, {
                 "long_name": "active branch, called with its interval",
@@ -238,10 +243,10 @@ def _evidence_summary(ds: xr.Dataset) -> dict:
         call = ds.active_confident.values
         out[f"called with {ds.relative_norm_ci.attrs['level']:.0%} intervals"] = (
             f"{int((call == 1).sum())} active, {int((call == 0).sum())} silent, {int(np.isnan(call).sum())} undecided")
-    if "relative_norm_p_adjusted" in ds:
-        weak = ds.relative_norm_p_adjusted.values < SIGNIFICANCE
+    if "norm_share_p_adjusted" in ds:
+        weak = ds.norm_share_p_adjusted.values < SIGNIFICANCE
         out["branches weaker than branch exchange gives"] = (
-            f"{int(weak.sum())} of {len(weak)} ({ds.relative_norm_p_adjusted.attrs['correction']}-adjusted "
+            f"{int(weak.sum())} of {len(weak)} ({ds.norm_share_p_adjusted.attrs['correction']}-adjusted "
             f"p < {SIGNIFICANCE})")
     if "dispatch_entropy_p_adjusted" in ds:
         for layer, value, p in zip(ds.layer.values, ds.dispatch_entropy.values, ds.dispatch_entropy_p_adjusted.values,

@@ -3,8 +3,9 @@
 ``norms [N, B]``: each branch's response norm on each sample; ``parts``: the branches of each layer. The null
 exchanges the branches of a layer independently in every sample: it keeps each sample's set of responses and
 breaks only which branch gave which, so under it every branch of a layer is equally strong. A branch is weaker
-than that (``relative_norm_p``, one-sided) when its share is below what exchange gives. On gated layers,
-``gates [N, K]`` go through the same exchange: random routing at the same per-sample load.
+than that (``norm_share_p``, one-sided) when its share of the layer's summed norms is below what exchange
+gives. On gated layers, ``gates [N, K]`` go through the same exchange: random routing at the same per-sample
+load.
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ def relative(squares: np.ndarray, parts: list[slice]) -> np.ndarray:
     return out
 
 
+def share(squares: np.ndarray, parts: list[slice]) -> np.ndarray:
+    """``[B]`` each branch's norm over the samples of ``squares [N, B]``, as a share of its layer's summed norms."""
+    norm = np.sqrt(squares.sum(0))
+    out = np.empty_like(norm)
+    for part in parts:
+        out[part] = norm[part] / max(float(norm[part].sum()), 1e-300)
+    return out
+
+
 def dispatch_entropy(gates: np.ndarray) -> float:
     """Entropy of a layer's load (each expert's share of the summed gate values over ``gates [N, K]``), divided
     by log K: 1 when every expert carries the same load, 0 when one carries it all."""
@@ -34,18 +44,21 @@ def dispatch_entropy(gates: np.ndarray) -> float:
 
 def norm_evidence(norms: np.ndarray, parts: list[slice], permutations: int, resamples: int, level: float,
                   rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``{"p", "null": [B], "ci": [B, 2]}``: the relative norms' p-values (small: weaker than branch exchange
-    gives) and null means, and bootstrap intervals over samples."""
+    """``{"share": [B], "p", "null": [B], "share_ci", "relative_ci": [B, 2]}``: the norm shares, their p-values
+    (small: weaker than branch exchange gives) and null means, and bootstrap intervals over samples of the shares
+    and of the relative norms."""
     squares = norms.astype(np.float64) ** 2
-    observed = relative(squares, parts)
+    observed = share(squares, parts)
     if permutations:
-        null = permutation_null(lambda r: relative(permute_within(squares, r, parts), parts), permutations, rng,
+        null = permutation_null(lambda r: share(permute_within(squares, r, parts), parts), permutations, rng,
                                 "activity null")
         p, null_mean = permutation_p(observed, null, "less"), null.mean(0)
     else:
         p = null_mean = np.full(observed.shape, np.nan)
-    ci = bootstrap_ci(lambda rows: relative(squares[rows], parts), len(squares), resamples, rng, level)
-    return {"p": p, "null": null_mean, "ci": ci}
+    b = len(observed)
+    ci = bootstrap_ci(lambda rows: np.concatenate([share(squares[rows], parts), relative(squares[rows], parts)]),
+                      len(squares), resamples, rng, level)
+    return {"share": observed, "p": p, "null": null_mean, "share_ci": ci[:b], "relative_ci": ci[b:]}
 
 
 def routing_evidence(gates: np.ndarray, permutations: int, resamples: int, level: float,

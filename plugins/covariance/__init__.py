@@ -5,15 +5,40 @@ responses over all N samples. We accumulate ``F F^T`` batch by batch (so
 memory does not grow with N) and report it divided by N, plus the normalised
 correlation ``F_k . F_l / (|F_k| |F_l|)``. Branches of different layers live in
 different response spaces: those entries are NaN.
+
+Evidence (:mod:`probekit_plugins.covariance.evidence`): per layer, ``mean_abs_corr`` (the mean |corr| between
+distinct branches) is tested against every branch's samples shuffled independently (two-sided), on a
+``sketch``-value sketch of each response kept per sample (exact when a response has at most that many values);
+its interval bootstraps the samples of the same sketch.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import Analysis, analysis_hooks, Batch, branch_coords, compensated_add, compensated_value
+from probekit.api import (add_interval, add_test, Analysis, analysis_hooks, Batch, branch_coords, compensated_add,
+                          compensated_value, describe_p, evidence_rng, EvidenceOptions, layer_coords, ProbekitError)
+from probekit_plugins.covariance import evidence
+
+NULL = "the samples of every branch shuffled independently (on the responses' sketch)"
+
+
+@dataclass
+class CovarianceOptions(EvidenceOptions):
+    """``sketch``: values kept per branch response and sample for the null and the intervals; and the evidence's
+    options (:class:`probekit.api.EvidenceOptions`; 199 permutations by default, one test per layer)."""
+
+    sketch: int = field(default=16, metadata={"help": "values kept per branch response and sample for the null"})
+    permutations: int = field(default=199, metadata={"help": "shuffles of the null (0: no test)"})
+
+    def check(self):
+        super().check()
+        if self.sketch < 1:
+            raise ProbekitError(f"covariance.sketch must be >= 1, not {self.sketch}")
 
 
 class Covariance(Analysis):
@@ -21,9 +46,17 @@ class Covariance(Analysis):
     plot = "probekit_plugins.covariance.plot:plot_covariance"
     merge_rules = {"gram": "compensated-sum", "count": "sum"}  # bitwise the same with --nproc
     description = "streaming F F^T between branch responses, and their correlation"
+    Options = CovarianceOptions
 
     def __init__(self, context, options):
         super().__init__(context, options)
+        self.sketch = context.sample_array(self.name, "response_sketch", ("sample", "branch", "sketch"),
+                                           (len(context.branchset), options.sketch), np.float32, {
+                                               "long_name": "sketch of each branch's response per sample",
+                                               "description": "the response itself (zero-padded) when it has at "
+                                                              "most `sketch` values, else a Gaussian projection"})
+        self.layer_index = {layer.name: i for i, layer in enumerate(context.branchset.layers)}
+        self.projections = {}  # layer name -> its sketch matrix, made from its response width at the first batch
         self.gram = {  # compensated sums [2, K, K] (probekit.api.compensated_add)
             layer.name: torch.zeros(2, len(layer.branches), len(layer.branches), dtype=torch.float64,
                                     device=context.device)
@@ -32,8 +65,14 @@ class Covariance(Analysis):
         self.count = 0
 
     def update(self, batch: Batch) -> None:
+        parts = []
         for name, responses in batch.responses.items():  # [N, K, D]
             self.gram[name] = compensated_add(self.gram[name], torch.bmm(responses, responses.transpose(1, 2)).sum(0))
+            if name not in self.projections:
+                self.projections[name] = evidence.projection(responses.shape[2], self.options.sketch,
+                                                             self.context.seed + self.layer_index[name])
+            parts.append(evidence.sketched(responses, self.projections[name], self.options.sketch))
+        self.sketch.write(int(batch.index[0]), np.concatenate(parts, axis=1))
         self.count += batch.index.shape[0]
 
     def finalize(self) -> xr.Dataset:
@@ -46,7 +85,7 @@ class Covariance(Analysis):
         with np.errstate(invalid="ignore", divide="ignore"):
             corr = gram / np.outer(diag, diag)
         coords = {**branch_coords(self.context), **branch_coords(self.context, "branch_other")}
-        return xr.Dataset(
+        ds = xr.Dataset(
             {
                 "cov": (("branch", "branch_other"), second_moment, {
                     "long_name": "branch response covariance F F^T / N", "units": "output units^2",
@@ -56,13 +95,43 @@ class Covariance(Analysis):
                     "description": "F_k.F_l / (|F_k||F_l|); NaN across layers or for an all-zero branch"}),
             },
             coords=coords,
-            attrs={"n_samples": self.count},
+            attrs={"n_samples": self.count, "sketch": self.options.sketch},
         )
+        if self.sketch.in_memory:
+            ds[self.sketch.name] = (self.sketch.dims, self.sketch.values(), self.sketch.attrs)
+        return self._with_evidence(ds, corr)
+
+    def _with_evidence(self, ds: xr.Dataset, corr: np.ndarray) -> xr.Dataset:
+        """Per layer: the mean |corr| between its branches, tested against shuffled samples, with an interval."""
+        o, layers = self.options, list(self.context.branchset.layer_slices())
+        self.sketch.checkpoint()
+        sketch = self.sketch.read(0, self.context.n_samples)
+        rng = evidence_rng(self.context.seed, self.name)
+        found = [evidence.evidence(sketch[:, part], o.permutations, o.resamples, o.level, rng) for _, part in layers]
+        exact = [np.nanmean(np.abs(corr[part, part][~np.eye(part.stop - part.start, dtype=bool)]))
+                 if part.stop - part.start > 1 else np.nan for _, part in layers]
+        ds = ds.assign_coords(layer_coords(self.context)).assign(mean_abs_corr=("layer", np.array(exact), {
+            "long_name": "mean |corr| between distinct branches of the layer", "units": "1"}))
+        if o.permutations:
+            ds = add_test(ds, "mean_abs_corr", ("layer",), np.array([f["p"] for f in found]),
+                          np.array([f["null"] for f in found]), permuted=NULL, permutations=o.permutations,
+                          correction=o.correction, alternative="two-sided")
+        if o.resamples:
+            ds = add_interval(ds, "mean_abs_corr", ("layer",), np.array([f["ci"] for f in found]), level=o.level,
+                              resamples=o.resamples, resampled="samples (on the responses' sketch)")
+        return ds
 
     def summary(self, ds: xr.Dataset) -> dict:
         corr = ds.corr.values
         off = corr[~np.eye(len(corr), dtype=bool) & np.isfinite(corr)]
-        return {"mean |corr| off the diagonal": round(float(np.abs(off).mean()), 4) if off.size else "n/a"}
+        out = {"mean |corr| off the diagonal": round(float(np.abs(off).mean()), 4) if off.size else "n/a"}
+        if "mean_abs_corr_p_adjusted" in ds:
+            for layer, value, null, p in zip(ds.layer.values[:8], ds.mean_abs_corr.values,
+                                             ds.mean_abs_corr_null.values, ds.mean_abs_corr_p_adjusted.values,
+                                             strict=False):
+                out[f"mean |corr| in {layer} (shuffled samples)"] = (f"{value:.4f} ({null:.4f}): "
+                                                                     f"{describe_p(float(p))}")
+        return out
 
 
 probekit_register_analyses, probekit_plot = analysis_hooks(Covariance)

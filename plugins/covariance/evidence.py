@@ -1,0 +1,62 @@
+"""The covariance null: every branch's samples shuffled independently, on a fixed-size sketch of the responses.
+
+Each branch's flattened response to a sample (D values) is kept as ``r`` numbers: itself when D <= r (exact),
+else its product with a seeded Gaussian matrix ``[D, r] / sqrt(r)``, which preserves dot products in expectation
+(Johnson-Lindenstrauss). ``sketch [N, K, r]`` holds one layer's K branches. The null shuffles the samples of each
+branch independently: it keeps every branch's own responses and breaks only which samples they are paired with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from probekit.api import bootstrap_ci, permutation_null, permutation_p
+
+
+def projection(width: int, dims: int, seed: int) -> torch.Tensor | None:
+    """``[width, dims]`` Gaussian sketch of a ``width``-value response, or ``None`` when it fits as it is."""
+    if width <= dims:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(width, dims, generator=generator, dtype=torch.float64) / dims ** 0.5
+
+
+def sketched(responses: torch.Tensor, matrix: torch.Tensor | None, dims: int) -> np.ndarray:
+    """``[N, K, dims]`` sketch of ``responses [N, K, D]`` (zero-padded when D < dims)."""
+    if matrix is None:
+        out = torch.nn.functional.pad(responses.double(), (0, dims - responses.shape[2]))
+    else:
+        out = responses.double() @ matrix.to(responses.device)
+    return out.float().cpu().numpy()
+
+
+def mean_abs_corr(sketch: np.ndarray) -> float:
+    """Mean |F_k . F_l| / (|F_k| |F_l|) over the pairs k != l of ``sketch [N, K, r]`` (NaN with one branch)."""
+    flat = sketch.astype(np.float64).transpose(1, 0, 2).reshape(sketch.shape[1], -1)
+    gram = flat @ flat.T
+    norm = np.sqrt(np.diag(gram))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.abs(gram / np.outer(norm, norm))
+    off = corr[~np.eye(len(corr), dtype=bool)]
+    return float(np.nanmean(off)) if off.size else float("nan")
+
+
+def shuffled(sketch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``sketch`` with the samples of every branch shuffled independently."""
+    n, k = sketch.shape[:2]
+    order = rng.permuted(np.tile(np.arange(n), (k, 1)), axis=1).T  # [N, K]
+    return sketch[order, np.arange(k)[None, :]]
+
+
+def evidence(sketch: np.ndarray, permutations: int, resamples: int, level: float,
+             rng: np.random.Generator) -> dict[str, float | np.ndarray]:
+    """One layer: ``{"observed", "p" (two-sided), "null", "ci": [2]}`` of the sketched mean |corr|."""
+    observed = mean_abs_corr(sketch)
+    if permutations:
+        null = permutation_null(lambda r: mean_abs_corr(shuffled(sketch, r)), permutations, rng, "covariance null")
+        p, null_mean = float(permutation_p(observed, null, "two-sided")), float(null.mean())
+    else:
+        p = null_mean = float("nan")
+    ci = bootstrap_ci(lambda rows: mean_abs_corr(sketch[rows]), len(sketch), resamples, rng, level)
+    return {"observed": observed, "p": p, "null": null_mean, "ci": ci}
