@@ -75,7 +75,8 @@ def trained_masks():
     out = {}
     for beta in (0.0, 0.05, 0.5):
         config = NadConfig(layers=LAYERS, beta=beta, epochs=12, batch_size=16, train_per_class=80,
-                           test_per_class=36, mosaics=0, branch_gates=beta == 0.5)
+                           test_per_class=36, mosaics=0, branch_gates=beta == 0.5,
+                           permutations=19 if beta == 0.5 else 0, resamples=50 if beta == 0.5 else 0)
         out[beta] = run_nad(model, branchset, train, test, config, progress=False)
     return out
 
@@ -100,6 +101,18 @@ def test_larger_beta_keeps_fewer_gates_and_masks_prefer_their_own_class(trained_
     np.testing.assert_allclose(np.diag(ds.similarity.values), 1.0)
 
 
+def test_masks_separate_their_class_beyond_random_masks_of_the_same_size(trained_masks):
+    ds = trained_masks[0.5]
+    assert float(ds.mean_separation) > float(ds.mean_separation_null)
+    assert float(ds.mean_separation_p) == pytest.approx(1 / 20)  # beyond every one of 19 random masks
+    low, high = ds.mean_separation_ci.values
+    assert low <= float(ds.mean_separation) <= high
+    assert set(ds.separation_p_adjusted.attrs) >= {"correction", "family"} and "random mask" in ds.bias_p.attrs["null"]
+    np.testing.assert_allclose(ds.bias.values, [np.delete(row, c).mean() for c, row in
+                                                enumerate(ds.predicted_as.values)])
+    assert "separation_p" not in trained_masks[0.0]  # permutations=0: no test
+
+
 def test_quadrant_share_counts_the_top_pixels_in_each_quadrant():
     cam = torch.zeros(8, 8)
     cam[5:, 6:] = 1.0  # bottom-right
@@ -112,8 +125,8 @@ def test_cli_on_resnet20_with_mosaics_writes_the_node_and_report(cli, shared_dat
     root = shared_data / "cifar10"
     code, stdout, stderr = cli("experiment", "nad", "--model", "resnet20-cifar10", "--data", f"cifar10:{root}:train",
                                "--test-data", f"cifar10:{root}:test", "--train-per-class", "8", "--test-per-class",
-                               "8", "--mosaics", "4", "--epochs", "1", "--out", tmp_path / "nad.zarr", "--report",
-                               "--quiet")
+                               "8", "--mosaics", "4", "--epochs", "1", "--permutations", "3", "--out", tmp_path / "nad.zarr",
+                               "--report", "--quiet")
     assert code == 0, stderr
     from probekit import open_results
 
