@@ -125,8 +125,8 @@ def test_cli_on_resnet20_with_mosaics_writes_the_node_and_report(cli, shared_dat
     root = shared_data / "cifar10"
     code, stdout, stderr = cli("experiment", "nad", "--model", "resnet20-cifar10", "--data", f"cifar10:{root}:train",
                                "--test-data", f"cifar10:{root}:test", "--train-per-class", "8", "--test-per-class",
-                               "8", "--mosaics", "4", "--epochs", "1", "--permutations", "3", "--out", tmp_path / "nad.zarr",
-                               "--report", "--quiet")
+                               "8", "--mosaics", "4", "--epochs", "1", "--permutations", "3",
+                               "--out", tmp_path / "nad.zarr", "--report", "--quiet")
     assert code == 0, stderr
     from probekit import open_results
 
