@@ -8,18 +8,24 @@ as sample positions, ids and scores. Streaming: a running top-k of sample
 positions per (branch, class), merged batch by batch with ``torch.topk``. At
 the end the best ``thumbnails`` of each list are read back from the data, once
 per distinct sample and shrunk to at most 64 px, for the report.
+
+Evidence (:mod:`probekit_plugins.intra_class.evidence`): per layer and class, ``overlap`` (mean Jaccard index of
+the branches' top lists) against exchanging the branches within every sample: ``overlap_p`` small means the
+branches lead on different samples of the class. The per-sample scores are kept (``sample_score``) for it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import Analysis, analysis_hooks, Batch, BranchScores, class_coords, ProbekitError
+from probekit.api import (add_interval, add_test, Analysis, analysis_hooks, Batch, BranchScores, class_coords,
+                          describe_p, evidence_rng, EvidenceOptions, ProbekitError, SIGNIFICANCE)
+from probekit_plugins.intra_class import evidence
 
 
 THUMB_SIZE = 64
@@ -35,13 +41,16 @@ def _shrink(image: torch.Tensor) -> np.ndarray:
 
 
 @dataclass
-class IntraClassOptions:
-    """``top_percent``: share of each class kept per branch (percent); ``thumbnails``: images kept per list."""
+class IntraClassOptions(EvidenceOptions):
+    """``top_percent``: share of each class kept per branch (percent); ``thumbnails``: images kept per list; and
+    the evidence's options (:class:`probekit.api.EvidenceOptions`; 199 permutations by default)."""
 
     top_percent: float = 2.0
     thumbnails: int = 8
+    permutations: int = field(default=199, metadata={"help": "branch exchanges of the null (0: no test)"})
 
     def check(self):
+        super().check()
         if not 0 < self.top_percent <= 100 or self.thumbnails < 0:
             raise ProbekitError("intra-class.top_percent must be in (0, 100] and intra-class.thumbnails >= 0")
 
@@ -59,7 +68,7 @@ class IntraClass(Analysis):
     name = "intra-class"
     plot = "probekit_plugins.intra_class.plot:plot_intra_class"
     needs_classes = True
-    merge_rules = {"leaders": "custom", "count": "sum"}
+    merge_rules = {"leaders": "custom", "count": "sum", "targets": "rows"}
     description = "per branch and class, the samples the branch alone is most confident about"
     Options = IntraClassOptions
 
@@ -72,6 +81,9 @@ class IntraClass(Analysis):
         self.leaders = (torch.full((b, c, self.k), -math.inf, dtype=torch.float64),
                         torch.full((b, c, self.k), -1, dtype=torch.long))
         self.count = torch.zeros(c, dtype=torch.long)
+        self.targets = np.full(context.n_samples, -1, dtype=np.int64)
+        self.sample_score = context.sample_array(self.name, "sample_score", ("sample", "branch"), (b,), np.float32,
+                                                 {**self._score_attrs(), "description": "per sample, for the null"})
 
     def update(self, batch: Batch) -> None:
         if batch.targets is None:
@@ -79,6 +91,9 @@ class IntraClass(Analysis):
         y = batch.targets.long()
         _, confidence = self.scores(batch, y)  # [N, B]
         confidence, y, index = confidence.double().cpu(), y.cpu(), batch.index.cpu()
+        start = int(index[0])
+        self.sample_score.write(start, confidence.float().numpy())
+        self.targets[start:start + len(y)] = y.numpy()
         for c in y.unique().tolist():
             members = y == c
             self.count[c] += int(members.sum())
@@ -138,6 +153,30 @@ class IntraClass(Analysis):
                 "long_name": "input of a listed sample, shrunk to at most 64 px a side", "units": "input units"})
             ds["thumbnail_row"] = (("branch", "cls", "thumb"), rows, {
                 "long_name": "row of thumbnail showing the thumb-th listed sample (-1: none)"})
+        if self.sample_score.in_memory:
+            ds[self.sample_score.name] = (self.sample_score.dims, self.sample_score.values(), self.sample_score.attrs)
+        return self._with_evidence(ds)
+
+    def _with_evidence(self, ds: xr.Dataset) -> xr.Dataset:
+        """The overlap of the branches' top lists per layer and class, against branch exchange."""
+        o, layers = self.options, list(self.scores.layer_slices())
+        self.sample_score.checkpoint()
+        seen = self.targets >= 0
+        values = self.sample_score.read(0, self.context.n_samples)[seen].astype(np.float64)
+        found = evidence.evidence(values, self.targets[seen], len(self.count), [part for _, part in layers],
+                                  o.top_percent / 100, o.permutations, o.resamples, o.level,
+                                  evidence_rng(self.context.seed, self.name))
+        ds = ds.assign_coords(layer=("layer", np.array([layer.name for layer, _ in layers], dtype=object))).assign(
+            overlap=(("layer", "cls"), found["overlap"], {
+                "long_name": "overlap of the branches' top lists", "units": "1",
+                "description": "mean Jaccard index over the pairs of the layer's branches of their top "
+                               f"{o.top_percent:g}% samples of the class (1: the same samples, 0: disjoint)"}))
+        if o.permutations:
+            ds = add_test(ds, "overlap", ("layer", "cls"), found["p"], found["null"], permuted=(
+                "the scores of the branches of each layer exchanged independently within every sample"),
+                permutations=o.permutations, correction=o.correction, alternative="less")
+        if o.resamples:
+            ds = add_interval(ds, "overlap", ("layer", "cls"), found["ci"], level=o.level, resamples=o.resamples)
         return ds
 
     def _score_attrs(self) -> dict:
@@ -149,7 +188,21 @@ class IntraClass(Analysis):
         return {"kept per (branch, class)": f"top {ds.attrs['top_percent']:g}% "
                 f"({int(ds.top_count.min())}-{int(ds.top_count.max())} samples)",
                 f"mean {ds.top_score.attrs['long_name']} of the kept samples":
-                    round(float(np.nanmean(ds.top_score.values)), 4)}
+                    round(float(np.nanmean(ds.top_score.values)), 4)} | _overlap_summary(ds)
+
+
+def _overlap_summary(ds: xr.Dataset) -> dict:
+    """Mean overlap beside its null, and how many (layer, class) cells overlap less than branch exchange gives."""
+    if "overlap_p_adjusted" not in ds:
+        return {}
+    below = int((ds.overlap_p_adjusted.values < SIGNIFICANCE).sum())
+    best = np.unravel_index(np.nanargmin(ds.overlap_p_adjusted.values), ds.overlap_p_adjusted.shape)
+    return {"overlap of the branches' top lists (branch exchange)": (
+                f"{float(np.nanmean(ds.overlap.values)):.3f} ({float(np.nanmean(ds.overlap_null.values)):.3f})"),
+            "classes whose branches lead on different samples": (
+                f"{below} of {ds.overlap.size} (layer, class) cells ({ds.overlap_p_adjusted.attrs['correction']}-"
+                f"adjusted p < {SIGNIFICANCE}; lowest: {ds.class_name.values[best[1]]}, "
+                f"{describe_p(float(ds.overlap_p_adjusted.values[best]))})")}
 
 
 probekit_register_analyses, probekit_plot = analysis_hooks(IntraClass)
