@@ -25,6 +25,7 @@ _NAMES = {
     "require_classifier": "probekit.models.classifier",
     "resolve_loss": "probekit.models.losses", "summed_loss": "probekit.models.losses",
     "model_states": "probekit.models.initial_state", "init_note": "probekit.models.initial_state",
+    "init_states": "probekit.models.initial_state",
     # shared measures
     "relative_norms": "probekit.measures.activity_rule", "active_flags": "probekit.measures.activity_rule",
     "count_flags": "probekit.measures.activity_rule", "describe_count": "probekit.measures.activity_rule",

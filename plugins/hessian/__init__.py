@@ -10,15 +10,15 @@ in eval mode, so BatchNorm uses its running statistics.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import (Analysis, analysis_hooks, Batch, init_note, model_states, ProbekitError, resolve_loss,
-                          summed_loss)
+from probekit.api import (Analysis, analysis_hooks, Batch, init_note, init_states, model_states, ProbekitError,
+                          resolve_loss, summed_loss)
 from .exact import (MAX_HEAD_OUTPUTS, WITHIN, ZERO_PROBES, MemoryPlan, generic_hessian, is_plain_sum, parse_bytes,
                     saved_bytes, summed_hessian, summed_layer_of)
 from .estimate import Estimates, estimate
@@ -36,6 +36,7 @@ class HessianOptions:
     batches of the run to average over; ``loss``: auto, mse, ce or clamped; ``max_memory``: chunking budget
     (e.g. 4GiB); ``method``: auto, summed or generic; ``eigenvalues``: top eigenvalues kept per block;
     ``compare_init``: also compute everything at initialisation (PyTorch's default init, seeded by --seed);
+    ``init_seeds``: compute it at several initialisations instead, one state ``init-seedS`` per seed;
     ``within_branch`` (summed method): auto skips a branch's second-order term R_k when random HVP probes show
     it is identically zero, full computes every R_k row by row; ``mode``: exact (the whole matrix), estimate
     (matrix-free block energies with standard errors and Lanczos eigenvalues, :mod:`.estimate`) or auto (exact,
@@ -53,6 +54,7 @@ class HessianOptions:
     method: str = "auto"
     eigenvalues: int = 10
     compare_init: bool = False
+    init_seeds: list[int] = field(default_factory=list)
     within_branch: str = "auto"
     mode: Literal["auto", "exact", "estimate"] = "auto"
     max_time: float = 120.0
@@ -92,7 +94,7 @@ class Hessian(Analysis):
     def __init__(self, context, options):
         super().__init__(context, options)
         self.models = model_states(context.model, self.name, options.compare_init, context.seed,
-                                   context.random_init)
+                                   context.random_init, options.init_seeds)
         self.blocks = select_params(context.model, context.branchset, options.params or None)
         self.loss = resolve_loss(options.loss, context.model, bool(context.data.classes), self.name)
         self.plan = MemoryPlan(parse_bytes(options.max_memory))
@@ -325,6 +327,16 @@ class Hessian(Analysis):
                 out[f"off-block energy share ({state})"] = f"{share:.{decimals}f} +- {se:.1g}"
             else:
                 out[f"off-block energy share ({state})"] = round(share, 6)
+        inits = init_states(ds.state.values.tolist())
+        if len(inits) > 1:
+            shares = ds.off_block_share.sel(state=inits).values
+            out[f"off-block share over {len(inits)} init seeds"] = (
+                f"mean {shares.mean():.3f}, range {shares.min():.3f}-{shares.max():.3f}")
+            trained = [s for s in ds.state.values if s not in inits]
+            if trained:
+                value = float(ds.off_block_share.sel(state=trained[0]))
+                out[f"{trained[0]} below the init seeds"] = (
+                    f"{int((shares > value).sum())} of {len(inits)} (one model; a seed spread, not a test)")
         return out
 
 

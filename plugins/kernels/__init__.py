@@ -40,6 +40,8 @@ class KernelsOptions(EvidenceOptions):
     min_dist: float = 0.1
     silhouette_sample: int = field(default=2000, metadata={"help": "most kernels the silhouette uses per layer"})
     compare_init: bool = False
+    init_seeds: list[int] = field(default_factory=list, metadata={
+        "help": "score several initialisations, one state init-seedS per seed (instead of compare_init's one)"})
 
     def check(self):
         super().check()
@@ -98,7 +100,7 @@ class Kernels(Analysis):
     def __init__(self, context, options):
         super().__init__(context, options)
         self.models = model_states(context.model, self.name, options.compare_init, context.seed,
-                                   context.random_init)
+                                   context.random_init, options.init_seeds)
         self.layers = {state: collect_kernels(m, context.branchset, options.layers or None)
                        for state, m in self.models.items()}
 
