@@ -80,7 +80,7 @@ def cmd_run(args) -> int:
                          trust_code=args.trust_code, target_class=args.target_class),
         branches=args.branches, limit=args.limit, batch_size=args.batch_size, device=args.device,
         seed=args.seed, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
-        checkpoint_every=args.checkpoint_every, shuffle=args.shuffle,
+        checkpoint_every=args.checkpoint_every, shuffle=args.shuffle, state=args.state,
     )
     if args.report:
         check_report_target_of(args.out, args.overwrite)
@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="probe with N processes (data parallel, launched through torchrun)")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     run.add_argument("--seed", type=int, default=0, help="seeds torch, random: data and --shuffle")
+    run.add_argument("--state", choices=("trained", "init"), default="trained",
+                     help="init: probe a fresh default initialisation of the model's architecture under --seed "
+                          "(PyTorch's reset_parameters: BatchNorm statistics reset, no recipe's zeroed heads)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing store (once the run is done)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--report", action="store_true", help="also write the HTML report (<out>-report/)")

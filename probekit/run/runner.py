@@ -27,6 +27,7 @@ from probekit.run.data_choice import (DEFAULT_LIMIT, DEFAULT_SAMPLE, HUGE, check
                                       default_data_spec, fitted_image_folder, with_predicted_classes)
 from probekit.errors import ProbekitError
 from probekit.models.graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_tapped
+from probekit.models.initial_state import initialised_copy
 from probekit.models.loading import LoadedModel, LoadOptions, load_model
 from probekit.plugins import manager, plugin_version
 from probekit.run.registry import analyses, checked_analyses
@@ -57,6 +58,7 @@ class RunSpec:
     resume: bool = False
     checkpoint_every: int = CHECKPOINT_EVERY  # batches; 0: no checkpoints
     shuffle: bool = False  # probe the samples in a random order drawn from the seed
+    state: str = "trained"  # "init": probe a fresh default initialisation of the architecture under the seed
 
 
 @dataclass
@@ -287,7 +289,7 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
         raise ProbekitError("--batch-size and --limit must be positive, --checkpoint-every at least 0")
     device = resolve_device(distributed.device_for(spec.device, ranks))
     torch.manual_seed(spec.seed)
-    loaded = load_model(spec.model, spec.load)
+    loaded = at_state(load_model(spec.model, spec.load), spec.state, spec.seed)
     data, notes = _choose_data(spec, loaded.module)
     if spec.data is None and spec.limit is None and data.name.startswith(f"{DEFAULT_SAMPLE}:"):
         spec = replace(spec, limit=DEFAULT_LIMIT)  # a first look that finishes in minutes; --limit N for more
@@ -324,6 +326,18 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
 
         manager().hook.probekit_run_finish(run=run, tree=open_results(spec.out))
     return run
+
+
+def at_state(loaded: LoadedModel, state: str, seed: int) -> LoadedModel:
+    """``loaded`` itself (``trained``), or a copy with PyTorch's default initialisation of every layer under
+    ``seed`` (``init``): BatchNorm statistics reset to 0 and 1, and none of a recipe's own choices (e.g. zeroed
+    heads). Its sha256 starts with ``none`` so the analyses label it ``random-init``."""
+    if state == "trained":
+        return loaded
+    if state != "init":
+        raise ProbekitError(f"--state must be trained or init, not {state!r}")
+    return LoadedModel(initialised_copy(loaded.module, seed), loaded.spec,
+                       f"none (default init under seed {seed} of the architecture of {loaded.sha256})")
 
 
 def _probe_and_write(run: Run, writer: StoreWriter | None, ranks: distributed.Ranks | None, classes: dict,
