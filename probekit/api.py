@@ -35,6 +35,8 @@ _NAMES = {
     # evidence: nulls, intervals, corrections and their schema convention
     "EvidenceOptions": "probekit.stats.evidence", "evidence_rng": "probekit.stats.evidence",
     "add_test": "probekit.stats.evidence", "add_interval": "probekit.stats.evidence",
+    "add_evidence": "probekit.stats.evidence", "permutation_evidence": "probekit.stats.evidence",
+    "smallest_adjusted_p": "probekit.stats.evidence", "summarise_null": "probekit.stats.permutation",
     "describe_p": "probekit.stats.evidence", "SIGNIFICANCE": "probekit.stats.evidence",
     "permutation_p": "probekit.stats.permutation", "permute_within": "probekit.stats.permutation",
     "permutation_null": "probekit.stats.permutation", "bootstrap_ci": "probekit.stats.bootstrap",
@@ -62,9 +64,11 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     from probekit.run.taps import Tap  # noqa: F401
     from probekit.stats.bootstrap import bootstrap_ci, resample_indices  # noqa: F401
     from probekit.stats.corrections import adjust_p  # noqa: F401
-    from probekit.stats.evidence import (SIGNIFICANCE, EvidenceOptions, add_interval, add_test,  # noqa: F401
-                                         describe_p, evidence_rng)
-    from probekit.stats.permutation import permutation_null, permutation_p, permute_within  # noqa: F401
+    from probekit.stats.evidence import (SIGNIFICANCE, EvidenceOptions, add_evidence, add_interval,  # noqa: F401
+                                         add_test, describe_p, evidence_rng, permutation_evidence,
+                                         smallest_adjusted_p)
+    from probekit.stats.permutation import (permutation_null, permutation_p, permute_within,  # noqa: F401
+                                            summarise_null)
     from probekit.store.results import open_results  # noqa: F401
 
 

@@ -78,27 +78,27 @@ def test_specialization_null_is_uniform_detects_a_planted_branch_and_ignores_ide
     rng = np.random.default_rng(1)
     targets = np.repeat(np.arange(3), 30)
     accuracy = np.array([0.9, 0.6, 0.3])[targets][:, None]  # the model's per-class accuracy: not specialization
-    p = [_specialization(accuracy + 0.2 * rng.random((90, 4)), targets, seed=i)["heterogeneity_p"][0]
+    p = [_specialization(accuracy + 0.2 * rng.random((90, 4)), targets, seed=i)["heterogeneity"]["p"][0]
          for i in range(RUNS)]
     assert uniform(p) > 0.01
     planted = accuracy + 0.2 * rng.random((90, 4))
     planted[targets == 0, 0] += 0.3  # branch 0 handles class 0
     found = _specialization(planted, targets)
-    assert found["heterogeneity_p"][0] == pytest.approx(1 / (P + 1)) and found["index_p"][0] < 0.05
+    assert found["heterogeneity"]["p"][0] == pytest.approx(1 / (P + 1)) and found["index"]["p"][0] < 0.05
     identical = np.repeat(accuracy + 0.2 * rng.random((90, 1)), 4, axis=1)
     found = _specialization(identical, targets)
-    assert (found["index_p"] == 1).all() and found["heterogeneity_p"][0] == 1
+    assert (found["index"]["p"] == 1).all() and found["heterogeneity"]["p"][0] == 1
 
 
 def test_activity_null_is_uniform_and_detects_a_weak_branch():
     rng = np.random.default_rng(2)
     parts = [slice(0, 4)]
-    p = [activity.norm_evidence(rng.gamma(2.0, size=(40, 4)), parts, P, 0, 0.95, np.random.default_rng(i))["p"][0]
-         for i in range(RUNS)]
+    p = [activity.norm_evidence(rng.gamma(2.0, size=(40, 4)), parts, P, 0, 0.95,
+                                np.random.default_rng(i))["share"]["p"][0] for i in range(RUNS)]
     assert uniform(p) > 0.01
     norms = rng.gamma(2.0, size=(40, 4))
     norms[:, 0] *= 0.5
-    assert activity.norm_evidence(norms, parts, P, 0, 0.95, rng)["p"][0] == pytest.approx(1 / (P + 1))
+    assert activity.norm_evidence(norms, parts, P, 0, 0.95, rng)["share"]["p"][0] == pytest.approx(1 / (P + 1))
 
 
 def test_routing_null_is_uniform_and_detects_an_unbalanced_router():
@@ -111,7 +111,8 @@ def test_routing_null_is_uniform_and_detects_an_unbalanced_router():
     p = [activity.routing_evidence(gates(0), P, 0, 0.95, np.random.default_rng(i))["p"] for i in range(RUNS)]
     assert uniform(p) > 0.01
     found = activity.routing_evidence(gates(np.array([2.0, 0, 0, 0])), P, 50, 0.95, rng)
-    assert found["p"] == pytest.approx(1 / (P + 1)) and found["ci"][0] <= found["entropy"] <= found["ci"][1]
+    assert found["p"] == pytest.approx(1 / (P + 1)) and found["ci"][0] <= found["observed"] <= found["ci"][1]
+    assert found["band"][0] <= found["null"] <= found["band"][1]
 
 
 def test_class_filter_null_is_uniform_and_detects_a_class_selective_feature():

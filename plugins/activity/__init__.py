@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import (active_flags, add_interval, add_test, Analysis, analysis_hooks, Batch, branch_coords,
+from probekit.api import (active_flags, add_evidence, add_interval, Analysis, analysis_hooks, Batch, branch_coords,
                           class_coords, count_flags, describe_count, describe_p, evidence_rng, EvidenceOptions,
                           layer_coords, ProbekitError, relative_norms, sample_coords, SIGNIFICANCE)
 from probekit_plugins.activity import evidence
@@ -161,17 +161,14 @@ class Activity(Analysis):
         norms = self.sample_norm.read(0, self.context.n_samples)
         found = evidence.norm_evidence(norms, parts, o.permutations, o.resamples, o.level,
                                        evidence_rng(self.context.seed, self.name))
-        ds["norm_share"] = ("branch", found["share"], {
+        ds["norm_share"] = ("branch", found["share"]["observed"], {
             "long_name": "share of the layer's summed norms", "units": "1",
             "description": "norm / the sum of the norms of the layer's branches (1 / K when all are equal)"})
-        if o.permutations:
-            ds = add_test(ds, "norm_share", ("branch",), found["p"], found["null"], permuted=EXCHANGE,
-                          permutations=o.permutations, correction=o.correction, alternative="less")
+        ds = add_evidence(ds, "norm_share", ("branch",), found["share"], o, permuted=EXCHANGE, alternative="less")
         if o.resamples:
-            ds = add_interval(ds, "norm_share", ("branch",), found["share_ci"], level=o.level, resamples=o.resamples)
-            ds = add_interval(ds, "relative_norm", ("branch",), found["relative_ci"], level=o.level,
+            ds = add_interval(ds, "relative_norm", ("branch",), found["relative"]["ci"], level=o.level,
                               resamples=o.resamples)
-            low, high = found["relative_ci"][:, 0], found["relative_ci"][:, 1]
+            low, high = found["relative"]["ci"][:, 0], found["relative"]["ci"][:, 1]
             call = np.where(low >= o.threshold, 1.0, np.where(high < o.threshold, 0.0, np.nan))
             ds["active_confident"] = ("branch", call, {
                 "long_name": "active branch, called with its interval",
@@ -210,22 +207,17 @@ class Activity(Analysis):
         self.sample_gate.checkpoint()
         gates = self.sample_gate.read(0, self.context.n_samples).astype(np.float64)
         rng = evidence_rng(self.context.seed, f"{self.name}.routing")
-        entropy, p, null = (np.full(len(names), np.nan) for _ in range(3))
-        ci = np.full((len(names), 2), np.nan)
+        per_layer = {key: np.full((len(names), 2) if key in ("band", "ci") else len(names), np.nan)
+                     for key in ("observed", "p", "null", "band", "ci")}
         for name, branches in self.gated:
-            i = names.index(name)
             found = evidence.routing_evidence(gates[:, branches], o.permutations, o.resamples, o.level, rng)
-            entropy[i], p[i], null[i], ci[i] = found["entropy"], found["p"], found["null"], found["ci"]
-        ds = ds.assign(dispatch_entropy=("layer", entropy, {
+            for key, value in found.items():
+                per_layer[key][names.index(name)] = value
+        ds = ds.assign(dispatch_entropy=("layer", per_layer["observed"], {
             "long_name": "dispatch entropy", "units": "1",
             "description": "entropy of the layer's expert load (share of the summed gate values) / log K: 1 balanced, "
                            "0 one expert; NaN on layers without a gate"}))
-        if o.permutations:
-            ds = add_test(ds, "dispatch_entropy", ("layer",), p, null, permuted=ROUTING, permutations=o.permutations,
-                          correction=o.correction, alternative="less")
-        if o.resamples:
-            ds = add_interval(ds, "dispatch_entropy", ("layer",), ci, level=o.level, resamples=o.resamples)
-        return ds
+        return add_evidence(ds, "dispatch_entropy", ("layer",), per_layer, o, permuted=ROUTING, alternative="less")
 
     def summary(self, ds: xr.Dataset) -> dict:
         return {

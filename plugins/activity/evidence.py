@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probekit.api import bootstrap_ci, permutation_null, permutation_p, permute_within, relative_norms
+from probekit.api import permutation_evidence, permute_within, relative_norms
 
 
 def relative(squares: np.ndarray, parts: list[slice]) -> np.ndarray:
@@ -43,34 +43,25 @@ def dispatch_entropy(gates: np.ndarray) -> float:
 
 
 def norm_evidence(norms: np.ndarray, parts: list[slice], permutations: int, resamples: int, level: float,
-                  rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``{"share": [B], "p", "null": [B], "share_ci", "relative_ci": [B, 2]}``: the norm shares, their p-values
-    (small: weaker than branch exchange gives) and null means, and bootstrap intervals over samples of the shares
-    and of the relative norms."""
+                  rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
+    """``{"share": ..., "relative": ...}`` (:func:`probekit.api.permutation_evidence`'s dicts, ``[B]``): the norm
+    shares with their test (small p: weaker than branch exchange gives) and the relative norms; bootstrap
+    intervals over samples for both."""
     squares = norms.astype(np.float64) ** 2
-    observed = share(squares, parts)
-    if permutations:
-        null = permutation_null(lambda r: share(permute_within(squares, r, parts), parts), permutations, rng,
-                                "activity null")
-        p, null_mean = permutation_p(observed, null, "less"), null.mean(0)
-    else:
-        p = null_mean = np.full(observed.shape, np.nan)
-    b = len(observed)
-    ci = bootstrap_ci(lambda rows: np.concatenate([share(squares[rows], parts), relative(squares[rows], parts)]),
-                      len(squares), resamples, rng, level)
-    return {"share": observed, "p": p, "null": null_mean, "share_ci": ci[:b], "relative_ci": ci[b:]}
+    b = squares.shape[1]
+
+    def both(sq: np.ndarray) -> np.ndarray:
+        return np.concatenate([share(sq, parts), relative(sq, parts)])
+
+    found = permutation_evidence(lambda rows: both(squares[rows]), lambda r: both(permute_within(squares, r, parts)),
+                                 len(squares), permutations, resamples, level, rng, "less", desc="activity null")
+    return {"share": {k: v[:b] for k, v in found.items()}, "relative": {k: v[b:] for k, v in found.items()}}
 
 
 def routing_evidence(gates: np.ndarray, permutations: int, resamples: int, level: float,
-                     rng: np.random.Generator) -> dict[str, float | np.ndarray]:
-    """One gated layer's dispatch entropy, its p-value (small: less balanced than random routing at the same
-    per-sample load), the null's mean and a bootstrap interval ``[2]``."""
-    observed = dispatch_entropy(gates)
-    if permutations:
-        null = permutation_null(lambda r: dispatch_entropy(permute_within(gates, r)), permutations, rng,
-                                "routing null")
-        p, null_mean = float(permutation_p(observed, null, "less")), float(null.mean())
-    else:
-        p = null_mean = float("nan")
-    ci = bootstrap_ci(lambda rows: dispatch_entropy(gates[rows]), len(gates), resamples, rng, level)
-    return {"entropy": observed, "p": p, "null": null_mean, "ci": ci}
+                     rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One gated layer's dispatch entropy (:func:`probekit.api.permutation_evidence`'s dict; small p: less balanced
+    than random routing at the same per-sample load)."""
+    return permutation_evidence(lambda rows: dispatch_entropy(gates[rows]),
+                                lambda r: dispatch_entropy(permute_within(gates, r)), len(gates), permutations,
+                                resamples, level, rng, "less", desc="routing null")

@@ -28,7 +28,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from probekit.api import (add_interval, add_test, Analysis, analysis_hooks, Batch, class_coords, classifier_layer,
+from probekit.api import (add_evidence, Analysis, analysis_hooks, Batch, class_coords, classifier_layer,
                           evidence_rng, EvidenceOptions, glob_regex, ProbekitError, sample_coords, SIGNIFICANCE, Tap)
 from probekit_plugins.class_filters import evidence, stats
 
@@ -278,13 +278,8 @@ class ClassFilters(Analysis):
                                    for start in range(0, n, READ_ROWS)])
         found = evidence.selectivity_evidence(features, self.targets[:n], self.n_classes, o.permutations,
                                               o.resamples, o.level, evidence_rng(self.context.seed, self.name))
-        if o.permutations:
-            ds = add_test(ds, "selectivity", ("feature",), found["p"], found["null"],
-                          permuted="the class labels shuffled over the samples", permutations=o.permutations,
-                          correction=o.correction)
-        if o.resamples:
-            ds = add_interval(ds, "selectivity", ("feature",), found["ci"], level=o.level, resamples=o.resamples)
-        return ds
+        return add_evidence(ds, "selectivity", ("feature",), found, o,
+                            permuted="the class labels shuffled over the samples")
 
     def _with_features(self, ds: xr.Dataset) -> xr.Dataset:
         if self.features.in_memory:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probekit.api import bootstrap_ci, permutation_null, permutation_p
+from probekit.api import permutation_evidence
 from probekit_plugins.class_filters import stats
 
 
@@ -21,15 +21,9 @@ def class_means(features: np.ndarray, targets: np.ndarray, n_classes: int) -> np
 
 def selectivity_evidence(features: np.ndarray, targets: np.ndarray, n_classes: int, permutations: int,
                          resamples: int, level: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``{"p", "null": [D], "ci": [D, 2]}`` for every feature's selectivity: p small when it is more
-    class-selective than with shuffled labels."""
-    observed = stats.selectivity(class_means(features, targets, n_classes))
-    if permutations:
-        null = permutation_null(lambda r: stats.selectivity(class_means(features, r.permutation(targets), n_classes)),
-                                permutations, rng, "class-filters null")
-        p, null_mean = permutation_p(observed, null), null.mean(0)
-    else:
-        p = null_mean = np.full(observed.shape, np.nan)
-    ci = bootstrap_ci(lambda rows: stats.selectivity(class_means(features[rows], targets[rows], n_classes)),
-                      len(features), resamples, rng, level)
-    return {"p": p, "null": null_mean, "ci": ci}
+    """Every feature's selectivity ``[D]`` (:func:`probekit.api.permutation_evidence`'s dict): small p when it is
+    more class-selective than with shuffled labels."""
+    return permutation_evidence(
+        lambda rows: stats.selectivity(class_means(features[rows], targets[rows], n_classes)),
+        lambda r: stats.selectivity(class_means(features, r.permutation(targets), n_classes)),
+        len(features), permutations, resamples, level, rng, desc="class-filters null")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import (add_interval, add_test, Analysis, analysis_hooks, Batch, branch_coords, compensated_add,
+from probekit.api import (add_evidence, Analysis, analysis_hooks, Batch, branch_coords, compensated_add,
                           compensated_value, describe_p, evidence_rng, EvidenceOptions, layer_coords, ProbekitError)
 from probekit_plugins.covariance import evidence
 
@@ -112,14 +112,9 @@ class Covariance(Analysis):
                  if part.stop - part.start > 1 else np.nan for _, part in layers]
         ds = ds.assign_coords(layer_coords(self.context)).assign(mean_abs_corr=("layer", np.array(exact), {
             "long_name": "mean |corr| between distinct branches of the layer", "units": "1"}))
-        if o.permutations:
-            ds = add_test(ds, "mean_abs_corr", ("layer",), np.array([f["p"] for f in found]),
-                          np.array([f["null"] for f in found]), permuted=NULL, permutations=o.permutations,
-                          correction=o.correction, alternative="two-sided")
-        if o.resamples:
-            ds = add_interval(ds, "mean_abs_corr", ("layer",), np.array([f["ci"] for f in found]), level=o.level,
-                              resamples=o.resamples, resampled="samples (on the responses' sketch)")
-        return ds
+        stacked = {key: np.stack([f[key] for f in found]) for key in found[0]}
+        return add_evidence(ds, "mean_abs_corr", ("layer",), stacked, o, permuted=NULL, alternative="two-sided",
+                            resampled="samples (on the responses' sketch)")
 
     def summary(self, ds: xr.Dataset) -> dict:
         corr = ds.corr.values

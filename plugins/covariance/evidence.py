@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probekit.api import bootstrap_ci, permutation_null, permutation_p
+from probekit.api import permutation_evidence
 
 
 def projection(width: int, dims: int, seed: int) -> torch.Tensor | None:
@@ -50,13 +50,8 @@ def shuffled(sketch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def evidence(sketch: np.ndarray, permutations: int, resamples: int, level: float,
-             rng: np.random.Generator) -> dict[str, float | np.ndarray]:
-    """One layer: ``{"observed", "p" (two-sided), "null", "ci": [2]}`` of the sketched mean |corr|."""
-    observed = mean_abs_corr(sketch)
-    if permutations:
-        null = permutation_null(lambda r: mean_abs_corr(shuffled(sketch, r)), permutations, rng, "covariance null")
-        p, null_mean = float(permutation_p(observed, null, "two-sided")), float(null.mean())
-    else:
-        p = null_mean = float("nan")
-    ci = bootstrap_ci(lambda rows: mean_abs_corr(sketch[rows]), len(sketch), resamples, rng, level)
-    return {"observed": observed, "p": p, "null": null_mean, "ci": ci}
+             rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One layer's sketched mean |corr| (:func:`probekit.api.permutation_evidence`'s dict; two-sided)."""
+    return permutation_evidence(lambda rows: mean_abs_corr(sketch[rows]), lambda r: mean_abs_corr(shuffled(sketch, r)),
+                                len(sketch), permutations, resamples, level, rng, "two-sided",
+                                desc="covariance null")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import (add_interval, add_test, Analysis, analysis_hooks, Batch, BranchScores, class_coords,
+from probekit.api import (add_evidence, Analysis, analysis_hooks, Batch, BranchScores, class_coords,
                           describe_p, evidence_rng, EvidenceOptions, ProbekitError, SIGNIFICANCE)
 from probekit_plugins.intra_class import evidence
 
@@ -167,17 +167,12 @@ class IntraClass(Analysis):
                                   o.top_percent / 100, o.permutations, o.resamples, o.level,
                                   evidence_rng(self.context.seed, self.name))
         ds = ds.assign_coords(layer=("layer", np.array([layer.name for layer, _ in layers], dtype=object))).assign(
-            overlap=(("layer", "cls"), found["overlap"], {
+            overlap=(("layer", "cls"), found["observed"], {
                 "long_name": "overlap of the branches' top lists", "units": "1",
                 "description": "mean Jaccard index over the pairs of the layer's branches of their top "
                                f"{o.top_percent:g}% samples of the class (1: the same samples, 0: disjoint)"}))
-        if o.permutations:
-            ds = add_test(ds, "overlap", ("layer", "cls"), found["p"], found["null"], permuted=(
-                "the scores of the branches of each layer exchanged independently within every sample"),
-                permutations=o.permutations, correction=o.correction, alternative="less")
-        if o.resamples:
-            ds = add_interval(ds, "overlap", ("layer", "cls"), found["ci"], level=o.level, resamples=o.resamples)
-        return ds
+        return add_evidence(ds, "overlap", ("layer", "cls"), found, o, alternative="less", permuted=(
+            "the scores of the branches of each layer exchanged independently within every sample"))
 
     def _score_attrs(self) -> dict:
         if self.scores.mode == "classifier":

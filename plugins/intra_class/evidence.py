@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from probekit.api import bootstrap_ci, permutation_null, permutation_p, permute_within
+from probekit.api import permutation_evidence, permute_within
 
 
 def overlap(values: np.ndarray, targets: np.ndarray, n_classes: int, parts: list[slice], share: float
@@ -41,14 +41,9 @@ def overlap(values: np.ndarray, targets: np.ndarray, n_classes: int, parts: list
 
 def evidence(values: np.ndarray, targets: np.ndarray, n_classes: int, parts: list[slice], share: float,
              permutations: int, resamples: int, level: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``{"overlap", "p" (small: less overlap than exchange), "null": [L, C], "ci": [L, C, 2]}``."""
-    observed = overlap(values, targets, n_classes, parts, share)
-    if permutations:
-        null = permutation_null(lambda r: overlap(permute_within(values, r, parts), targets, n_classes, parts, share),
-                                permutations, rng, "intra-class null")
-        p, null_mean = permutation_p(observed, null, "less"), null.mean(0)
-    else:
-        p = null_mean = np.full(observed.shape, np.nan)
-    ci = bootstrap_ci(lambda rows: overlap(values[rows], targets[rows], n_classes, parts, share), len(values),
-                      resamples, rng, level)
-    return {"overlap": observed, "p": p, "null": null_mean, "ci": ci}
+    """The overlap ``[L, C]`` (:func:`probekit.api.permutation_evidence`'s dict; small p: less overlap than branch
+    exchange gives)."""
+    return permutation_evidence(
+        lambda rows: overlap(values[rows], targets[rows], n_classes, parts, share),
+        lambda r: overlap(permute_within(values, r, parts), targets, n_classes, parts, share),
+        len(values), permutations, resamples, level, rng, "less", desc="intra-class null")

@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
-from probekit.api import (add_interval, add_test, Analysis, analysis_hooks, Batch, describe_p, EvidenceOptions,
+from probekit.api import (add_evidence, Analysis, analysis_hooks, Batch, describe_p, EvidenceOptions,
                           init_note, model_states, ProbekitError, SIGNIFICANCE)
 from .cluster_scores import (CLUSTERINGS, SCORES, ScoreSet, UmapSettings, cluster, label_agreement,
                                      umap_embedding)
@@ -65,6 +65,7 @@ class StateResult:
     null: np.ndarray
     p: np.ndarray
     ci: np.ndarray
+    band: np.ndarray
 
 
 def score_layer(layer: LayerKernels, options: KernelsOptions, seed: int
@@ -117,7 +118,7 @@ class Kernels(Analysis):
             bar.update()
         return StateResult(np.concatenate(embeddings), np.concatenate(clusters, axis=2),
                            *(np.array([[getattr(s, f) for s in layer] for layer in scores])
-                             for f in ("observed", "null", "p", "ci")))
+                             for f in ("observed", "null", "p", "ci", "band")))
 
     def finalize(self) -> xr.Dataset:
         total = sum(len(layers) for layers in self.layers.values())
@@ -164,15 +165,10 @@ class Kernels(Analysis):
                     f"min_dist={self.options.min_dist}, 2 components, euclidean, random_state={self.context.seed}",
             "clustering": "KMeans (k = branches in the layer, n_init=10) and HDBSCAN (min_cluster_size=5)",
             "init": init_note(states, self.context.seed)})
-        o = self.options
-        if o.permutations:
-            ds = add_test(ds, "score", score_dims, stack("p"), stack("null"),
-                          permuted="the branch labels shuffled over the layer's kernels", permutations=o.permutations,
-                          correction=o.correction, family=("layer",))
-        if o.resamples:
-            ds = add_interval(ds, "score", score_dims, stack("ci"), level=o.level, resamples=o.resamples,
-                              resampled="kernels, with the clusters held fixed (none for the silhouette)")
-        return ds
+        found = {key: stack(key) for key in ("p", "null", "band", "ci")}
+        return add_evidence(ds, "score", score_dims, found, self.options, family=("layer",),
+                            permuted="the branch labels shuffled over the layer's kernels",
+                            resampled="kernels, with the clusters held fixed (none for the silhouette)")
 
     def summary(self, ds: xr.Dataset) -> dict:
         out = {"layers": ds.sizes["layer"], "kernels": ds.sizes["kernel"]}

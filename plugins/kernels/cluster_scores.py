@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probekit.api import bootstrap_ci, permutation_p, ProbekitError
+from probekit.api import bootstrap_ci, ProbekitError, summarise_null
 from probekit_plugins.kernels import agreement
 
 SCORES = ("ari_kmeans", "nmi_kmeans", "ari_hdbscan", "nmi_hdbscan", "silhouette")
@@ -98,12 +98,13 @@ class ScoreSet:
     """:data:`SCORES` of the true labels (``observed``), their mean over label permutations (``null``), one-sided
     permutation p-values ``(1 + #{permuted >= observed}) / (1 + permutations)`` (``p``), and bootstrap
     intervals ``[score, 2]`` over the points with the clusters held fixed (``ci``; NaN for the silhouette, which
-    duplicated points would bias)."""
+    duplicated points would bias), and the null's central 95% ``[score, 2]`` (``band``)."""
 
     observed: np.ndarray
     null: np.ndarray
     p: np.ndarray
     ci: np.ndarray
+    band: np.ndarray
 
 
 def label_agreement(points: np.ndarray, labels: np.ndarray, clusters: dict[str, np.ndarray], permutations: int,
@@ -120,11 +121,9 @@ def label_agreement(points: np.ndarray, labels: np.ndarray, clusters: dict[str, 
     sample = np.sort(rng.permutation(len(points))[:silhouette_sample])
     distances = pairwise_distances(points[sample])
     observed = _scores(clusters, labels[None], distances, sample)[0]
-    if permutations:
-        null = _scores(clusters, np.stack([rng.permutation(labels) for _ in range(permutations)]), distances, sample)
-        p, null_mean = permutation_p(observed, null), null.mean(0)
-    else:
-        p = null_mean = np.full_like(observed, np.nan)
+    null = _scores(clusters, np.stack([rng.permutation(labels) for _ in range(permutations)]), distances,
+                   sample) if permutations else None
+    found = summarise_null(observed, null)
 
     def resampled(rows: np.ndarray) -> np.ndarray:
         picked = {method: ids[rows] for method, ids in clusters.items()}
@@ -132,4 +131,4 @@ def label_agreement(points: np.ndarray, labels: np.ndarray, clusters: dict[str, 
                          np.nan)
 
     ci = bootstrap_ci(resampled, len(points), resamples, rng, level)
-    return ScoreSet(observed, null_mean, p, ci)
+    return ScoreSet(observed, found["null"], found["p"], ci, found["band"])

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import (add_interval, add_test, Analysis, analysis_hooks, Batch, BranchScores, class_coords,
+from probekit.api import (add_evidence, Analysis, analysis_hooks, Batch, BranchScores, class_coords,
                           describe_p, evidence_rng, EvidenceOptions, sample_coords, SIGNIFICANCE)
 from probekit_plugins.specialization import evidence
 
@@ -149,18 +149,12 @@ class Specialization(Analysis):
         o = self.options
         found = evidence.evidence(values, self.targets[seen], len(self.count), parts, o.permutations, o.resamples,
                                   o.level, evidence_rng(self.context.seed, self.name))
-        ds = ds.assign(heterogeneity=("layer", found["heterogeneity"], {
+        ds = ds.assign(heterogeneity=("layer", found["heterogeneity"]["observed"], {
             "long_name": "spread of the branches' class profiles", "units": "profile units^2",
             "description": "mean over the layer's branches and classes of (profile - the layer's mean profile)^2; "
                            "0 when every branch has the same class profile"}))
-        for name, dim in (("specialization", "branch"), ("heterogeneity", "layer")):
-            key = "index" if name == "specialization" else name
-            if o.permutations:
-                ds = add_test(ds, name, (dim,), found[f"{key}_p"], found[f"{key}_null"], permuted=NULL,
-                              permutations=o.permutations, correction=o.correction)
-            if o.resamples:
-                ds = add_interval(ds, name, (dim,), found[f"{key}_ci"], level=o.level, resamples=o.resamples)
-        return ds
+        ds = add_evidence(ds, "specialization", ("branch",), found["index"], o, permuted=NULL)
+        return add_evidence(ds, "heterogeneity", ("layer",), found["heterogeneity"], o, permuted=NULL)
 
     def summary(self, ds: xr.Dataset) -> dict:
         index = ds.specialization.values

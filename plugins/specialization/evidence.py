@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probekit.api import bootstrap_ci, permutation_null, permutation_p, permute_within
+from probekit.api import permutation_evidence, permute_within
 
 
 def class_profiles(values: np.ndarray, targets: np.ndarray, n_classes: int) -> np.ndarray:
@@ -40,20 +40,14 @@ def statistics(values: np.ndarray, targets: np.ndarray, n_classes: int, parts: l
 
 
 def evidence(values: np.ndarray, targets: np.ndarray, n_classes: int, parts: list[slice], permutations: int,
-             resamples: int, level: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Observed statistics, their p-values and null means under branch exchange within each layer, and bootstrap
-    intervals over samples: ``{"index": [B], "index_p", "index_null", "index_ci": [B, 2], "heterogeneity": [L],
-    "heterogeneity_p", "heterogeneity_null", "heterogeneity_ci": [L, 2]}``."""
+             resamples: int, level: float, rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
+    """``{"index": ..., "heterogeneity": ...}``, each :func:`probekit.api.permutation_evidence`'s dict: every
+    branch's index ``[B]`` and every layer's heterogeneity ``[L]`` under branch exchange within each layer, with
+    bootstrap intervals over samples."""
+    found = permutation_evidence(
+        lambda rows: statistics(values[rows], targets[rows], n_classes, parts),
+        lambda r: statistics(permute_within(values, r, parts), targets, n_classes, parts),
+        len(values), permutations, resamples, level, rng, desc="specialization null")
     b = values.shape[1]
-    observed = statistics(values, targets, n_classes, parts)
-    if permutations:
-        null = permutation_null(lambda r: statistics(permute_within(values, r, parts), targets, n_classes, parts),
-                                permutations, rng, "specialization null")
-        p, null_mean = permutation_p(observed, null), null.mean(0)
-    else:
-        p = null_mean = np.full(observed.shape, np.nan)
-    ci = bootstrap_ci(lambda rows: statistics(values[rows], targets[rows], n_classes, parts), len(values), resamples,
-                      rng, level)
-    return {"index": observed[:b], "index_p": p[:b], "index_null": null_mean[:b], "index_ci": ci[:b],
-            "heterogeneity": observed[b:], "heterogeneity_p": p[b:], "heterogeneity_null": null_mean[b:],
-            "heterogeneity_ci": ci[b:]}
+    return {"index": {key: value[:b] for key, value in found.items()},
+            "heterogeneity": {key: value[b:] for key, value in found.items()}}

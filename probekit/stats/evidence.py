@@ -5,7 +5,7 @@ For a stored statistic ``S`` an analysis adds, with :func:`add_test` and :func:`
 * ``S_p``: the permutation p-value, at the dims of the test; its attrs say in one sentence what was permuted
   (``null``) and how many times (``permutations``);
 * ``S_p_adjusted``: where several tests are made, the corrected p-values, attr ``correction``;
-* ``S_null``: the null's mean, at the dims of the test;
+* ``S_null``: the null's mean, at the dims of the test, and ``S_null_band`` (dims plus ``bound``) its central 95%;
 * ``S_ci``: the dims of ``S`` plus ``bound`` = ``low``, ``high``; attrs ``level``, ``resamples`` and, for a
   clustered bootstrap, ``clustered_by``.
 """
@@ -13,13 +13,16 @@ For a stored statistic ``S`` an analysis adds, with :func:`add_test` and :func:`
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
 
 from probekit.errors import ProbekitError
+from probekit.stats.bootstrap import bootstrap_ci
 from probekit.stats.corrections import CORRECTIONS, adjust_p
+from probekit.stats.permutation import permutation_null, summarise_null
 
 SIGNIFICANCE = 0.05  # the level summaries call significant at (on adjusted p-values)
 
@@ -45,6 +48,22 @@ class EvidenceOptions:
             raise ProbekitError(f"correction must be one of {', '.join(CORRECTIONS)}, not {self.correction!r}")
 
 
+def permutation_evidence(statistic: Callable[[np.ndarray], np.ndarray],
+                         permuted: Callable[[np.random.Generator], np.ndarray], n: int, permutations: int,
+                         resamples: int, level: float, rng: np.random.Generator, alternative: str = "greater",
+                         groups: np.ndarray | None = None, desc: str = "null") -> dict[str, np.ndarray]:
+    """A statistic with its permutation test and bootstrap interval, the pattern of every bundled analysis.
+
+    ``statistic(rows)``: the statistic ``[...]`` on the samples at positions ``rows`` (all of ``n`` for the
+    observed value, a resample for the interval); ``permuted(rng)``: the statistic on one permutation of the data.
+    Returns ``{"observed", "p", "null", "band": [..., 2], "ci": [..., 2]}`` (NaN where there are no permutations
+    or resamples); ``groups`` clusters the bootstrap."""
+    observed = np.asarray(statistic(np.arange(n)), dtype=np.float64)
+    null = permutation_null(permuted, permutations, rng, desc) if permutations else None
+    return {"observed": observed, **summarise_null(observed, null, alternative),
+            "ci": bootstrap_ci(statistic, n, resamples, rng, level, groups)}
+
+
 def evidence_rng(seed: int, name: str) -> np.random.Generator:
     """The generator of an analysis's nulls and resamples: fixed by the run's ``--seed`` and the statistic's
     ``name``, so a rerun (or a resumed or distributed run) draws the same permutations."""
@@ -64,11 +83,11 @@ def adjust_within(p: np.ndarray, dims: tuple[str, ...], family: tuple[str, ...],
 
 def add_test(ds: xr.Dataset, name: str, dims: tuple[str, ...], p: np.ndarray, null: np.ndarray, *, permuted: str,
              permutations: int, correction: str | None = "holm", alternative: str = "greater",
-             family: tuple[str, ...] | None = None) -> xr.Dataset:
+             family: tuple[str, ...] | None = None, band: np.ndarray | None = None) -> xr.Dataset:
     """``ds`` with ``name_p``, ``name_null`` and (unless ``correction`` is ``None``: one test) ``name_p_adjusted``
     at ``dims``. ``family``: the dims one correction spans (default all ``dims``: every entry is one family; e.g.
     ``("layer",)`` corrects over layers separately for each entry of the other dims). ``permuted``: what the
-    null permutes, one sentence."""
+    null permutes, one sentence. ``band``: ``[..., 2]`` the null's central 95% (``S_null_band``)."""
     family = tuple(dims) if family is None else tuple(family)
     sentence = f"{permuted.rstrip('.')}, {permutations} times."
     variables = {
@@ -79,12 +98,16 @@ def add_test(ds: xr.Dataset, name: str, dims: tuple[str, ...], p: np.ndarray, nu
         f"{name}_null": (dims, np.asarray(null, dtype=np.float64), {
             "long_name": f"mean of {name} under the null", "null": sentence}),
     }
+    if band is not None:
+        variables[f"{name}_null_band"] = ((*dims, "bound"), np.asarray(band, dtype=np.float64), {
+            "long_name": f"central 95% of {name} under the null", "null": sentence})
     if correction is not None:
         variables[f"{name}_p_adjusted"] = (dims, adjust_within(p, tuple(dims), family, correction), {
             "long_name": f"adjusted p-value of {name}", "units": "1", "correction": correction,
             "family": f"the entries of {name}_p along {', '.join(family)}" if family != tuple(dims)
             else f"every entry of {name}_p ({int(np.isfinite(p).sum())} tests)"})
-    return ds.assign(variables)
+    out = ds.assign(variables)
+    return out.assign_coords(bound=("bound", np.array(["low", "high"], dtype=object))) if band is not None else out
 
 
 def add_interval(ds: xr.Dataset, name: str, dims: tuple[str, ...], ci: np.ndarray, *, level: float, resamples: int,
@@ -97,6 +120,23 @@ def add_interval(ds: xr.Dataset, name: str, dims: tuple[str, ...], ci: np.ndarra
         attrs["clustered_by"] = clustered_by
     return ds.assign({f"{name}_ci": ((*dims, "bound"), np.asarray(ci, dtype=np.float64), attrs)}).assign_coords(
         bound=("bound", np.array(["low", "high"], dtype=object)))
+
+
+def add_evidence(ds: xr.Dataset, name: str, dims: tuple[str, ...], found: dict[str, np.ndarray], options, *,
+                 permuted: str, alternative: str = "greater", family: tuple[str, ...] | None = None,
+                 correction: str | None = "options", resampled: str = "samples",
+                 clustered_by: str | None = None) -> xr.Dataset:
+    """``ds`` with the test (:func:`add_test`, when ``options.permutations``) and the interval
+    (:func:`add_interval`, when ``options.resamples``) of ``found`` (:func:`permutation_evidence`'s dict) for the
+    statistic ``name`` at ``dims``. ``correction``: ``options.correction`` by default, ``None`` for one test."""
+    if options.permutations:
+        ds = add_test(ds, name, dims, found["p"], found["null"], permuted=permuted,
+                      permutations=options.permutations, alternative=alternative, family=family, band=found["band"],
+                      correction=options.correction if correction == "options" else correction)
+    if options.resamples:
+        ds = add_interval(ds, name, dims, found["ci"], level=options.level, resamples=options.resamples,
+                          clustered_by=clustered_by, resampled=resampled)
+    return ds
 
 
 def describe_p(p: float, threshold: float = SIGNIFICANCE, label: str = "p_adj") -> str:

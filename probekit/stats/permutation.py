@@ -51,3 +51,16 @@ def permutation_null(statistic: Callable[[np.random.Generator], np.ndarray], per
     ``rng`` (a progress bar on a terminal)."""
     return np.stack([np.asarray(statistic(rng), dtype=np.float64)
                      for _ in tqdm(range(permutations), desc=desc, leave=False, disable=None)])
+
+
+def summarise_null(observed: np.ndarray, null: np.ndarray | None, alternative: str = "greater",
+                   band: float = 0.95) -> dict[str, np.ndarray]:
+    """``{"p", "null": the null's mean, "band": [..., 2] its central ``band`` quantiles}`` of ``observed [...]``
+    against ``null [P, ...]``; all NaN when ``null`` is ``None`` (no permutations)."""
+    observed = np.asarray(observed, dtype=np.float64)
+    if null is None or not len(null):
+        nan = np.full(observed.shape, np.nan)
+        return {"p": nan, "null": nan, "band": np.full((*observed.shape, 2), np.nan)}
+    tail = (1 - band) / 2
+    return {"p": permutation_p(observed, null, alternative), "null": null.mean(axis=0),
+            "band": np.moveaxis(np.quantile(null, [tail, 1 - tail], axis=0), 0, -1)}

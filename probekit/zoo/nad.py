@@ -30,7 +30,7 @@ from probekit.errors import ProbekitError
 from probekit.models.branches import BranchSet, glob_regex
 from probekit.models.classifier import classifier_layer
 from probekit.run.hooks import forward_hooks
-from probekit.stats.evidence import (SIGNIFICANCE, EvidenceOptions, add_interval, add_test, describe_p, evidence_rng,
+from probekit.stats.evidence import (SIGNIFICANCE, EvidenceOptions, add_evidence, describe_p, evidence_rng,
                                      smallest_adjusted_p)
 from probekit.zoo.nad_evidence import mask_evidence
 
@@ -414,16 +414,9 @@ def _evaluate(model, gates, channels, soft, losses, trains, tests, branchset, br
         pooled = f"mean_{name}"
         ds[pooled] = ((), found["measures"][-1, k], {"long_name": f"{name} averaged over the classes",
                                                       "units": "1", "description": "one pooled test of every mask"})
-        if config.permutations:
-            ds = add_test(ds, name, ("cls",), found["p"][:-1, k], found["null"][:-1, k], permuted=null,
-                          permutations=config.permutations, correction=config.correction)
-            ds = add_test(ds, pooled, (), found["p"][-1, k], found["null"][-1, k], permuted=null,
-                          permutations=config.permutations, correction=None)
-        if config.resamples:
-            ds = add_interval(ds, name, ("cls",), found["ci"][:-1, k], level=config.level,
-                              resamples=config.resamples, resampled="test images")
-            ds = add_interval(ds, pooled, (), found["ci"][-1, k], level=config.level, resamples=config.resamples,
-                              resampled="test images")
+        for stat, rows, dims, correction in ((name, slice(0, -1), ("cls",), "options"), (pooled, -1, (), None)):
+            ds = add_evidence(ds, stat, dims, {key: found[key][rows, k] for key in ("p", "null", "band", "ci")},
+                              config, permuted=null, correction=correction, resampled="test images")
     return _with_branches(ds, soft, bools, keys, branchset, branches, model, tests)
 
 

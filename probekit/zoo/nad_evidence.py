@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from probekit.stats.bootstrap import bootstrap_ci
-from probekit.stats.permutation import permutation_p
+from probekit.stats.permutation import summarise_null
 
 Predict = Callable[[dict[str, torch.Tensor]], np.ndarray]  # a hard mask -> predicted classes [M] of the test images
 
@@ -49,8 +49,9 @@ def mask_evidence(predict: Predict, hard: list[dict[str, torch.Tensor]], labels:
                   resamples: int, level: float, rng: np.random.Generator, progress: bool = True) -> dict:
     """Every class's mask against ``permutations`` random masks of its size: ``{"measures": [C + 1, 2]``
     (separation, bias; the last row their mean over the classes, tested as one pooled statistic), ``"p"``,
-    ``"null"``: the same shape, ``"random_accuracy": [C]`` (mean accuracy on the class's own images under the
-    random masks), ``"ci": [C + 1, 2, 2]`` (bootstrap over test images), ``"predicted": [C, M]``}."""
+    ``"null"``: the same shape, ``"band"``: the null's central 95% ``[C + 1, 2, 2]``, ``"ci": [C + 1, 2, 2]``
+    (bootstrap over test images), ``"random_accuracy": [C]`` (mean accuracy on the class's own images under the
+    random masks), ``"predicted": [C, M]``}."""
     n = len(hard)
     owner = np.arange(n)
     predicted = np.stack([predict(h) for h in hard])
@@ -66,12 +67,8 @@ def mask_evidence(predict: Predict, hard: list[dict[str, torch.Tensor]], labels:
         drawn = np.stack([predict(random_mask_like(h, rng)) for h in hard])
         null.append(with_mean(class_measures(drawn, owner, labels, n)))
         random_accuracy += ((drawn == owner[:, None]) & own_images).sum(1) / np.maximum(own_images.sum(1), 1)
-    if permutations:
-        null = np.stack(null)
-        p, null_mean = permutation_p(observed, null), null.mean(0)
-    else:
-        p = null_mean = np.full(observed.shape, np.nan)
+    found = summarise_null(observed, np.stack(null) if permutations else None)
     ci = bootstrap_ci(lambda rows: with_mean(class_measures(predicted[:, rows], owner, labels[rows], n)), len(labels),
                       resamples, rng, level)
-    return {"measures": observed, "p": p, "null": null_mean, "ci": ci, "predicted": predicted,
+    return {"measures": observed, **found, "ci": ci, "predicted": predicted,
             "random_accuracy": random_accuracy / permutations if permutations else np.full(n, np.nan)}
