@@ -170,7 +170,8 @@ def check_report_target_of(store: str, overwrite: bool) -> None:
 def cmd_report(args) -> int:
     from probekit.report.html import write_report
 
-    print(f"report: {write_report(args.store, args.out, overwrite=args.overwrite)}")
+    stores = args.store if len(args.store) > 1 else args.store[0]
+    print(f"report: {write_report(stores, args.out, overwrite=args.overwrite, dim=args.dim)}")
     return 0
 
 
@@ -287,8 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("store")
     show.set_defaults(func=cmd_show)
 
-    report = sub.add_parser("report", help="write an HTML report (page + PNGs) of a results store")
-    report.add_argument("store")
+    report = sub.add_parser("report", help="write an HTML report (page + PNGs) of a results store, or of several "
+                                           "combined along --dim (their spread)")
+    report.add_argument("store", nargs="+")
+    report.add_argument("--dim", default="seed", help="the dimension several stores are combined along (seed, step, "
+                        "model...; each store's own root attr of that name labels it when present)")
     report.add_argument("--out", help="folder for index.html and the PNGs (default: <store>-report)")
     report.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     report.set_defaults(func=cmd_report)

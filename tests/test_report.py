@@ -6,6 +6,7 @@ import shutil
 from html.parser import HTMLParser
 
 import html5lib
+import numpy as np
 import pytest
 import zarr
 from PIL import Image
@@ -48,7 +49,10 @@ def test_demo_report_is_valid_html_and_every_image_is_a_png(cli, demo_store, tmp
     page = (out / "index.html").read_text()
     html5lib.HTMLParser(strict=True).parse(page)  # raises on any parse error
     images = images_of(page)
-    assert len(images) == 4  # activity: norms, classes; covariance: corr, cov
+    # activity: norms, classes and the evidence of norm_share and relative_norm; covariance: corr, cov, mean_abs_corr
+    assert len(images) == 7
+    assert {img["src"] for img in images} >= {"activity-evidence-norm_share.png",
+                                              "covariance-evidence-mean_abs_corr.png"}
     for img in images:
         png = out / img["src"]
         assert png.parent == out and png.suffix == ".png"
@@ -60,6 +64,33 @@ def test_demo_report_is_valid_html_and_every_image_is_a_png(cli, demo_store, tmp
                  "torch 2.", "mean |corr| off the diagonal"):
         assert text in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from the network
+
+
+def test_several_stores_combine_along_seed_and_the_report_draws_their_spread(cli, demo_store, tmp_path):
+    from probekit import open_results
+
+    other = run_analyses(tmp_path, "digits-branched8", "digits:test", ["activity", "covariance"], seed=1)
+    second = next(tmp_path.glob("*.zarr"))
+    assert other.attrs["seed"] == 1
+    tree = open_results([demo_store, second], dim="seed")
+    share = tree["activity"].norm_share
+    assert share.dims == ("seed", "branch") and list(tree["activity"].seed.values) == [0, 1]
+    assert np.allclose(share.sel(seed=0), share.sel(seed=1))  # the same model and data: only the nulls' draws differ
+    band = tree["activity"].norm_share_null_band
+    assert not np.allclose(band.sel(seed=0), band.sel(seed=1))
+    labelled = open_results({"first": demo_store, "second": second}, dim="run")
+    assert list(labelled["covariance"].run.values) == ["first", "second"]
+    out = tmp_path / "spread"
+    code, stdout, stderr = cli("report", demo_store, second, "--dim", "seed", "--out", out)
+    assert code == 0, stderr
+    page = (out / "index.html").read_text()
+    html5lib.HTMLParser(strict=True).parse(page)
+    assert "norm_share: runs (of 2) with p_adjusted &lt; 0.05" in page and "Combined along seed" in page
+    assert {img["src"] for img in images_of(page)} == {"activity-evidence-norm_share.png",
+                                                       "activity-evidence-relative_norm.png",
+                                                       "covariance-evidence-mean_abs_corr.png"}
+    code, _, stderr = cli("report", demo_store, second)
+    assert code == 2 and "needs --out" in stderr
 
 
 def test_figures_are_labeled_from_the_store_attrs(demo_store):

@@ -18,6 +18,9 @@ from pathlib import Path
 import jinja2
 
 from probekit.errors import ProbekitError
+from probekit.report.evidence_plot import evidence_names, plot_evidence
+from probekit.stats.evidence import SIGNIFICANCE
+from probekit.store.combine import COMBINED_ATTR
 from probekit.store.results import DAMAGED_ATTR, STATUS_ATTR, open_results
 from probekit.store.location import is_url, local_path, name_of
 
@@ -47,16 +50,32 @@ def _provenance(attrs: dict) -> dict[str, str]:
     }
 
 
-def _figures(name: str, ds, out: Path) -> tuple[list[dict], str]:
-    """Save the plugin's figures for node ``name`` as PNGs; return their entries and a note."""
+def _figures(name: str, ds, out: Path, along: str | None = None) -> tuple[list[dict], str]:
+    """Save the plugin's figures (none on a combined tree) and the evidence figures for node ``name`` as PNGs;
+    return their entries and a note."""
     from probekit.plugins import manager
 
     try:
+        evidence = plot_evidence(ds, name, along)
+    except Exception as exc:  # noqa: BLE001 (a figure that cannot be drawn must not cost the report)
+        evidence, failed = [], f" Drawing its evidence failed: {type(exc).__name__}: {exc}"
+    else:
+        failed = ""
+    if along is not None:
+        return _saved(name, evidence, out), (f"Combined along {along}: each run's estimate is a dot; the plugin's "
+                                             "own figures are in each run's report." + failed)
+    try:
         figures = manager().hook.probekit_plot(name=name, node=ds)
     except Exception as exc:  # one broken plot must not cost the whole report
-        return [], f"Drawing this analysis failed: {type(exc).__name__}: {exc}"
+        return _saved(name, evidence, out), f"Drawing this analysis failed: {type(exc).__name__}: {exc}{failed}"
     if figures is None:
-        return [], f"No plot is registered for this analysis (plugin {ds.attrs.get('plugin', name)!r})."
+        return _saved(name, evidence, out), (f"No plot is registered for this analysis (plugin "
+                                             f"{ds.attrs.get('plugin', name)!r}).{failed}")
+    return _saved(name, [*figures, *evidence], out), failed.strip()
+
+
+def _saved(name: str, figures: list, out: Path) -> list[dict]:
+    """Save ``figures`` as ``name-LABEL.png`` in ``out``; their page entries."""
     entries = []
     for index, fig in enumerate(figures):
         label = re.sub(r"[^A-Za-z0-9_-]+", "-", fig.get_label() or f"figure{index}")
@@ -65,12 +84,27 @@ def _figures(name: str, ds, out: Path) -> tuple[list[dict], str]:
         width, height = (int(round(v * DPI)) for v in fig.get_size_inches())
         caption = fig.get_suptitle() or f"{name}: {label}"
         entries.append({"file": file, "caption": caption, "width": width, "height": height})
-    return entries, ""
+    return entries
 
 
-def _node_entry(name: str, node, out: Path) -> dict:
+def _combined_summary(ds, along: str) -> dict:
+    """Per statistic with a test: in how many runs each entry is beyond the null (the first 8 entries)."""
+    out = {}
+    for name in evidence_names(ds):
+        key = f"{name}_p_adjusted" if f"{name}_p_adjusted" in ds else f"{name}_p"
+        if key not in ds:
+            continue
+        p = ds[key].load()
+        count = (p < SIGNIFICANCE).sum(along)
+        flat = count.stack(entry=[d for d in count.dims]) if count.dims else count.expand_dims(entry=[0])
+        shown = ", ".join(str(int(v)) for v in flat.values[:8]) + (" ..." if flat.size > 8 else "")
+        out[f"{name}: runs (of {ds.sizes[along]}) with {key.removeprefix(name + '_')} < {SIGNIFICANCE}"] = shown
+    return out
+
+
+def _node_entry(name: str, node, out: Path, along: str | None = None) -> dict:
     ds = node.to_dataset()
-    figures, note = _figures(name, ds, out)
+    figures, note = _figures(name, ds, out, along)
     options = json.loads(ds.attrs.get("options", "{}") or "{}")
     return {
         "name": name,
@@ -79,7 +113,7 @@ def _node_entry(name: str, node, out: Path) -> dict:
         "plugin_version": ds.attrs.get("plugin_version", ""),
         "options": ", ".join(f"{key} = {json.dumps(value)}" for key, value in sorted(options.items())) or "(none)",
         "dims": ", ".join(f"{d} = {n}" for d, n in ds.sizes.items()),
-        "summary": json.loads(ds.attrs.get("summary", "{}") or "{}"),
+        "summary": _combined_summary(ds, along) if along else json.loads(ds.attrs.get("summary", "{}") or "{}"),
         "figures": figures,
         "plot_note": note,
         "variables": [
@@ -110,22 +144,30 @@ def check_report_target(store: str | Path, target: Path, overwrite: bool) -> Pat
     return target
 
 
-def write_report(store: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
+def write_report(store: str | Path | list, out: str | Path | None = None, overwrite: bool = False,
+                 dim: str = "seed") -> Path:
     """Write ``index.html`` and its PNGs into ``out`` (default ``<store>-report``); return the page's path.
 
-    The page is built in a sibling folder and swapped in whole; ``overwrite`` replaces only a folder that
-    holds a probekit report (:data:`REPORT_MARKER`), and nothing outside ``out`` is touched."""
-    shown = Path(out) if out else default_report_dir(store)
-    target = check_report_target(store, shown, overwrite)
+    Several stores (a list) are combined along ``dim`` (:func:`probekit.store.combine.combine_results`) and the
+    page draws their spread; ``out`` is then required. The page is built in a sibling folder and swapped in
+    whole; ``overwrite`` replaces only a folder that holds a probekit report (:data:`REPORT_MARKER`), and nothing
+    outside ``out`` is touched."""
+    stores = list(store) if isinstance(store, (list, tuple)) else [store]
+    if len(stores) > 1 and not out:
+        raise ProbekitError("a report of several stores needs --out")
+    shown = Path(out) if out else default_report_dir(stores[0])
+    for one in stores:
+        target = check_report_target(one, shown, overwrite)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an incomplete store is reported as such on the page
-        tree = open_results(store)
+        tree = open_results(stores if len(stores) > 1 else stores[0], dim=dim)
+    along = tree.attrs.get(COMBINED_ATTR)
     building = target.with_name(f"{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     building.mkdir(parents=True)
     try:
-        nodes = [_node_entry(name, node, building) for name, node in tree.children.items()]
+        nodes = [_node_entry(name, node, building, along) for name, node in tree.children.items()]
         page = _template().render(
-            store_name=name_of(store),
+            store_name=", ".join(name_of(one) for one in stores),
             status=tree.attrs.get(STATUS_ATTR, "unknown"),
             errors={**json.loads(tree.attrs.get("errors", "{}") or "{}"),
                     **{name: f"damaged, left out: {problem}"
@@ -134,7 +176,8 @@ def write_report(store: str | Path, out: str | Path | None = None, overwrite: bo
             nodes=nodes,
         )
         (building / "index.html").write_text(page, encoding="utf-8")
-        (building / REPORT_MARKER).write_text(json.dumps({"store": str(store)}), encoding="utf-8")
+        (building / REPORT_MARKER).write_text(json.dumps({"store": [str(one) for one in stores]}
+                                                         if along else str(stores[0])), encoding="utf-8")
     except BaseException:
         shutil.rmtree(building)
         raise
