@@ -12,13 +12,19 @@ the same views:
 
 * ``chan-vese``: ``probekit run --plugins chan-vese`` on the model's components, position prior off (default);
 * ``chan-vese + prior``: the same with ``chan-vese.prior=true`` (the first batch's mean score), reported apart;
+* ``band-pass components``: the same run on ``afhq-cat-bandpass9``, 9 difference-of-Gaussian bands of the input
+  (the strongest simple decomposition: no learning at all);
+* ``untrained copy``: the same run on the model's architecture at its default initialisation (``--state init``);
 * ``fixed dots``: two dots at the mean eye position of the aligned cats (a position prior alone);
 * ``raw value``: the same pipeline on the image's own HSV value channel as its only component, no
   decomposition.
 
+Every hit rate comes with a 95% bootstrap interval clustered by cat (the views of one cat are not independent).
+
 It also measures whether any component concentrates on the eyes: on the aligned held-out cats, each component's
 share of its energy (squared values) inside the labelled eye discs (radius ``--radius``), divided by the discs'
-share of the image area (1: no concentration).
+share of the image area (1: no concentration), for the model, the band-pass bands and the untrained copy, beside
+the input's own contrast; the best component's median over cats has a 95% bootstrap interval over cats.
 
 Writes ``<out>/views/cat/*.png``, one store per Chan-Vese method, ``<out>/aligned.zarr`` and
 ``<out>/results.json``; prints two tables.
@@ -65,14 +71,20 @@ def both_found(candidates: np.ndarray, eyes: np.ndarray, radius: float) -> bool:
     return all(np.linalg.norm(candidates - eye, axis=1).min() <= radius for eye in eyes)
 
 
-def chan_vese_candidates(model: str, folder: Path, store: Path, prior: bool, resolution: int) -> tuple[np.ndarray, str]:
+BAND_PASS = "afhq-cat-bandpass9"
+CI_RESAMPLES = 1000
+
+
+def chan_vese_candidates(model: str, folder: Path, store: Path, prior: bool, resolution: int,
+                         state: str = "trained") -> tuple[np.ndarray, str]:
     """``[N, 2, (x, y)]`` eye candidates (fractions) of ``chan-vese`` on every view, in the views' order, and the
-    node's ``prior`` attr."""
+    node's ``prior`` attr; ``state`` as ``probekit run --state``."""
     from probekit import open_results
     from probekit.run.runner import RunSpec, execute
 
     execute(RunSpec(model=model, data=f"imagefolder:{folder}", plugins=["chan-vese"], out=str(store),
-                    overwrite=True, progress=False, options={"chan-vese": {"prior": str(prior).lower()}}))
+                    overwrite=True, progress=False, options={"chan-vese": {"prior": str(prior).lower()}},
+                    state=state))
     node = open_results(store)["chan-vese"]
     ids = [str(i) for i in node.sample_id.values]
     centroids = (node.eye_centroid.values[:, :, ::-1] + 0.5) / resolution  # (y, x) pixel indices -> (x, y) fractions
@@ -94,7 +106,17 @@ def raw_value_candidates(views: list[Image.Image], resolution: int) -> np.ndarra
     return np.stack(out)
 
 
-def eye_concentration(model: str, cats: list[Path], labels: dict, out: Path, radius: float) -> np.ndarray:
+def clustered_interval(hits: np.ndarray, groups: np.ndarray, seed: int = 0) -> list[float]:
+    """95% bootstrap interval of the hit rate, resampling whole cats (``groups``)."""
+    from probekit.api import bootstrap_ci
+
+    low, high = bootstrap_ci(lambda rows: hits[rows].mean(), len(hits), CI_RESAMPLES, np.random.default_rng(seed),
+                             groups=groups)
+    return [float(low), float(high)]
+
+
+def eye_concentration(model: str, cats: list[Path], labels: dict, out: Path, radius: float,
+                      state: str = "trained") -> np.ndarray:
     """``[cats, K + 1]``: each component's energy share inside the two eye discs over the discs' area share, on
     the aligned held-out cats; the last column is the baseline, the input's own contrast energy (its squared
     difference from its mean colour)."""
@@ -106,9 +128,10 @@ def eye_concentration(model: str, cats: list[Path], labels: dict, out: Path, rad
     for path in cats:
         if not (folder / path.name).exists():
             (folder / path.name).symlink_to(path.resolve())
+    store = out / f"aligned-{Path(model).stem}-{state}.zarr"
     execute(RunSpec(model=model, data=f"imagefolder:{folder.parent}", plugins=["decomposition"],
-                    out=str(out / "aligned.zarr"), overwrite=True, progress=False))
-    node = open_results(out / "aligned.zarr")["decomposition"]
+                    out=str(store), overwrite=True, progress=False, state=state))
+    node = open_results(store)["decomposition"]
     image = node.input.values.astype(np.float64)
     contrast = ((image - image.mean(axis=(2, 3), keepdims=True)) ** 2).sum(1, keepdims=True)  # [cats, 1, H, W]
     energy = np.concatenate([(node.component.values.astype(np.float64) ** 2).sum(2), contrast], 1)
@@ -165,27 +188,48 @@ def main() -> int:
                                           prior, resolution)
         methods[label] = found
         assert (how != "none") == prior, f"the chan-vese node says its prior was {how!r}"
+    methods["band-pass components"], _ = chan_vese_candidates(BAND_PASS, folder.parent, args.out / "bandpass.zarr",
+                                                              False, resolution)
+    methods["untrained copy"], _ = chan_vese_candidates(args.model, folder.parent, args.out / "untrained.zarr", False,
+                                                        resolution, state="init")
     methods["fixed dots at the aligned mean"] = np.broadcast_to(aligned_mean, eyes.shape)
     methods["raw value channel"] = raw_value_candidates(views, resolution)
     results = {"model": args.model, "views": len(names), "cats": len(cats), "seeds": args.seeds,
                "per_cat": args.per_cat, "radius": args.radius, "scale": SCALE, "methods": {}}
     print(f"{len(names)} views ({len(cats)} cats x {args.per_cat} x seeds {args.seeds}), model {args.model}, "
-          f"hit radius {args.radius} W")
-    print("| method | both eyes found | share |\n|---|---|---|")
+          f"hit radius {args.radius} W; intervals: 95% bootstrap clustered by cat")
+    print("| method | both eyes found | share | 95% interval |\n|---|---|---|---|")
+    cat_of = np.array([name.split("-", 1)[1].rsplit("-", 1)[0] for name in names])
     for name, candidates in methods.items():
-        hits = [both_found(c, e, args.radius) for c, e in zip(candidates, eyes, strict=True)]
-        results["methods"][name] = {"found": int(sum(hits)), "share": float(np.mean(hits)),
+        hits = np.array([both_found(c, e, args.radius) for c, e in zip(candidates, eyes, strict=True)])
+        interval = clustered_interval(hits.astype(np.float64), cat_of)
+        results["methods"][name] = {"found": int(hits.sum()), "share": float(hits.mean()), "ci": interval,
                                     "per_view": dict(zip(names, map(bool, hits), strict=True))}
-        print(f"| {name} | {sum(hits)}/{len(hits)} | {np.mean(hits):.1%} |")
-    ratios = eye_concentration(args.model, cats, labels, args.out, args.radius)
-    median = np.median(ratios, axis=0)
-    results["eye_concentration"] = {"median_per_component": median.tolist(), "per_cat": ratios.tolist()}
-    print("\nenergy share inside the eye discs / their area share, median over the aligned held-out cats:")
-    print("| component | " + " | ".join(f"v{k}" for k in range(len(median) - 1)) + " | input (baseline) |")
-    print("|---|" + "---|" * len(median))
-    print("| ratio | " + " | ".join(f"{r:.2f}" for r in median) + " |")
+        print(f"| {name} | {hits.sum()}/{len(hits)} | {hits.mean():.1%} | {interval[0]:.1%}-{interval[1]:.1%} |")
+    results["eye_concentration"] = {}
+    print("\nenergy share inside the eye discs / their area share, median over the aligned held-out cats "
+          "(best component with its 95% interval over cats):")
+    for label, model, state in (("model", args.model, "trained"), ("band-pass components", BAND_PASS, "trained"),
+                                ("untrained copy", args.model, "init")):
+        ratios = eye_concentration(model, cats, labels, args.out, args.radius, state)
+        median = np.median(ratios, axis=0)
+        best = int(np.argmax(median[:-1]))
+        interval = clustered_interval_of_median(ratios[:, best])
+        results["eye_concentration"][label] = {"median_per_component": median.tolist(), "per_cat": ratios.tolist(),
+                                               "best": best, "best_ci": interval}
+        print(f"| {label} | " + " | ".join(f"{r:.2f}" for r in median[:-1]) +
+              f" | best v{best} {median[best]:.2f} ({interval[0]:.2f}-{interval[1]:.2f}) | input {median[-1]:.2f} |")
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     return 0
+
+
+def clustered_interval_of_median(values: np.ndarray, seed: int = 0) -> list[float]:
+    """95% bootstrap interval of the median of ``values`` (one per cat), resampling cats."""
+    from probekit.api import bootstrap_ci
+
+    low, high = bootstrap_ci(lambda rows: np.median(values[rows]), len(values), CI_RESAMPLES,
+                             np.random.default_rng(seed))
+    return [float(low), float(high)]
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 from helpers import run_analyses
@@ -74,11 +75,13 @@ def test_eye_eval_views_move_the_eye_labels_with_the_image():
     assert not both_found(np.array([[0.3, 0.5], [np.nan, np.nan]]), np.array([[0.32, 0.5], [0.65, 0.52]]), 0.08)
 
 
-def test_eye_eval_finds_eyes_on_moved_cats_more_often_than_both_baselines(tmp_path, shared_data):
+@pytest.mark.slow  # about 8 minutes: six Chan-Vese and decomposition runs
+def test_eye_eval_finds_eyes_on_moved_cats_more_often_than_the_weak_baselines(tmp_path, shared_data):
     """The script's default cat generator (``afhq-cat-diffusion9``) on 36 moved views (one per held-out cat and
-    seed): Chan-Vese on the components, prior off, finds both eyes on at least half, well above fixed dots and the
-    same pipeline on the raw value channel; and a component concentrates its energy on the eyes far more than the
-    input's contrast does."""
+    seed): Chan-Vese on the components, prior off, finds both eyes on at least half, well above fixed dots, the
+    same pipeline on the raw value channel and on an untrained copy; every hit rate has its cat-clustered interval;
+    a component concentrates its energy on the eyes far more than the input's contrast does. (The band-pass
+    baseline comes close: measured 47% of views and 4.0x, within both of the model's intervals.)"""
     out = tmp_path / "eyes"
     result = subprocess.run([sys.executable, str(REPO / "examples" / "eye_eval.py"), "--data-root", str(shared_data),
                              "--out", str(out), "--per-cat", "1"], capture_output=True, text=True)
@@ -89,5 +92,9 @@ def test_eye_eval_finds_eyes_on_moved_cats_more_often_than_both_baselines(tmp_pa
     assert share["chan-vese"] >= 0.5  # measured: 0.61 (22 of 36; 0.61, 0.62 and 0.59 on the 108-view sets)
     assert share["chan-vese"] >= share["fixed dots at the aligned mean"] + 0.25
     assert share["chan-vese"] >= share["raw value channel"] + 0.2
-    ratios = results["eye_concentration"]["median_per_component"]
+    assert share["chan-vese"] >= share["untrained copy"] + 0.25  # measured: 0.61 against 0.06
+    for method in results["methods"].values():
+        assert method["ci"][0] <= method["share"] <= method["ci"][1]
+    ratios = results["eye_concentration"]["model"]["median_per_component"]
     assert max(ratios[:-1]) >= 4 * ratios[-1]  # measured: v1 5.36x against the input's 0.85x
+    assert set(results["eye_concentration"]) == {"model", "band-pass components", "untrained copy"}

@@ -7,7 +7,8 @@ from probekit.hookspecs import hookimpl
 from probekit.models.model_files import LoadedModel, LoadOptions, file_sha256
 from probekit.zoo.registry import ZOO, build_from_checkpoint, is_zoo_checkpoint, load_zoo_model
 
-MODEL_MODULES = ("probekit.zoo.architectures", "probekit.zoo.generator", "probekit.zoo.resnet", "probekit.zoo.resnet20")
+MODEL_MODULES = ("probekit.zoo.architectures", "probekit.zoo.band_pass", "probekit.zoo.generator",
+                 "probekit.zoo.resnet", "probekit.zoo.resnet20")
 
 
 def load_named(name: str, options: LoadOptions) -> LoadedModel:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from probekit.zoo.architectures import branched_perceptron, digits_branched, digits_moe
+from probekit.zoo.band_pass import band_pass
 from probekit.zoo.generator import branched_generator
 from probekit.zoo.resnet import branched_resnet18
 from probekit.zoo.resnet20 import resnet20
@@ -54,6 +55,9 @@ ZOO: dict[str, ZooEntry] = {
     "resnet20-cifar10": ZooEntry(resnet20, "plain CIFAR ResNet20, third-party pretrained weights (BSD-2-Clause); "
                                  "its 9 residual blocks are probed as branches", "cifar10:../shared/data/cifar10",
                                  "cifar10-sample"),
+    "afhq-cat-bandpass9": ZooEntry(band_pass, "baseline, no parameters: 9 difference-of-Gaussian bands of the "
+                                   "input at 64 px (scales 0.5 to 16 px), shaped like the cat generators",
+                                   "imagefolder:../shared/data/samples/afhq"),
     "celeba-branched9": ZooEntry(branched_generator, "9-branch generator, CelebA female<->male (paper section 7)",
                                  "imagefolder:../shared/data/celeba-64/test"),
 }

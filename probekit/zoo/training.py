@@ -147,6 +147,14 @@ def train_generator(name: str, branches: int, options: TrainOptions):
     return train_gan(recipe, options.data_root, checkpoints, options.resume, options.progress)
 
 
+def write_band_pass(branches: int, options: TrainOptions):
+    """``afhq-cat-bandpass9``: nothing to train; the checkpoint records its configuration."""
+    from probekit.zoo.band_pass import band_pass
+
+    config = {"branches": branches, "finest": 0.5, "coarsest": 16.0, "resolution": 64}
+    return band_pass(**config), config, {"note": "a fixed difference-of-Gaussian filter bank, no parameters"}
+
+
 RECIPES = {
     "toy1": Recipe(10, lambda m, options: train_toy("toy1", m, options.seed)),
     "toy2": Recipe(20, lambda m, options: train_toy("toy2", m, options.seed)),
@@ -154,6 +162,7 @@ RECIPES = {
     "digits-moe8": Recipe(8, lambda m, options: train_digits_moe(m, options.seed)),
     "cifar10-branched16": Recipe(16, train_cifar10_branched),
     **{name: Recipe(9, lambda m, options, name=name: train_generator(name, m, options)) for name in GENERATORS},
+    "afhq-cat-bandpass9": Recipe(9, write_band_pass),
 }
 
 
