@@ -110,6 +110,7 @@ def test_masks_separate_their_class_beyond_random_masks_of_the_same_size(trained
     assert set(ds.separation_p_adjusted.attrs) >= {"correction", "family"} and "random mask" in ds.bias_p.attrs["null"]
     np.testing.assert_allclose(ds.bias.values, [np.delete(row, c).mean() for c, row in
                                                 enumerate(ds.predicted_as.values)])
+    np.testing.assert_allclose(ds.separation.values, np.diag(ds.predicted_as.values) - ds.bias.values)  # Youden's J
     assert "separation_p" not in trained_masks[0.0]  # permutations=0: no test
 
 

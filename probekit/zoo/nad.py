@@ -382,8 +382,10 @@ def _evaluate(model, gates, channels, soft, losses, trains, tests, branchset, br
                 "long_name": "share predicted as the mask's class", "units": "1",
                 "description": "share of class cls_other's test images predicted as cls under class cls's hard mask"}),
             "separation": ("cls", found["measures"][:-1, 0], {
-                "long_name": "class separation of the mask", "units": "1",
-                "description": "masked accuracy on the class's own images minus the mean over the other classes"}),
+                "long_name": "class separation of the mask (Youden's J)", "units": "1",
+                "description": "share of the class's test images predicted as the class under its mask, minus the "
+                               "share of the other classes' images predicted as the class (bias): 0 for a mask that "
+                               "calls everything its class"}),
             "bias": ("cls", found["measures"][:-1, 1], {
                 "long_name": "bias of the mask toward its class", "units": "1",
                 "description": "share of the other classes' test images predicted as the mask's class"}),

@@ -1,5 +1,6 @@
 """Evidence for NAD's masks: how much a class's mask biases the prediction toward its class, how well it
-separates its class from the others, each against random masks of the same size.
+separates its class from the others (Youden's J, so that a mask that calls everything its class scores 0), each
+against random masks of the same size.
 
 ``predicted [masks, M]`` holds the predicted class of each of the M test images under each mask and ``labels
 [M]`` their classes. The null draws, for class c, masks that keep the same number of gates in every layer as
@@ -32,17 +33,16 @@ def random_mask_like(hard: dict[str, torch.Tensor], rng: np.random.Generator) ->
 
 
 def class_measures(predicted: np.ndarray, owner: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """``[masks, 2]``: for each mask (of class ``owner[i]``), its ``separation`` (accuracy on its class's images
-    minus the mean accuracy on the other classes') and its ``bias`` (share of the other classes' images
-    predicted as its class)."""
+    """``[masks, 2]``: for each mask (of class ``owner[i]``), its ``separation`` (Youden's J: the share of its
+    class's images predicted as its class minus the share of the other classes' images predicted as its class; 0
+    for a mask that predicts its class for everything) and its ``bias`` (that second share)."""
     onehot = np.eye(n_classes)[labels]  # [M, C]
     count = np.maximum(onehot.sum(0), 1)
-    accuracy = (predicted == labels[None]).astype(np.float64) @ onehot / count  # [masks, C]
-    as_owner = (predicted == owner[:, None]).astype(np.float64) @ onehot / count
+    as_owner = (predicted == owner[:, None]).astype(np.float64) @ onehot / count  # [masks, C]
     others = 1 - np.eye(n_classes)[owner]
-    mean_other = lambda a: (a * others).sum(1) / max(n_classes - 1, 1)  # noqa: E731
-    own = accuracy[np.arange(len(owner)), owner]
-    return np.stack([own - mean_other(accuracy), mean_other(as_owner)], axis=1)
+    bias = (as_owner * others).sum(1) / max(n_classes - 1, 1)
+    own = as_owner[np.arange(len(owner)), owner]
+    return np.stack([own - bias, bias], axis=1)
 
 
 def mask_evidence(predict: Predict, hard: list[dict[str, torch.Tensor]], labels: np.ndarray, permutations: int,
