@@ -166,9 +166,10 @@ class Kernels(Analysis):
             "clustering": "KMeans (k = branches in the layer, n_init=10) and HDBSCAN (min_cluster_size=5)",
             "init": init_note(states, self.context.seed)})
         found = {key: stack(key) for key in ("p", "null", "band", "ci")}
-        return add_evidence(ds, "score", score_dims, found, self.options, family=("layer",),
-                            permuted="the branch labels shuffled over the layer's kernels",
-                            resampled="kernels, with the clusters held fixed (none for the silhouette)")
+        ds = add_evidence(ds, "score", score_dims, found, self.options, family=("layer",),
+                          permuted="the branch labels shuffled over the layer's kernels",
+                          resampled="kernels, with the clusters held fixed (none for the silhouette)")
+        return _with_deprecated_names(ds)
 
     def summary(self, ds: xr.Dataset) -> dict:
         out = {"layers": ds.sizes["layer"], "kernels": ds.sizes["kernel"]}
@@ -182,6 +183,15 @@ class Kernels(Analysis):
                     f"{int((p < SIGNIFICANCE).sum())} of {len(p)} ({ds.score_p_adjusted.attrs['correction']}-adjusted "
                     f"p < {SIGNIFICANCE}; best {p.layer.values[best]}: {describe_p(float(p.values[best]))})")
         return out
+
+
+def _with_deprecated_names(ds: xr.Dataset) -> xr.Dataset:
+    """probekit 1.0's names of the null's mean and the p-value (``baseline``, ``p_value``), kept until 2.0."""
+    for old, new in (("baseline", "score_null"), ("p_value", "score_p")):
+        if new in ds:
+            ds[old] = ds[new].copy()
+            ds[old].attrs = {**ds[new].attrs, "deprecated": f"the same as {new}; removed in probekit 2.0"}
+    return ds
 
 
 probekit_register_analyses, probekit_plot = analysis_hooks(Kernels)
