@@ -92,7 +92,7 @@ def test_cli_run_scores_trained_and_init_and_draws_the_report(cli, tmp_path):
     report = tmp_path / "k-report"
     assert {p.name for p in report.glob("kernels-*.png")} == {
         "kernels-umap-trained.png", "kernels-umap-init.png", "kernels-rgb-kernels-trained.png",
-        "kernels-rgb-kernels-init.png"}
+        "kernels-rgb-kernels-init.png", "kernels-evidence-score.png"}
 
 
 def test_bad_option_is_one_clear_line(cli, tmp_path):

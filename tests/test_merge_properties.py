@@ -2,6 +2,8 @@
 and merging shard states (as a distributed run does) is order-independent and associative."""
 
 import functools
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,10 +38,13 @@ def probe():
     return model, data, branchset, x, y, outputs, responses
 
 
-def fresh(name: str, shard: range | None = None):
+def fresh(name: str, shard: range | None = None, staging: Path | None = None):
+    """The analysis ``name`` over the samples ``shard``; with ``staging``, its per-sample arrays go to that
+    folder, shared by every shard, as in a run (the evidence reads them back at the end)."""
     model, data, branchset, *_ = probe()
     cls = analyses()[name][0]
-    context = RunContext(branchset, data, N, torch.device("cpu"), 0, model=model, shard=shard)
+    context = RunContext(branchset, data, N, torch.device("cpu"), 0, model=model, shard=shard,
+                         staging=(lambda node: staging / node) if staging else None)
     return cls(context, cls.Options())
 
 
@@ -57,8 +62,11 @@ def feed(analysis, cuts: list[int], rows: range) -> None:
 def assert_same(a: xr.Dataset, b: xr.Dataset, per_sample: bool = True) -> None:
     """Equal variables and coordinates; ``per_sample=False`` skips per-sample variables, which a run shares
     on disk between shards rather than merging (here each shard keeps its own in memory)."""
-    assert set(a.data_vars) == set(b.data_vars)
-    names = [n for n in a.data_vars if per_sample or "sample" not in a[n].dims] + list(a.coords)
+    def compared(ds):
+        return {n for n in ds.data_vars if per_sample or "sample" not in ds[n].dims}
+
+    assert compared(a) == compared(b)
+    names = sorted(compared(a)) + list(a.coords)
     for name in names:
         if a[name].dtype.kind in "fc":
             # float32 model outputs differ in the last bits with the batch composition
@@ -87,28 +95,36 @@ def test_batching_does_not_change_the_result(name, cuts):
        order=st.permutations([0, 1, 2]), cuts=st.lists(st.integers(1, N - 1), max_size=6))
 def test_merging_shards_in_any_order_and_grouping_equals_one_pass(name, first, second, order, cuts):
     lo, hi = sorted((first, second))
-    shards = [range(0, lo), range(lo, hi), range(hi, N)]
+    with tempfile.TemporaryDirectory() as staging:
+        target = merged_shards(name, [range(0, lo), range(lo, hi), range(hi, N)], order, cuts, Path(staging))
+        assert_same(target.finalize(), whole(name), per_sample=False)
+
+
+def merged_shards(name: str, shards: list[range], order: list[int], cuts: list[int], staging: Path):
+    """The analysis of each shard (their per-sample arrays shared in ``staging``), merged into the shard
+    ``order[0]`` in ``order``."""
     parts = []
     for rows in shards:
-        analysis = fresh(name, rows)
+        analysis = fresh(name, rows, staging)
         feed(analysis, cuts, rows)
         parts.append((analysis, rows))
     target, _ = parts[order[0]]  # any shard can be the one that collects
     for i in order[1:]:
         target.merge(parts[i][0].state(), parts[i][1])
-    assert_same(target.finalize(), whole(name), per_sample=False)
+    return target
 
 
 @PROPERTY
 @given(name=st.sampled_from(STREAMING), first=st.integers(1, N - 1), second=st.integers(1, N - 1))
 def test_merging_is_associative(name, first, second):
     lo, hi = sorted((first, second))
-    a, b, c = (fresh(name, rows) for rows in (range(0, lo), range(lo, hi), range(hi, N)))
-    for analysis in (a, b, c):
-        feed(analysis, [], analysis.context.rows)
-    b.merge(c.state(), c.context.rows)  # a + (b + c)
-    a.merge(b.state(), range(lo, N))
-    assert_same(a.finalize(), whole(name), per_sample=False)
+    with tempfile.TemporaryDirectory() as staging:
+        a, b, c = (fresh(name, rows, Path(staging)) for rows in (range(0, lo), range(lo, hi), range(hi, N)))
+        for analysis in (a, b, c):
+            feed(analysis, [], analysis.context.rows)
+        b.merge(c.state(), c.context.rows)  # a + (b + c)
+        a.merge(b.state(), range(lo, N))
+        assert_same(a.finalize(), whole(name), per_sample=False)
 
 
 def test_compensated_sums_merge_bitwise_equal_whatever_the_sharding():

@@ -101,12 +101,16 @@ def test_larger_beta_keeps_fewer_gates_and_masks_prefer_their_own_class(trained_
     np.testing.assert_allclose(np.diag(ds.similarity.values), 1.0)
 
 
-def test_masks_separate_their_class_beyond_random_masks_of_the_same_size(trained_masks):
+def test_masks_bias_toward_their_class_beyond_random_masks_of_the_same_size(trained_masks):
+    """At beta 0.5 the masks push the other classes' images toward their class far more than random masks of the
+    same size do; their separation (Youden's J) is no better than the random masks' (measured 0.66 and 0.73)."""
     ds = trained_masks[0.5]
-    assert float(ds.mean_separation) > float(ds.mean_separation_null)
-    assert float(ds.mean_separation_p) == pytest.approx(1 / 20)  # beyond every one of 19 random masks
+    assert float(ds.mean_bias) > 2 * float(ds.mean_bias_null)
+    assert float(ds.mean_bias_p) == pytest.approx(1 / 20)  # beyond every one of 19 random masks
     low, high = ds.mean_separation_ci.values
     assert low <= float(ds.mean_separation) <= high
+    band = ds.mean_separation_null_band.values
+    assert band[0] <= float(ds.mean_separation) <= band[1]  # within the random masks' central 95%
     assert set(ds.separation_p_adjusted.attrs) >= {"correction", "family"} and "random mask" in ds.bias_p.attrs["null"]
     np.testing.assert_allclose(ds.bias.values, [np.delete(row, c).mean() for c, row in
                                                 enumerate(ds.predicted_as.values)])

@@ -28,3 +28,16 @@ def test_rows_must_arrive_in_order(tmp_path):
     array.write(0, np.ones(4, np.float32))
     with pytest.raises(ValueError, match="in order"):
         array.write(6, np.ones(4, np.float32))
+
+
+def test_shards_that_share_a_chunk_keep_each_others_rows(tmp_path):
+    """Two shards of one array whose boundary falls inside a chunk (no alignment): each writes only its own rows.
+    Mutation: flushing the whole chunk from its start zeroes the first shard's rows."""
+    arrays = [SampleArray(tmp_path, "v", ("sample", "branch"), (20, 2), np.float32, {}, rows)
+              for rows in (range(0, 11), range(11, 20))]
+    assert arrays[0].chunk_rows == 20  # one chunk holds both shards
+    for array, rows in zip(arrays, (range(0, 11), range(11, 20)), strict=True):
+        array.write(rows.start, np.full((len(rows), 2), rows.start + 1, dtype=np.float32))
+    stored = arrays[1].read(0, 20)
+    np.testing.assert_array_equal(stored[:11], 1)
+    np.testing.assert_array_equal(stored[11:], 12)

@@ -275,7 +275,7 @@ class ClassFilters(Analysis):
         """Selectivity against shuffled labels, and its bootstrap interval."""
         o, n = self.options, self.context.n_samples
         features = np.concatenate([self.features.read(start, min(n, start + READ_ROWS))
-                                   for start in range(0, n, READ_ROWS)])
+                                   for start in range(0, n, READ_ROWS)]).astype(np.float64)
         found = evidence.selectivity_evidence(features, self.targets[:n], self.n_classes, o.permutations,
                                               o.resamples, o.level, evidence_rng(self.context.seed, self.name))
         return add_evidence(ds, "selectivity", ("feature",), found, o,

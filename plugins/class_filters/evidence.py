@@ -14,9 +14,10 @@ from probekit_plugins.class_filters import stats
 
 
 def class_means(features: np.ndarray, targets: np.ndarray, n_classes: int) -> np.ndarray:
-    """``[C, D]`` mean feature per class (0 for a class with no sample)."""
-    onehot = np.eye(n_classes, dtype=features.dtype)[targets]
-    return (onehot.T @ features) / np.maximum(onehot.sum(0), 1)[:, None]
+    """``[C, D]`` mean feature per class (0 for a class with no sample), in float64 (so that the sums do not
+    depend on how many threads the matrix product uses)."""
+    onehot = np.eye(n_classes)[targets]
+    return (onehot.T @ features.astype(np.float64)) / np.maximum(onehot.sum(0), 1)[:, None]
 
 
 def selectivity_evidence(features: np.ndarray, targets: np.ndarray, n_classes: int, permutations: int,

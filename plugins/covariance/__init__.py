@@ -54,7 +54,8 @@ class Covariance(Analysis):
                                            (len(context.branchset), options.sketch), np.float32, {
                                                "long_name": "sketch of each branch's response per sample",
                                                "description": "the response itself (zero-padded) when it has at "
-                                                              "most `sketch` values, else a Gaussian projection"})
+                                                              "most `sketch` values, else a Gaussian projection"}
+                                           ) if options.permutations or options.resamples else None  # evidence
         self.layer_index = {layer.name: i for i, layer in enumerate(context.branchset.layers)}
         self.projections = {}  # layer name -> its sketch matrix, made from its response width at the first batch
         self.gram = {  # compensated sums [2, K, K] (probekit.api.compensated_add)
@@ -68,11 +69,14 @@ class Covariance(Analysis):
         parts = []
         for name, responses in batch.responses.items():  # [N, K, D]
             self.gram[name] = compensated_add(self.gram[name], torch.bmm(responses, responses.transpose(1, 2)).sum(0))
+            if self.sketch is None:
+                continue
             if name not in self.projections:
                 self.projections[name] = evidence.projection(responses.shape[2], self.options.sketch,
                                                              self.context.seed + self.layer_index[name])
             parts.append(evidence.sketched(responses, self.projections[name], self.options.sketch))
-        self.sketch.write(int(batch.index[0]), np.concatenate(parts, axis=1))
+        if self.sketch is not None:
+            self.sketch.write(int(batch.index[0]), np.concatenate(parts, axis=1))
         self.count += batch.index.shape[0]
 
     def finalize(self) -> xr.Dataset:
@@ -97,21 +101,23 @@ class Covariance(Analysis):
             coords=coords,
             attrs={"n_samples": self.count, "sketch": self.options.sketch},
         )
-        if self.sketch.in_memory:
+        if self.sketch is not None and self.sketch.in_memory:
             ds[self.sketch.name] = (self.sketch.dims, self.sketch.values(), self.sketch.attrs)
         return self._with_evidence(ds, corr)
 
     def _with_evidence(self, ds: xr.Dataset, corr: np.ndarray) -> xr.Dataset:
         """Per layer: the mean |corr| between its branches, tested against shuffled samples, with an interval."""
         o, layers = self.options, list(self.context.branchset.layer_slices())
-        self.sketch.checkpoint()
-        sketch = self.sketch.read(0, self.context.n_samples)
-        rng = evidence_rng(self.context.seed, self.name)
-        found = [evidence.evidence(sketch[:, part], o.permutations, o.resamples, o.level, rng) for _, part in layers]
         exact = [np.nanmean(np.abs(corr[part, part][~np.eye(part.stop - part.start, dtype=bool)]))
                  if part.stop - part.start > 1 else np.nan for _, part in layers]
         ds = ds.assign_coords(layer_coords(self.context)).assign(mean_abs_corr=("layer", np.array(exact), {
             "long_name": "mean |corr| between distinct branches of the layer", "units": "1"}))
+        if self.sketch is None:
+            return ds
+        self.sketch.checkpoint()
+        sketch = self.sketch.read(0, self.context.n_samples)
+        rng = evidence_rng(self.context.seed, self.name)
+        found = [evidence.evidence(sketch[:, part], o.permutations, o.resamples, o.level, rng) for _, part in layers]
         stacked = {key: np.stack([f[key] for f in found]) for key in found[0]}
         return add_evidence(ds, "mean_abs_corr", ("layer",), stacked, o, permuted=NULL, alternative="two-sided",
                             resampled="samples (on the responses' sketch)")

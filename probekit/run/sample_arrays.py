@@ -92,8 +92,10 @@ class SampleArray:
                 self._flush()
 
     def _flush(self) -> None:
+        """Write the open chunk's rows of this process's shard (never another shard's rows of the same chunk)."""
         chunk_start = (self._next - 1) // self.chunk_rows * self.chunk_rows
-        self._array[chunk_start:self._next] = self._buffer[: self._next - chunk_start]
+        first = max(chunk_start, self.rows.start)
+        self._array[first:self._next] = self._buffer[first - chunk_start: self._next - chunk_start]
 
     def checkpoint(self) -> None:
         """Write the rows still buffered (a partial chunk), so everything before the next row is on disk."""
