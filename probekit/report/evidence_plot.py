@@ -91,7 +91,7 @@ def _panel(ax, ds: xr.Dataset, name: str, where: dict, entry: str | None, along:
         filled = np.ones(n, dtype=bool) if significant is None else significant.values.reshape(-1)
         ax.scatter(x[filled], y[filled], color="C0", s=18, label="beyond the null" if p is not None else None)
         ax.scatter(x[~filled], y[~filled], facecolors="white", edgecolors="C0", s=18, label="n.s.")
-    labels = _labels(value.to_dataset(name="v") if entry is None else ds, entry, n)
+    labels = _labels(ds, entry, n)
     ax.set_xticks(x, labels if len(labels) <= MAX_ENTRIES else [], rotation=90, fontsize=6)
     label = axis_label(ds[name])
     ax.set_ylabel(label if len(label) <= 40 else name, fontsize=7)

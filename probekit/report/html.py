@@ -57,7 +57,7 @@ def _figures(name: str, ds, out: Path, along: str | None = None) -> tuple[list[d
 
     try:
         evidence = plot_evidence(ds, name, along)
-    except Exception as exc:  # noqa: BLE001 (a figure that cannot be drawn must not cost the report)
+    except Exception as exc:  # a figure that cannot be drawn must not cost the report
         evidence, failed = [], f" Drawing its evidence failed: {type(exc).__name__}: {exc}"
     else:
         failed = ""

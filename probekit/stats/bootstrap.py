@@ -8,15 +8,20 @@ from collections.abc import Callable
 import numpy as np
 
 
-def resample_indices(n: int, rng: np.random.Generator, groups: np.ndarray | None = None) -> np.ndarray:
+def group_members(groups: np.ndarray) -> list[np.ndarray]:
+    """The sample positions of each group of ``groups [n]`` (a label per sample)."""
+    inverse = np.unique(np.asarray(groups), return_inverse=True)[1]
+    return [np.flatnonzero(inverse == g) for g in range(int(inverse.max()) + 1)] if len(inverse) else []
+
+
+def resample_indices(n: int, rng: np.random.Generator, groups: np.ndarray | list | None = None) -> np.ndarray:
     """Sample positions of one bootstrap resample of ``n`` samples: ``n`` drawn with replacement, or, with
-    ``groups [n]`` (a label per sample, e.g. the cat a view was cut from), as many groups drawn with
-    replacement as there are, each bringing all its samples (a clustered bootstrap)."""
+    ``groups`` (a label per sample, e.g. the cat a view was cut from; or :func:`group_members`' list), as many
+    groups drawn with replacement as there are, each bringing all its samples (a clustered bootstrap)."""
     if groups is None:
         return rng.integers(0, n, n)
-    labels, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(labels))]
-    return np.concatenate([members[g] for g in rng.integers(0, len(labels), len(labels))])
+    members = groups if isinstance(groups, list) else group_members(groups)
+    return np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
 
 
 def bootstrap_ci(statistic: Callable[[np.ndarray], np.ndarray], n: int, resamples: int, rng: np.random.Generator,
@@ -29,7 +34,8 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], np.ndarray], n: int, resample
     if resamples <= 0:
         shape = np.shape(statistic(np.arange(n)))
         return np.full((*shape, 2), np.nan)
-    draws = np.stack([np.asarray(statistic(resample_indices(n, rng, groups)), dtype=np.float64)
+    members = None if groups is None else group_members(groups)  # found once, not per resample
+    draws = np.stack([np.asarray(statistic(resample_indices(n, rng, members)), dtype=np.float64)
                       for _ in range(resamples)])
     tail = (1 - level) / 2
     with warnings.catch_warnings():
