@@ -108,8 +108,8 @@ class Covariance(Analysis):
     def _with_evidence(self, ds: xr.Dataset, corr: np.ndarray) -> xr.Dataset:
         """Per layer: the mean |corr| between its branches, tested against shuffled samples, with an interval."""
         o, layers = self.options, list(self.context.branchset.layer_slices())
-        exact = [np.nanmean(np.abs(corr[part, part][~np.eye(part.stop - part.start, dtype=bool)]))
-                 if part.stop - part.start > 1 else np.nan for _, part in layers]
+        exact = [evidence.mean_of_finite(np.abs(corr[part, part][~np.eye(part.stop - part.start, dtype=bool)]))
+                 for _, part in layers]
         ds = ds.assign_coords(layer_coords(self.context)).assign(mean_abs_corr=("layer", np.array(exact), {
             "long_name": "mean |corr| between distinct branches of the layer", "units": "1"}))
         if self.sketch is None:

@@ -38,8 +38,13 @@ def mean_abs_corr(sketch: np.ndarray) -> float:
     norm = np.sqrt(np.diag(gram))
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = np.abs(gram / np.outer(norm, norm))
-    off = corr[~np.eye(len(corr), dtype=bool)]
-    return float(np.nanmean(off)) if off.size else float("nan")
+    return mean_of_finite(corr[~np.eye(len(corr), dtype=bool)])
+
+
+def mean_of_finite(values: np.ndarray) -> float:
+    """The mean of the finite entries of ``values``; NaN when there are none (a NaN branch, or one branch)."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
 
 
 def shuffled(sketch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
