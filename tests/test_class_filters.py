@@ -129,6 +129,8 @@ def test_plain_resnet20_reads_a_named_layer_and_reproduces_its_logits(tmp_path):
     ({"layer": "layer9"}, "must name one module"),
     ({"layer": "layer3", "k": "65"}, "at most the 64 features"),
     ({"layer": "layer3", "k": "0,3"}, "integers >= 1 or fractions"),
+    ({"layer": "layer3", "fractions": "1.5,0"}, "class-filters.fractions must be in (0, 1]"),
+    ({"layer": "layer3", "correction": "bonferroni"}, "correction must be one of holm, bh, none"),
 ])
 def test_bad_choices_are_one_clear_error(tmp_path, options, message):
     """Refused before the pass, or (k against the feature count, known at the first batch) as the analysis's

@@ -56,6 +56,8 @@ class ClassFiltersOptions(EvidenceOptions):
         super().check()
         if not self.k or min(self.k) <= 0 or any(k > 1 and k != int(k) for k in self.k):
             raise ProbekitError(f"class-filters.k must be integers >= 1 or fractions in (0, 1), not {self.k}")
+        if not self.fractions or not all(0 < f <= 1 for f in self.fractions):
+            raise ProbekitError(f"class-filters.fractions must be in (0, 1], not {self.fractions}")
 
     def counts_of(self, features: int) -> list[int]:
         """Each k as a number of features (a fraction below 1 of ``features``, rounded, at least 1)."""
@@ -64,8 +66,6 @@ class ClassFiltersOptions(EvidenceOptions):
             raise ProbekitError(f"class-filters.k={self.k} must give distinct counts of at most the {features} "
                                 f"features, not {resolved}")
         return resolved
-        if not self.fractions or not all(0 < f <= 1 for f in self.fractions):
-            raise ProbekitError(f"class-filters.fractions must be in (0, 1], not {self.fractions}")
 
 
 def _last_linear(module: nn.Module) -> str | None:
