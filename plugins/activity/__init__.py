@@ -155,7 +155,8 @@ class Activity(Analysis):
         return self._with_routing(ds) if self.gated else ds
 
     def _with_evidence(self, ds: xr.Dataset) -> xr.Dataset:
-        """Intervals and the branch-exchange test of the relative norms, and the call they allow."""
+        """The norm shares with their branch-exchange test and interval, the relative norms' intervals, and the
+        call those allow (both from the per-sample norms)."""
         o, parts = self.options, [part for _, part in self.context.branchset.layer_slices()]
         self.sample_norm.checkpoint()
         norms = self.sample_norm.read(0, self.context.n_samples)
