@@ -15,19 +15,16 @@ import numpy as np
 from probekit.api import permutation_evidence, permute_within, relative_norms
 
 
-def relative(squares: np.ndarray, parts: list[slice]) -> np.ndarray:
-    """``[B]`` norm over the samples of ``squares [N, B]`` (squared per-sample norms), relative to the largest
-    branch of its layer."""
-    norm = np.sqrt(squares.sum(0))
+def relative(norm: np.ndarray, parts: list[slice]) -> np.ndarray:
+    """``[B]`` each branch's norm over the samples (``norm [B]``) relative to the largest branch of its layer."""
     out = np.empty_like(norm)
     for part in parts:
         out[part] = relative_norms(norm[part])
     return out
 
 
-def share(squares: np.ndarray, parts: list[slice]) -> np.ndarray:
-    """``[B]`` each branch's norm over the samples of ``squares [N, B]``, as a share of its layer's summed norms."""
-    norm = np.sqrt(squares.sum(0))
+def share(norm: np.ndarray, parts: list[slice]) -> np.ndarray:
+    """``[B]`` each branch's norm over the samples (``norm [B]``) as a share of its layer's summed norms."""
     out = np.empty_like(norm)
     for part in parts:
         out[part] = norm[part] / max(float(norm[part].sum()), 1e-300)
@@ -51,7 +48,8 @@ def norm_evidence(norms: np.ndarray, parts: list[slice], permutations: int, resa
     b = squares.shape[1]
 
     def both(sq: np.ndarray) -> np.ndarray:
-        return np.concatenate([share(sq, parts), relative(sq, parts)])
+        norm = np.sqrt(sq.sum(0))  # [B] over the samples of the squared per-sample norms sq [N, B]
+        return np.concatenate([share(norm, parts), relative(norm, parts)])
 
     found = permutation_evidence(lambda rows: both(squares[rows]), lambda r: both(permute_within(squares, r, parts)),
                                  len(squares), permutations, resamples, level, rng, "less", desc="activity null")

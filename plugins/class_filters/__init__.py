@@ -274,6 +274,8 @@ class ClassFilters(Analysis):
     def _with_evidence(self, ds: xr.Dataset) -> xr.Dataset:
         """Selectivity against shuffled labels, and its bootstrap interval."""
         o, n = self.options, self.context.n_samples
+        if not (o.permutations or o.resamples):
+            return ds  # no test and no interval: the features need not be read back again
         features = np.concatenate([self.features.read(start, min(n, start + READ_ROWS))
                                    for start in range(0, n, READ_ROWS)]).astype(np.float64)
         found = evidence.selectivity_evidence(features, self.targets[:n], self.n_classes, o.permutations,
