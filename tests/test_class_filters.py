@@ -34,7 +34,31 @@ def transcribed_counts(h, y, k, classes):
     return counts
 
 
+def reference_psi(h, y, fraction, classes):
+    """The class-specific-filter reference's Psi, transcribed: each row sorted (largest first) and divided by its
+    sum; n_k = how many cumulative shares are below the fraction; Psi = (D - median over the class) / D."""
+    shares = -np.sort(-h, axis=1) / h.sum(1, keepdims=True)
+    n = (np.cumsum(shares, axis=1) < fraction).sum(1)
+    return np.array([(h.shape[1] - np.median(n[y == c])) / h.shape[1] if (y == c).any() else np.nan
+                     for c in range(classes)])
+
+
+def reference_score(counts_a, counts_b, eps=1e-6):
+    """The reference's "mutual information" of two classes' top-k counts, transcribed: p = counts / sum;
+    H(p_a) + H(p_b) - H(p_a + p_b), each entropy (nats) of its argument normalised, after adding eps to every
+    entry of an argument with a zero."""
+    def entropy(p):
+        p = np.asarray(p, dtype=np.float64)
+        if np.any(p == 0):
+            p = p + eps
+        total = p.sum()
+        return -np.sum((p / total) * (np.log(p) - np.log(total)))
+    p, q = counts_a / counts_a.sum(), counts_b / counts_b.sum()
+    return entropy(p) + entropy(q) - entropy(p + q)
+
+
 def transcribed_mass_count(row, fraction):
+    """n_k by the ``reaching`` rule: how many of the largest features it takes to reach the fraction."""
     total, running = row.sum(), 0.0
     if total == 0:
         return 0
@@ -69,18 +93,29 @@ def test_topk_counts_integer_and_fractional_k_match_the_transcription(digits_run
             assert set(np.flatnonzero(chosen[c])) == set(order)
 
 
-def test_psi_and_the_exact_median_match_numpy(digits_run):
+def test_psi_is_the_reference_s_by_default(digits_run):
+    """Below fraction 1 (where the reference's count of shares below 1 depends on rounding, and ours is the
+    non-zero features less one)."""
+    ds, _, h, y, _ = digits_run
+    assert ds.median_mass_count.attrs["n_k"] == "below"
+    for fraction in ds.fraction.values[ds.fraction.values < 1]:
+        np.testing.assert_allclose(ds.psi.sel(fraction=fraction).values, reference_psi(h, y, fraction, 10))
+
+
+def test_the_reaching_rule_counts_one_more_and_the_median_is_exact(digits_run):
     ds, _, h, y, _ = digits_run
     for fraction in ds.fraction.values:
         n = np.array([transcribed_mass_count(row, fraction) for row in h])
+        np.testing.assert_array_equal(stats.mass_count(h, fraction, "reaching"), n)
+        np.testing.assert_array_equal(stats.mass_count(h, fraction, "below"), np.maximum(n - 1, 0))
         for c in range(10):
             if (y == c).any():
-                median = np.median(n[y == c])
+                median = np.median(np.maximum(n[y == c] - 1, 0))
                 assert ds.median_mass_count.sel(cls=c, fraction=fraction) == median
                 assert ds.psi.sel(cls=c, fraction=fraction) == pytest.approx((2048 - median) / 2048)
 
 
-def test_selectivity_and_information_match_their_definitions(digits_run):
+def test_selectivity_divergence_and_the_reference_score_match_their_definitions(digits_run):
     ds, _, h, y, _ = digits_run
     means = np.stack([h[y == c].mean(0) for c in range(10)])
     for j in range(0, 2048, 97):
@@ -91,7 +126,10 @@ def test_selectivity_and_information_match_their_definitions(digits_run):
     for a, b in [(0, 1), (3, 8), (5, 5)]:
         p, q = counts[a] / counts[a].sum(), counts[b] / counts[b].sum()
         expected = jensenshannon(p, q, base=2) ** 2
-        assert ds.information.sel(k=40, cls=a, cls_other=b) == pytest.approx(expected, abs=1e-9)
+        assert ds.js_divergence.sel(k=40, cls=a, cls_other=b) == pytest.approx(expected, abs=1e-9)
+        assert ds.reference_mi.sel(k=40, cls=a, cls_other=b) == pytest.approx(
+            reference_score(counts[a], counts[b]), abs=1e-9)
+    np.testing.assert_array_equal(ds.information.values, ds.js_divergence.values)  # the deprecated name
 
 
 def test_decomposed_head_matches_and_every_feature_reproduces_the_logits(digits_run):
@@ -124,6 +162,50 @@ def test_plain_resnet20_reads_a_named_layer_and_reproduces_its_logits(tmp_path):
     assert ds.decomposed_accuracy.sel(k=64) == pytest.approx(ds.attrs["full_accuracy"])
 
 
+def stage_features(model, x, path):
+    """ReLU of ``path``'s output, averaged over space: plain forward hooks, independent of the analysis."""
+    seen = []
+    hook = model.get_submodule(path).register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    return torch.relu(seen[0]).mean((2, 3)).double().numpy()
+
+
+def test_any_module_with_a_relu_and_no_head_matches_independent_hooks(tmp_path):
+    """The reference's location, the ReLU in the middle of a stage's last block: no linear layer reads its 16
+    features, so the decomposed head is left out with a note; CSI matches hooks on the model."""
+    from probekit.run.data import load_data
+
+    tree = run_analyses(tmp_path, "resnet20-cifar10", "cifar10-sample", ["class-filters"], limit=200,
+                        options={"class-filters": {"layer": "layer1.2.bn1", "activation": "relu",
+                                                   "permutations": "0", "resamples": "0"}})
+    ds = tree["class-filters"].to_dataset()
+    data = load_data("cifar10-sample", 0)
+    x = torch.stack([data.dataset[i][0] for i in range(200)])
+    y = np.array([int(data.dataset[i][1]) for i in range(200)])
+    h = stage_features(load_zoo_model("resnet20-cifar10").eval(), x, "layer1.2.bn1")
+    np.testing.assert_allclose(ds.features.values, h, rtol=1e-5, atol=1e-6)
+    means = np.stack([h[y == c].mean(0) for c in range(10)])
+    top = means.max(0)
+    rest = (means.sum(0) - top) / 9
+    np.testing.assert_allclose(ds.selectivity.values, (top - rest) / (top + rest + 1e-7), rtol=1e-6)
+    assert list(ds.k.values) == [1, 5, 10] and "decomposed_accuracy" not in ds
+    assert "no nn.Linear reads the 16 features" in ds.attrs["decomposed_note"]
+
+
+def test_the_fine_tuned_head_is_cross_fitted_and_starts_from_the_head(tmp_path):
+    """0 epochs of fine-tune would be the decomposed head; a few epochs at layer3 (where the model's linear head
+    reads the features) move it, and the score is over every sample, each scored by the other half's head."""
+    tree = run_analyses(tmp_path, "resnet20-cifar10", "cifar10-sample", ["class-filters"], limit=200,
+                        options={"class-filters": {"layer": "layer3", "k": "1,5", "finetune_epochs": "30",
+                                                   "finetune_lr": "0.01", "permutations": "0", "resamples": "0"}})
+    ds = tree["class-filters"].to_dataset()
+    tuned, plain = ds.finetuned_accuracy.values, ds.decomposed_accuracy.values
+    assert np.all((tuned >= 0) & (tuned <= 1)) and np.allclose(tuned * 200, np.round(tuned * 200))
+    assert tuned[0] > plain[0]  # one filter per class: the untuned head is near chance, fine-tuning helps
+
+
 @pytest.mark.parametrize("options, message", [
     ({}, "needs a summed classifier at the model's root, or the features' module"),
     ({"layer": "layer9"}, "must name one module"),
@@ -131,6 +213,11 @@ def test_plain_resnet20_reads_a_named_layer_and_reproduces_its_logits(tmp_path):
     ({"layer": "layer3", "k": "0,3"}, "integers >= 1 or fractions"),
     ({"layer": "layer3", "fractions": "1.5,0"}, "class-filters.fractions must be in (0, 1]"),
     ({"layer": "layer3", "correction": "bonferroni"}, "correction must be one of holm, bh, none"),
+    ({"layer": "layer3", "activation": "gelu"}, "class-filters.activation"),
+    ({"layer": "layer3", "n_k": "above"}, "class-filters.n_k"),
+    ({"layer": "layer3", "finetune_epochs": "-1"}, "finetune_epochs must be >= 0"),
+    ({"layer": "layer1.2.bn1", "activation": "relu", "finetune_epochs": "5"}, "finetune_epochs needs a head"),
+    ({"layer": "layer1.2.bn1"}, "negative values (class-filters.activation=relu applies a ReLU first)"),
 ])
 def test_bad_choices_are_one_clear_error(tmp_path, options, message):
     """Refused before the pass, or (k against the feature count, known at the first batch) as the analysis's

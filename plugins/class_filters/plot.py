@@ -60,6 +60,9 @@ def decomposed_accuracy(ds: xr.Dataset):
                             max_cols=1)
     ordered = ds.decomposed_accuracy.sortby("k")
     ax.plot(ordered.k.values, ordered.values, marker="o", label="class filters only")
+    if "finetuned_accuracy" in ds:
+        tuned = ds.finetuned_accuracy.sortby("k")
+        ax.plot(tuned.k.values, tuned.values, marker="s", label="fine-tuned (cross-fitted)")
     ax.axhline(float(ds.attrs["full_accuracy"]), color="k", linestyle="--", linewidth=0.8, label="every feature")
     ax.axhline(1 / len(ds.cls), color="grey", linestyle=":", linewidth=0.8, label="chance")
     ax.set_xscale("log")
@@ -70,4 +73,5 @@ def decomposed_accuracy(ds: xr.Dataset):
 
 
 def plot_class_filters(ds: xr.Dataset) -> list:
-    return [frequency_heatmap(ds), psi_curves(ds), branch_shares(ds), decomposed_accuracy(ds)]
+    figures = [frequency_heatmap(ds), psi_curves(ds), branch_shares(ds)]
+    return figures + [decomposed_accuracy(ds)] if "decomposed_accuracy" in ds else figures

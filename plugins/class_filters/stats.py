@@ -15,14 +15,19 @@ def top_k(h: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-h, axis=1, kind="stable")[:, :k]
 
 
-def mass_count(h: np.ndarray, fraction: float) -> np.ndarray:
-    """``n_k(x)``: how many of the largest features of each row hold ``fraction`` of its L1 norm; ``[N]`` ints
-    in ``0..D`` (0 for an all-zero row)."""
+def mass_count(h: np.ndarray, fraction: float, rule: str = "below") -> np.ndarray:
+    """``n_k(x)`` of each row of ``h [N, D]``, ``[N]`` ints in ``0..D`` (0 for an all-zero row), by ``rule``:
+
+    * ``below`` (the reference's): how many of the largest features have a cumulative share of the L1 norm
+      still below ``fraction``;
+    * ``reaching``: how many of the largest features it takes to reach ``fraction`` (one more, for a non-zero row).
+    """
     ordered = -np.sort(-h, axis=1)
     cumulative = np.cumsum(ordered, axis=1)
     total = cumulative[:, -1:]
     reached = cumulative >= fraction * total * (1 - 1e-12)  # (1 - 1e-12): fraction 1 is reached despite rounding
-    return np.where(total[:, 0] > 0, reached.argmax(axis=1) + 1, 0)
+    reaching = np.where(total[:, 0] > 0, reached.argmax(axis=1) + 1, 0)
+    return np.maximum(reaching - 1, 0) if rule == "below" else reaching
 
 
 def histogram_median(histogram: np.ndarray) -> np.ndarray:
@@ -61,23 +66,47 @@ def class_filters(counts: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-counts, axis=1, kind="stable")[:, :k]
 
 
-def pairwise_information(counts: np.ndarray) -> np.ndarray:
-    """``[C, C]`` mutual information (bits) between the class and the filter index, for each pair of classes a, b
-    taken equally likely, the index drawn from the class's top-k frequency distribution ``counts[c] / sum``.
-    This is the Jensen-Shannon divergence of the two distributions: 0 for the same filters, 1 for disjoint ones."""
+def frequencies(counts: np.ndarray) -> np.ndarray:
+    """``[C, D]`` each class's top-k frequency distribution ``counts[c] / sum`` (zeros for a class never seen)."""
     totals = counts.sum(axis=1, keepdims=True)
-    p = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=np.float64), where=totals > 0)
+    return np.divide(counts, totals, out=np.zeros(counts.shape, dtype=np.float64), where=totals > 0)
+
+
+def js_divergence(counts: np.ndarray) -> np.ndarray:
+    """``[C, C]`` Jensen-Shannon divergence (bits) between the classes' top-k frequency distributions: the mutual
+    information between the class of a pair (equally likely) and a filter index drawn from it; 0 for the same
+    filters, 1 for disjoint ones."""
+    p = frequencies(counts)
     out = np.zeros((len(p), len(p)))
     for a in range(len(p)):
         for b in range(len(p)):
-            mixture = (p[a] + p[b]) / 2
-            out[a, b] = (_entropy(mixture) - (_entropy(p[a]) + _entropy(p[b])) / 2)
+            out[a, b] = _entropy((p[a] + p[b]) / 2, 2) - (_entropy(p[a], 2) + _entropy(p[b], 2)) / 2
     return out
 
 
-def _entropy(p: np.ndarray) -> float:
+REFERENCE_EPS = 1e-6  # the reference's guard: added to every entry of a distribution that has a zero
+
+
+def reference_information(counts: np.ndarray) -> np.ndarray:
+    """``[C, C]`` the reference's "mutual information" score (nats) between the classes' top-k frequency
+    distributions: ``H(p_a) + H(p_b) - H(p_a + p_b)``, each entropy of its argument normalised to sum 1, with
+    ``1e-6`` added to every entry of an argument that has a zero. Not a mutual information (the same filters give
+    ``H(p_a)``, not 0); kept to compare with the reference's numbers."""
+    p = frequencies(counts)
+    entropy = [_smoothed_entropy(row) for row in p]
+    return np.array([[entropy[a] + entropy[b] - _smoothed_entropy(p[a] + p[b]) for b in range(len(p))]
+                     for a in range(len(p))])
+
+
+def _smoothed_entropy(p: np.ndarray) -> float:
+    """Entropy (nats) of ``p`` normalised, after adding :data:`REFERENCE_EPS` everywhere when any entry is 0."""
+    p = p + REFERENCE_EPS if (p == 0).any() else p
+    return _entropy(p / p.sum(), np.e)
+
+
+def _entropy(p: np.ndarray, base: float) -> float:
     nonzero = p[p > 0]
-    return float(-(nonzero * np.log2(nonzero)).sum())
+    return float(-(nonzero * np.log(nonzero)).sum() / np.log(base))
 
 
 def decomposed_logits(h: np.ndarray, weight: np.ndarray, bias: np.ndarray, filters: np.ndarray) -> np.ndarray:

@@ -107,6 +107,8 @@ def probekit_register_commands(subparsers):  # called directly by probekit.comma
     nad.add_argument("--option", action="append", default=[], metavar="nad.KEY=VALUE",
                      help="the same settings in run's option form: nad.layers=GLOB, nad.branch_gates=true, "
                      "nad.beta=0.05, ... (repeatable; wins over the flags)")
+    nad.add_argument("--checkpoint-dir", help="save each class's masks here as it is learnt; a rerun with the same "
+                     "settings and folder resumes at the first class not yet saved")
     nad.add_argument("--out", required=True, help="results store to create")
     nad.add_argument("--overwrite", action="store_true")
     nad.add_argument("--report", action="store_true", help="also write the HTML report")

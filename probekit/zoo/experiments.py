@@ -91,6 +91,7 @@ def nad(args) -> str:
     from probekit.errors import ProbekitError
     from probekit.run.data import load_data
     from probekit.zoo.nad import NadConfig, run_nad, summary, with_options
+    from probekit.zoo.nad_checkpoints import MaskCheckpoints
 
     config = NadConfig(layers=args.layers, branch_gates=args.branch_gates, beta=args.beta, lr=args.lr,
                        epochs=args.epochs, batch_size=args.batch_size, train_per_class=args.train_per_class,
@@ -109,5 +110,8 @@ def nad(args) -> str:
              "test_dataset": args.test_data, "n_samples": len(test),
              "branch_strategy": branchset.strategy if branchset else "none (plain model)",
              "n_branches": len(branchset) if branchset else 0}
-    return _write_experiment(args, NAD_NODE, attrs,
-                             lambda: run_nad(model, branchset, train, test, config, progress=not args.quiet), summary)
+    checkpoints = MaskCheckpoints.for_run(args.checkpoint_dir, config, loaded.sha256, args.data, args.test_data) \
+        if args.checkpoint_dir else None
+    return _write_experiment(args, NAD_NODE, attrs, lambda: run_nad(model, branchset, train, test, config,
+                                                                    progress=not args.quiet, checkpoints=checkpoints),
+                             summary)

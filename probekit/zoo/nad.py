@@ -32,6 +32,7 @@ from probekit.models.classifier import classifier_layer
 from probekit.run.hooks import forward_hooks
 from probekit.stats.evidence import (SIGNIFICANCE, EvidenceOptions, add_evidence, describe_p, evidence_rng,
                                      smallest_adjusted_p)
+from probekit.zoo.nad_checkpoints import MaskCheckpoints
 from probekit.zoo.nad_evidence import mask_evidence
 
 LAYERS_ATTR = "probekit_nad_layers"  # a model's own default gate glob (the zoo's branched ResNets name theirs)
@@ -304,8 +305,9 @@ def branch_class_scores(model, branchset: BranchSet | None, tests: list[torch.Te
 
 
 def run_nad(model: nn.Module, branchset: BranchSet | None, train, test, config: NadConfig,
-            progress: bool = True) -> xr.Dataset:
-    """Learn every class's masks and evaluate them; the ``nad`` node."""
+            progress: bool = True, checkpoints: MaskCheckpoints | None = None) -> xr.Dataset:
+    """Learn every class's masks (each class's read from ``checkpoints`` when an earlier run saved it there) and
+    evaluate them; the ``nad`` node."""
     config.check()
     classes = train.classes
     if not classes or test.classes != classes:
@@ -328,8 +330,16 @@ def run_nad(model: nn.Module, branchset: BranchSet | None, train, test, config: 
     bar = tqdm(total=steps, desc="nad: learning masks", unit="step", disable=not progress or None)
     soft, losses = [], []
     for c, images in enumerate(trains):
-        masks, curve = learn_masks(model, gates, channels, images, c, config, bar) if len(images) else \
-            ({k: torch.zeros(n) for k, n in channels.items()}, [])
+        saved = checkpoints.load(c) if checkpoints else None
+        if saved is not None:
+            masks, curve = saved
+            bar.update(-(-len(images) // config.batch_size) * config.epochs)
+        elif len(images):
+            masks, curve = learn_masks(model, gates, channels, images, c, config, bar)
+        else:
+            masks, curve = {k: torch.zeros(n) for k, n in channels.items()}, []
+        if checkpoints and saved is None:
+            checkpoints.save(c, masks, curve)
         soft.append({k: torch.sigmoid(m) for k, m in masks.items()})
         losses.append(curve)
     bar.close()
