@@ -32,6 +32,8 @@ _NAMES = {
     "image_layer": "probekit.measures.image_components", "components": "probekit.measures.image_components",
     "inputs_like": "probekit.measures.image_components", "pixel_correlation": "probekit.measures.image_components",
     "fidelity": "probekit.measures.image_components",
+    "off_block_share": "probekit.measures.blocks",
+    "dispatch_counts": "probekit.measures.routing", "dispatch_entropy": "probekit.measures.routing",
     # evidence: nulls, intervals, corrections and their schema convention
     "EvidenceOptions": "probekit.stats.evidence", "evidence_rng": "probekit.stats.evidence",
     "add_test": "probekit.stats.evidence", "add_interval": "probekit.stats.evidence",

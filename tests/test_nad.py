@@ -153,3 +153,43 @@ def test_option_form_sets_the_same_fields_and_refuses_unknown_keys():
         with_options(NadConfig(), ["nad.gamma=1"])
     with pytest.raises(ProbekitError, match="is not a float"):
         with_options(NadConfig(), ["nad.beta=big"])
+
+
+def test_checkpoints_resume_to_the_same_node_and_refuse_other_settings(tmp_path):
+    """An interrupted run (here: stopped after class 3's masks were saved) resumes from the saved classes and
+    gives the node an uninterrupted run gives; a folder saved under other settings is an error, not reused."""
+    from probekit import ProbekitError
+    from probekit.zoo import nad
+    from probekit.zoo.nad_checkpoints import MaskCheckpoints
+
+    model = load_zoo_model("digits-branched8").eval()
+    branchset = discover(model, DiscoveryConfig())
+    train, test = load_data("digits:train"), load_data("digits:test")
+    config = NadConfig(layers=LAYERS, epochs=1, batch_size=16, train_per_class=16, test_per_class=8, mosaics=0,
+                       permutations=3, resamples=5)
+    whole = run_nad(model, branchset, train, test, config, progress=False)
+
+    def interrupted(model, gates, channels, images, c, config, progress):
+        if c == 4:
+            raise KeyboardInterrupt
+        return learn(model, gates, channels, images, c, config, progress)
+
+    learn = nad.learn_masks
+    folder = tmp_path / "masks"
+    saved = MaskCheckpoints.for_run(folder, config, "sha", "digits:train", "digits:test")
+    nad.learn_masks = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_nad(model, branchset, train, test, config, progress=False, checkpoints=saved)
+    finally:
+        nad.learn_masks = learn
+    assert sorted(p.name for p in folder.iterdir()) == [f"class-{c}.pt" for c in range(4)]
+    resumed = run_nad(model, branchset, train, test, config, progress=False, checkpoints=saved)
+    for name in whole.data_vars:
+        np.testing.assert_array_equal(resumed[name].values, whole[name].values, err_msg=name)
+    other = MaskCheckpoints.for_run(folder, NadConfig(layers=LAYERS, beta=0.5), "sha", "digits:train", "digits:test")
+    with pytest.raises(ProbekitError, match="saved by a run with other settings"):
+        other.load(0)
+    (folder / "class-0.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ProbekitError, match="is not a NAD checkpoint"):
+        saved.load(0)

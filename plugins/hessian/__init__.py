@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import (Analysis, analysis_hooks, Batch, init_note, init_states, model_states, ProbekitError,
-                          resolve_loss, summed_loss)
+from probekit.api import (Analysis, analysis_hooks, Batch, init_note, init_states, model_states, off_block_share,
+                          ProbekitError, resolve_loss, summed_loss)
 from .exact import (MAX_HEAD_OUTPUTS, WITHIN, ZERO_PROBES, MemoryPlan, generic_hessian, is_plain_sum, parse_bytes,
                     saved_bytes, summed_hessian, summed_layer_of)
 from .estimate import Estimates, estimate
@@ -347,13 +347,6 @@ class OverBudget(ProbekitError):
 def _switchable(exc: Exception) -> bool:
     """Whether auto may answer ``exc`` with the matrix-free estimate: over the time budget or the memory budget."""
     return isinstance(exc, OverBudget) or "max_memory" in str(exc)
-
-
-def off_block_share(h: np.ndarray, slices: dict[str, slice]) -> float:
-    """``|H - blockdiag(H)|_F^2 / |H|_F^2`` (NaN for H = 0)."""
-    total = float((h ** 2).sum())
-    within = sum(float((h[s, s] ** 2).sum()) for s in slices.values())
-    return (total - within) / total if total > 0 else float("nan")
 
 
 def block_norms(h: np.ndarray, slices: dict[str, slice]) -> np.ndarray:

@@ -37,6 +37,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _output_arguments(parser) -> None:
+    """``--out``, ``--overwrite``, ``--report``, ``--quiet`` of an experiment."""
+    parser.add_argument("--out", required=True, help="results store to create")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--report", action="store_true", help="also write the HTML report")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=cmd_experiment)
+
+
 def probekit_register_commands(subparsers):  # called directly by probekit.commands (no pluggy: --help stays fast)
     sub = subparsers
     experiment = sub.add_parser("experiment", help="run a built-in experiment that trains its own models")
@@ -80,6 +89,26 @@ def probekit_register_commands(subparsers):  # called directly by probekit.comma
     count.add_argument("--report", action="store_true", help="also write the HTML report")
     count.add_argument("--quiet", action="store_true", help="no progress bars")
     count.set_defaults(func=cmd_experiment)
+
+    moe = experiments.add_parser("moe-synthetic", help="expert specialization on clustered synthetic data (Chen et "
+                                 "al. 2022, setting 1): trains nonlinear and linear mixtures and a single CNN per seed")
+    moe.add_argument("--seeds", type=int, default=3, help="independent runs (data, initialisation, routing noise)")
+    moe.add_argument("--seed", type=int, default=0, help="the first seed")
+    moe.add_argument("--steps", type=int, default=500, help="full-batch training steps per model")
+    moe.add_argument("--train", type=int, default=16000, help="training samples per seed")
+    moe.add_argument("--test", type=int, default=16000, help="test samples per seed")
+    moe.add_argument("--permutations", type=int, default=999, help="cluster shufflings for the dispatch-entropy null")
+    moe.add_argument("--resamples", type=int, default=200, help="bootstrap resamples of the test samples")
+    _output_arguments(moe)
+
+    classes = experiments.add_parser("hessian-classes", help="exact branch-blocked Hessians against the class count "
+                                     "(Dong et al. 2025): a one-hidden-layer network of 8 summed branches")
+    classes.add_argument("--classes", default="10,100,500", help="class counts C, comma-separated")
+    classes.add_argument("--seeds", type=int, default=1, help="independent runs (data, teacher, initialisation)")
+    classes.add_argument("--seed", type=int, default=0, help="the first seed")
+    classes.add_argument("--steps", type=int, default=300, help="full-batch Adam steps before the trained Hessian")
+    classes.add_argument("--permutations", type=int, default=99, help="random blockings for the baseline")
+    _output_arguments(classes)
 
     nad = experiments.add_parser("nad", help="NAD: learn each class's sub-architecture of a trained model "
                                  "(channel gates by forward hooks), and evaluate the masks")

@@ -14,6 +14,8 @@ from probekit.store.results import store_writer
 TOY_SWEEP_NODE = "toy-sweep"
 BRANCH_COUNT_NODE = "branch-count"
 NAD_NODE = "nad"
+MOE_NODE = "moe-synthetic"
+HESSIAN_CLASSES_NODE = "hessian-classes"
 
 
 def _write_experiment(args, node: str, attrs: dict, build: Callable[[], xr.Dataset], summary) -> str:
@@ -115,3 +117,33 @@ def nad(args) -> str:
     return _write_experiment(args, NAD_NODE, attrs, lambda: run_nad(model, branchset, train, test, config,
                                                                     progress=not args.quiet, checkpoints=checkpoints),
                              summary)
+
+
+def moe_synthetic(args) -> str:
+    """Train and probe the mixtures of Chen et al. 2022, setting 1 (``probekit experiment moe-synthetic``)."""
+    from probekit.zoo.moe_synthetic import MoeConfig, run_moe_synthetic, summary
+
+    config = MoeConfig(seeds=args.seeds, first_seed=args.seed, steps=args.steps, train=args.train, test=args.test,
+                       permutations=args.permutations, resamples=args.resamples)
+    config.check()
+    attrs = {"dataset": f"synthetic clusters (Chen et al. 2022, setting 1): {config.train} training, {config.test} "
+                        "test samples per seed", "n_samples": config.test, "branch_strategy": "gated experts",
+             "n_branches": config.experts, "model": json.dumps({"spec": "trained by the experiment",
+                                                                "sha256": "none (trained in this run)"})}
+    return _write_experiment(args, MOE_NODE, attrs, lambda: run_moe_synthetic(config, progress=not args.quiet),
+                             summary)
+
+
+def hessian_classes(args) -> str:
+    """Exact Hessians of a branched one-hidden-layer network against the class count (Dong et al. 2025;
+    ``probekit experiment hessian-classes``)."""
+    from probekit.zoo.hessian_classes import HessianClassesConfig, parse_classes, run_hessian_classes, summary
+
+    config = HessianClassesConfig(classes=parse_classes(args.classes), seeds=args.seeds, first_seed=args.seed,
+                                  steps=args.steps, permutations=args.permutations)
+    config.check()
+    attrs = {"dataset": f"Gaussian inputs (d = {config.dim}, n = {config.samples}), random linear teacher labels",
+             "n_samples": config.samples, "branch_strategy": "summed branches", "n_branches": config.branches,
+             "model": json.dumps({"spec": "trained by the experiment", "sha256": "none (trained in this run)"})}
+    return _write_experiment(args, HESSIAN_CLASSES_NODE, attrs,
+                             lambda: run_hessian_classes(config, progress=not args.quiet), summary)
