@@ -6,7 +6,7 @@ importing torch, xarray and zarr.
 
 from importlib import import_module
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 
 _PUBLIC = {
     "Analysis": "probekit.run.analysis",

@@ -8,13 +8,15 @@ probed samples. It is *active* when that norm is at least ``threshold``
 On gated layers (mixtures of experts) the response is the gated contribution ``g_k e_k``, so an expert the
 router never picks is silent, and the node adds the routing statistics: each expert's mean gate value
 (``routing_share``, summing to 1 over a layer's experts), the share of samples routed to it, both per class, and
-each gated layer's ``dispatch_entropy``.
+each gated layer's ``dispatch_entropy`` and, with class labels, ``class_dispatch_entropy`` (``H(class | expert)``,
+Chen et al. 2022's dispatch entropy with the classes as the clusters).
 
 Evidence (:mod:`probekit_plugins.activity.evidence`): ``relative_norm_ci`` bootstraps the samples, and
 ``active_confident`` calls a branch active or silent only when the whole interval is on one side of the
 threshold; ``norm_share_p`` tests whether a branch's share of its layer's summed norms is below what exchanging
 the branches of the layer within every sample gives; ``dispatch_entropy_p`` whether routing is less balanced
-than random routing at the same per-sample load.
+than random routing at the same per-sample load; ``class_dispatch_entropy_p`` whether the experts' traffic is
+more class-specific than with the classes shuffled over the samples.
 """
 
 from __future__ import annotations
@@ -218,7 +220,29 @@ class Activity(Analysis):
             "long_name": "dispatch entropy", "units": "1",
             "description": "entropy of the layer's expert load (share of the summed gate values) / log K: 1 balanced, "
                            "0 one expert; NaN on layers without a gate"}))
-        return add_evidence(ds, "dispatch_entropy", ("layer",), per_layer, o, permuted=ROUTING, alternative="less")
+        ds = add_evidence(ds, "dispatch_entropy", ("layer",), per_layer, o, permuted=ROUTING, alternative="less")
+        return self._with_class_dispatch_entropy(ds, gates, names)
+
+    def _with_class_dispatch_entropy(self, ds: xr.Dataset, gates: np.ndarray, names: list[str]) -> xr.Dataset:
+        """Each gated layer's H(class | expert) against the classes shuffled over the samples (with class labels)."""
+        if self.targets is None or not len(self.class_sq):
+            return ds
+        o, n_classes = self.options, len(self.class_sq)
+        labels = self.targets[:self.context.n_samples].astype(np.int64)
+        rng = evidence_rng(self.context.seed, f"{self.name}.class-routing")
+        per_layer = {key: np.full((len(names), 2) if key in ("band", "ci") else len(names), np.nan)
+                     for key in ("observed", "p", "null", "band", "ci")}
+        for name, branches in self.gated:
+            found = evidence.class_routing_evidence(gates[:, branches], labels, n_classes, o.permutations,
+                                                    o.resamples, o.level, rng)
+            for key, value in found.items():
+                per_layer[key][names.index(name)] = value
+        ds = ds.assign(class_dispatch_entropy=("layer", per_layer["observed"], {
+            "long_name": "class dispatch entropy H(class | expert)", "units": "nat",
+            "description": "-sum_m (n_m/n) sum_c (n_cm/n_m) log(n_cm/n_m), n_cm the class-c samples whose largest "
+                           "gate is expert m: 0 when each expert receives one class; NaN on layers without a gate"}))
+        return add_evidence(ds, "class_dispatch_entropy", ("layer",), per_layer, o,
+                            permuted="the class labels shuffled over the samples", alternative="less")
 
     def summary(self, ds: xr.Dataset) -> dict:
         return {
@@ -246,6 +270,12 @@ def _evidence_summary(ds: xr.Dataset) -> dict:
                                    strict=True):
             if np.isfinite(value):
                 out[f"dispatch entropy in {layer}"] = f"{value:.3f}, less balanced than random routing: {describe_p(p)}"
+    if "class_dispatch_entropy_p_adjusted" in ds:
+        for layer, value, p in zip(ds.layer.values, ds.class_dispatch_entropy.values,
+                                   ds.class_dispatch_entropy_p_adjusted.values, strict=True):
+            if np.isfinite(value):
+                out[f"H(class | expert) in {layer}"] = (f"{value:.3f} nats, more class-specific than shuffled "
+                                                        f"classes: {describe_p(p)}")
     return dict(list(out.items())[:12])
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from probekit.api import permutation_evidence, permute_within, relative_norms
+from probekit.api import dispatch_counts, dispatch_entropy as label_entropy, permutation_evidence, permute_within, \
+    relative_norms
 
 
 def relative(norm: np.ndarray, parts: list[slice]) -> np.ndarray:
@@ -63,3 +64,13 @@ def routing_evidence(gates: np.ndarray, permutations: int, resamples: int, level
     return permutation_evidence(lambda rows: dispatch_entropy(gates[rows]),
                                 lambda r: dispatch_entropy(permute_within(gates, r)), len(gates), permutations,
                                 resamples, level, rng, "less", desc="routing null")
+
+
+def class_routing_evidence(gates: np.ndarray, labels: np.ndarray, n_classes: int, permutations: int,
+                           resamples: int, level: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One gated layer's ``H(class | expert)`` in nats (:func:`probekit.api.dispatch_entropy`; each sample counts
+    for the expert of its largest gate), with the classes shuffled over the samples as the null (small p: the
+    experts' traffic is more class-specific than routing that ignores the classes) and a bootstrap interval."""
+    return permutation_evidence(lambda rows: label_entropy(dispatch_counts(gates[rows], labels[rows], n_classes)),
+                                lambda r: label_entropy(dispatch_counts(gates, r.permutation(labels), n_classes)),
+                                len(gates), permutations, resamples, level, rng, "less", desc="class routing null")
