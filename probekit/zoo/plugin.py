@@ -55,4 +55,12 @@ def probekit_plot(name, node):
         from probekit.zoo.nad_plot import plot_nad
 
         return plot_nad(node)
+    if name == "hessian-classes":
+        from probekit.zoo.reproduction_plots import plot_hessian_classes
+
+        return plot_hessian_classes(node)
+    if name == "moe-synthetic":
+        from probekit.zoo.reproduction_plots import plot_moe_synthetic
+
+        return plot_moe_synthetic(node)
     return None
