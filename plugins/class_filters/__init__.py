@@ -65,21 +65,26 @@ class ClassFiltersOptions(EvidenceOptions):
     ``finetune_epochs`` (0: no fine-tune), ``finetune_lr``, ``finetune_batch``: the decomposed head's fine-tune;
     and the evidence's options (:class:`probekit.api.EvidenceOptions`)."""
 
-    layer: str = ""
+    layer: str = field(default="", metadata={
+        "help": "a module whose output (averaged over space) are the features (default: the summed classifier's "
+                "branch features)"})
     activation: Literal["none", "relu"] = field(default="none", metadata={
         "help": "relu: apply a ReLU to the layer's output before pooling (for functional ReLUs); none: as it is"})
-    head: str = ""
+    head: str = field(default="", metadata={
+        "help": "the nn.Linear reading the features (default: the model's last one of matching width, when it gives "
+                "the model's output from them)"})
     k: list[float] | None = field(default=None, metadata={
         "help": "filter counts: integers, or fractions of the D features below 1 (default: those of 1, 5, 10, 20, "
                 "50 up to D)"})
-    fractions: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    fractions: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                                   metadata={"help": "the mass fractions of Psi, in (0, 1]"})
     n_k: Literal["below", "reaching"] = field(default="below", metadata={
         "help": "below (the reference's: the largest features whose cumulative share is below the fraction) or "
                 "reaching (the features it takes to reach it: one more)"})
     finetune_epochs: int = field(default=0, metadata={
         "help": "epochs of Adam on the decomposed head's weights (the reference's default: 100); 0: none"})
-    finetune_lr: float = 2e-4
-    finetune_batch: int = 128
+    finetune_lr: float = field(default=2e-4, metadata={"help": "the fine-tune's Adam learning rate (the reference's)"})
+    finetune_batch: int = field(default=128, metadata={"help": "the fine-tune's batch size (the reference's)"})
     correction: str = field(default="bh", metadata={
         "help": "correction over the features: bh (false discovery rate, the default for a screen of many "
                 "features), holm or none"})
@@ -202,7 +207,8 @@ class ClassFilters(Analysis):
     needs_targets = True
     merge_rules = {"counts": "sum", "histogram": "sum", "class_sum": "sum", "class_count": "sum",
                    "targets": "rows", "logit_error": "max"}
-    description = "class-specific filters: top-k counts, Psi, selectivity, mutual information, decomposed head"
+    description = ("class-specific filters: top-k counts, Psi, selectivity, divergences between classes' filters, "
+                   "decomposed head")
     Options = ClassFiltersOptions
 
     def __init__(self, context, options):
