@@ -255,8 +255,8 @@ class ClassFilters(Analysis):
             np.add.at(self.histogram[:, i], (y, stats.mass_count(h, fraction, self.options.n_k)), 1)
         if self.source.has_head:
             self.logit_error = max(self.logit_error, self.source.logit_error(h, batch))
-
-
+        if self.options.finetune_epochs and not self.source.has_head:  # refused at the first batch, not the end
+            raise ProbekitError(f"class-filters.finetune_epochs needs a head: {self.source.head_note}")
 
     def _decomposed_accuracy(self, filters: dict[int, np.ndarray]) -> dict[int, float]:
         """Accuracy of the decomposed head for each k, over every probed sample (features read back in steps)."""
@@ -343,8 +343,6 @@ class ClassFilters(Analysis):
         elsewhere the note that says why they are left out."""
         source, o, width = self.source, self.options, ds.attrs["features"]
         if not source.has_head:
-            if o.finetune_epochs:
-                raise ProbekitError(f"class-filters.finetune_epochs needs a head: {source.head_note}")
             ds.attrs["decomposed_note"] = source.head_note
             return ds
         accuracy = self._decomposed_accuracy({**filters, width: np.tile(np.arange(width), (self.n_classes, 1))})
