@@ -190,6 +190,7 @@ def test_any_module_with_a_relu_and_no_head_matches_independent_hooks(tmp_path):
     top = means.max(0)
     rest = (means.sum(0) - top) / 9
     np.testing.assert_allclose(ds.selectivity.values, (top - rest) / (top + rest + 1e-7), rtol=1e-6)
+    assert float(ds.mean_selectivity) == pytest.approx(float(ds.selectivity.mean()), rel=1e-12)
     assert list(ds.k.values) == [1, 5, 10] and "decomposed_accuracy" not in ds
     assert "no nn.Linear reads the 16 features" in ds.attrs["decomposed_note"]
 

@@ -37,7 +37,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from probekit.api import (add_evidence, Analysis, analysis_hooks, Batch, class_coords, classifier_layer,
+from probekit.api import (add_evidence, Analysis, analysis_hooks, Batch, class_coords, classifier_layer, describe_p,
                           evidence_rng, EvidenceOptions, glob_regex, ProbekitError, sample_coords, SIGNIFICANCE, Tap)
 from probekit_plugins.class_filters import evidence, finetune, stats
 
@@ -314,6 +314,9 @@ class ClassFilters(Analysis):
                 "selectivity": ("feature", stats.selectivity(means), {
                     "long_name": "class selectivity index", "units": "1",
                     "description": "(mu_max - mu_rest) / (mu_max + mu_rest + 1e-7) over class means"}),
+                "mean_selectivity": ((), stats.selectivity(means).mean(), {
+                    "long_name": "mean class selectivity index over the features", "units": "1",
+                    "description": "the number the reference reports per layer"}),
                 "js_divergence": (("k", "cls", "cls_other"), divergence, JS_ATTRS),
                 "information": (("k", "cls", "cls_other"), divergence, {
                     **JS_ATTRS, "deprecated": "renamed js_divergence; this copy goes in 2.0"}),
@@ -376,8 +379,11 @@ class ClassFilters(Analysis):
             return ds  # no test and no interval: the features need not be read back again
         found = evidence.selectivity_evidence(self._all_features(), self.targets[:n], self.n_classes, o.permutations,
                                               o.resamples, o.level, evidence_rng(self.context.seed, self.name))
-        return add_evidence(ds, "selectivity", ("feature",), found, o,
-                            permuted="the class labels shuffled over the samples")
+        shuffled = "the class labels shuffled over the samples"
+        ds = add_evidence(ds, "selectivity", ("feature",), {key: value[:-1] for key, value in found.items()}, o,
+                          permuted=shuffled)
+        return add_evidence(ds, "mean_selectivity", (), {key: value[-1] for key, value in found.items()}, o,
+                            permuted=shuffled, correction=None)
 
     def _with_features(self, ds: xr.Dataset) -> xr.Dataset:
         if self.features.in_memory:
@@ -393,7 +399,7 @@ class ClassFilters(Analysis):
 
         found = {
             "features": int(ds.attrs["features"]),
-            "mean selectivity": round(float(np.mean(ds.selectivity.values)), 4),
+            "mean selectivity": _mean_selectivity(ds),
             "median selectivity": round(float(np.median(ds.selectivity.values)), 4),
             f"Psi at half the mass (median over classes; n_k {ds.median_mass_count.attrs['n_k']})":
                 round(float(np.nanmedian(half.values)), 4),
@@ -412,6 +418,18 @@ class ClassFilters(Analysis):
                 f"({ds.selectivity_p_adjusted.attrs['correction']}-adjusted p < {SIGNIFICANCE}); null mean "
                 f"{float(np.mean(ds.selectivity_null.values)):.4f}")
         return found
+
+
+def _mean_selectivity(ds: xr.Dataset) -> str:
+    """The mean CSI with its interval and its shuffled-label null, where the node has them."""
+    text = f"{float(ds.mean_selectivity):.4f}"
+    if "mean_selectivity_ci" in ds:
+        low, high = ds.mean_selectivity_ci.values
+        text += f" [{low:.4f}, {high:.4f}]"
+    if "mean_selectivity_p" in ds:
+        text += (f", shuffled labels {float(ds.mean_selectivity_null):.4f}, "
+                 f"{describe_p(float(ds.mean_selectivity_p), label='p')}")
+    return text
 
 
 probekit_register_analyses, probekit_plot = analysis_hooks(ClassFilters)

@@ -22,9 +22,13 @@ def class_means(features: np.ndarray, targets: np.ndarray, n_classes: int) -> np
 
 def selectivity_evidence(features: np.ndarray, targets: np.ndarray, n_classes: int, permutations: int,
                          resamples: int, level: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Every feature's selectivity ``[D]`` (:func:`probekit.api.permutation_evidence`'s dict): small p when it is
-    more class-selective than with shuffled labels."""
+    """Every feature's selectivity and, last, their mean (``[D + 1]``,
+    :func:`probekit.api.permutation_evidence`'s dict): small p when more class-selective than with shuffled
+    labels."""
+    def with_mean(selectivity: np.ndarray) -> np.ndarray:
+        return np.append(selectivity, selectivity.mean())
+
     return permutation_evidence(
-        lambda rows: stats.selectivity(class_means(features[rows], targets[rows], n_classes)),
-        lambda r: stats.selectivity(class_means(features, r.permutation(targets), n_classes)),
+        lambda rows: with_mean(stats.selectivity(class_means(features[rows], targets[rows], n_classes))),
+        lambda r: with_mean(stats.selectivity(class_means(features, r.permutation(targets), n_classes))),
         len(features), permutations, resamples, level, rng, desc="class-filters null")
