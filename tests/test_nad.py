@@ -158,6 +158,8 @@ def test_option_form_sets_the_same_fields_and_refuses_unknown_keys():
 def test_checkpoints_resume_to_the_same_node_and_refuse_other_settings(tmp_path):
     """An interrupted run (here: stopped after class 3's masks were saved) resumes from the saved classes and
     gives the node an uninterrupted run gives; a folder saved under other settings is an error, not reused."""
+    from dataclasses import replace
+
     from probekit import ProbekitError
     from probekit.zoo import nad
     from probekit.zoo.nad_checkpoints import MaskCheckpoints
@@ -176,7 +178,7 @@ def test_checkpoints_resume_to_the_same_node_and_refuse_other_settings(tmp_path)
 
     learn = nad.learn_masks
     folder = tmp_path / "masks"
-    saved = MaskCheckpoints.for_run(folder, config, "sha", "digits:train", "digits:test")
+    saved = MaskCheckpoints.for_run(folder, config, "sha", "digits:train")
     nad.learn_masks = interrupted
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -187,7 +189,9 @@ def test_checkpoints_resume_to_the_same_node_and_refuse_other_settings(tmp_path)
     resumed = run_nad(model, branchset, train, test, config, progress=False, checkpoints=saved)
     for name in whole.data_vars:
         np.testing.assert_array_equal(resumed[name].values, whole[name].values, err_msg=name)
-    other = MaskCheckpoints.for_run(folder, NadConfig(layers=LAYERS, beta=0.5), "sha", "digits:train", "digits:test")
+    evaluation = replace(config, permutations=5, test_per_class=4, mosaics=2)  # the masks do not depend on these
+    assert MaskCheckpoints.for_run(folder, evaluation, "sha", "digits:train").load(0) is not None
+    other = MaskCheckpoints.for_run(folder, replace(config, beta=0.5), "sha", "digits:train")
     with pytest.raises(ProbekitError, match="saved by a run with other settings"):
         other.load(0)
     (folder / "class-0.pt").write_bytes(b"not a checkpoint")

@@ -112,7 +112,7 @@ def nad(args) -> str:
              "test_dataset": args.test_data, "n_samples": len(test),
              "branch_strategy": branchset.strategy if branchset else "none (plain model)",
              "n_branches": len(branchset) if branchset else 0}
-    checkpoints = MaskCheckpoints.for_run(args.checkpoint_dir, config, loaded.sha256, args.data, args.test_data) \
+    checkpoints = MaskCheckpoints.for_run(args.checkpoint_dir, config, loaded.sha256, args.data) \
         if args.checkpoint_dir else None
     return _write_experiment(args, NAD_NODE, attrs, lambda: run_nad(model, branchset, train, test, config,
                                                                     progress=not args.quiet, checkpoints=checkpoints),

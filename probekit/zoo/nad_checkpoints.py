@@ -1,8 +1,10 @@
 """Per-class checkpoints of NAD's masks, so an interrupted ``probekit experiment nad --checkpoint-dir DIR``
 resumes at the first class it had not finished.
 
-``DIR/class-<c>.pt`` holds class c's mask logits and loss curve with the fingerprint of the run's settings
-(the config, the model's sha256, the data specs); it is written atomically once the class is learnt, and read
+``DIR/class-<c>.pt`` holds class c's mask logits and loss curve with the fingerprint of what the masks depend on
+(:data:`MASK_SETTINGS` of the config, the model's sha256, the training data spec: the evaluation's settings, such as
+``--test-data``, ``--permutations`` or ``--mosaics``, may change between runs and reuse the masks); it is written
+atomically once the class is learnt, and read
 with ``torch.load(weights_only=True)``, so a checkpoint file cannot run code. A file whose fingerprint differs
 is an error, never silently reused or overwritten.
 """
@@ -19,6 +21,9 @@ from probekit.errors import ProbekitError
 from probekit.run.atomic import save_atomically
 
 
+MASK_SETTINGS = ("layers", "branch_gates", "beta", "lr", "epochs", "batch_size", "train_per_class", "seed")
+
+
 class MaskCheckpoints:
     """The checkpoint folder of one NAD run; ``settings`` is everything the masks depend on (JSON-able)."""
 
@@ -30,10 +35,11 @@ class MaskCheckpoints:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def for_run(cls, folder: str | Path, config, model_sha256: str, data: str, test_data: str) -> MaskCheckpoints:
-        """The checkpoints of a run of ``config`` on this model and data."""
-        return cls(folder, {"config": asdict(config), "model_sha256": model_sha256, "data": data,
-                            "test_data": test_data})
+    def for_run(cls, folder: str | Path, config, model_sha256: str, data: str) -> MaskCheckpoints:
+        """The checkpoints of the masks ``config`` learns on this model and training data."""
+        settings = asdict(config)
+        return cls(folder, {"masks": {key: settings[key] for key in MASK_SETTINGS}, "model_sha256": model_sha256,
+                            "data": data})
 
     def _path(self, c: int) -> Path:
         return self.folder / f"class-{c}.pt"
