@@ -69,12 +69,12 @@ class MoeConfig:
 
     def check(self):
         EvidenceOptions.check(self)
-        if self.seeds < 1 or self.clusters < 2 or self.patches < 3 or self.dim < 2 * self.clusters:
-            raise ProbekitError("moe-synthetic: --seeds >= 1, --clusters >= 2, --patches >= 3 and --dim >= "
-                                "2 x clusters (the features and centres are orthonormal)")
-        if min(self.train, self.test, self.experts, self.filters, self.steps) < 1 or self.lr <= 0 \
-                or self.router_lr <= 0 or self.init_scale <= 0 or self.sigma_p < 0:
-            raise ProbekitError("moe-synthetic: sizes and --steps must be >= 1, rates and --init-scale > 0")
+        if min(self.seeds, self.train, self.test, self.steps) < 1:
+            raise ProbekitError("moe-synthetic: --seeds, --train, --test and --steps must be >= 1")
+        if self.clusters < 2 or self.patches < 3 or self.dim < 2 * self.clusters or min(self.experts, self.filters) < 1 \
+                or min(self.lr, self.router_lr, self.init_scale) <= 0 or self.sigma_p < 0:
+            raise ProbekitError("moe-synthetic: needs clusters >= 2, patches >= 3, dim >= 2 x clusters (orthonormal "
+                                "features and centres), experts and filters >= 1, positive rates and init scale")
 
 
 def cluster_data(n: int, config: MoeConfig, basis: torch.Tensor, generator: torch.Generator):
