@@ -71,8 +71,9 @@ class MoeConfig:
         EvidenceOptions.check(self)
         if min(self.seeds, self.train, self.test, self.steps) < 1:
             raise ProbekitError("moe-synthetic: --seeds, --train, --test and --steps must be >= 1")
-        if self.clusters < 2 or self.patches < 3 or self.dim < 2 * self.clusters or min(self.experts, self.filters) < 1 \
-                or min(self.lr, self.router_lr, self.init_scale) <= 0 or self.sigma_p < 0:
+        shape_ok = self.clusters >= 2 and self.patches >= 3 and self.dim >= 2 * self.clusters
+        if not shape_ok or min(self.experts, self.filters) < 1 or min(self.lr, self.router_lr, self.init_scale) <= 0 \
+                or self.sigma_p < 0:
             raise ProbekitError("moe-synthetic: needs clusters >= 2, patches >= 3, dim >= 2 x clusters (orthonormal "
                                 "features and centres), experts and filters >= 1, positive rates and init scale")
 
