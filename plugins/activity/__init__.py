@@ -210,18 +210,24 @@ class Activity(Analysis):
         self.sample_gate.checkpoint()
         gates = self.sample_gate.read(0, self.context.n_samples).astype(np.float64)
         rng = evidence_rng(self.context.seed, f"{self.name}.routing")
-        per_layer = {key: np.full((len(names), 2) if key in ("band", "ci") else len(names), np.nan)
-                     for key in ("observed", "p", "null", "band", "ci")}
-        for name, branches in self.gated:
-            found = evidence.routing_evidence(gates[:, branches], o.permutations, o.resamples, o.level, rng)
-            for key, value in found.items():
-                per_layer[key][names.index(name)] = value
+        per_layer = self._per_gated_layer(gates, names, lambda g: evidence.routing_evidence(
+            g, o.permutations, o.resamples, o.level, rng))
         ds = ds.assign(dispatch_entropy=("layer", per_layer["observed"], {
             "long_name": "dispatch entropy", "units": "1",
             "description": "entropy of the layer's expert load (share of the summed gate values) / log K: 1 balanced, "
                            "0 one expert; NaN on layers without a gate"}))
         ds = add_evidence(ds, "dispatch_entropy", ("layer",), per_layer, o, permuted=ROUTING, alternative="less")
         return self._with_class_dispatch_entropy(ds, gates, names)
+
+    def _per_gated_layer(self, gates: np.ndarray, names: list[str], evidence_of) -> dict[str, np.ndarray]:
+        """``evidence_of(gates [N, K])`` (:func:`probekit.api.permutation_evidence`'s dict) of every gated layer,
+        as ``[L]`` (``[L, 2]`` for band and ci) arrays over all layers, NaN on layers without a gate."""
+        per_layer = {key: np.full((len(names), 2) if key in ("band", "ci") else len(names), np.nan)
+                     for key in ("observed", "p", "null", "band", "ci")}
+        for name, branches in self.gated:
+            for key, value in evidence_of(gates[:, branches]).items():
+                per_layer[key][names.index(name)] = value
+        return per_layer
 
     def _with_class_dispatch_entropy(self, ds: xr.Dataset, gates: np.ndarray, names: list[str]) -> xr.Dataset:
         """Each gated layer's H(class | expert) against the classes shuffled over the samples (with class labels)."""
@@ -230,13 +236,8 @@ class Activity(Analysis):
         o, n_classes = self.options, len(self.class_sq)
         labels = self.targets[:self.context.n_samples].astype(np.int64)
         rng = evidence_rng(self.context.seed, f"{self.name}.class-routing")
-        per_layer = {key: np.full((len(names), 2) if key in ("band", "ci") else len(names), np.nan)
-                     for key in ("observed", "p", "null", "band", "ci")}
-        for name, branches in self.gated:
-            found = evidence.class_routing_evidence(gates[:, branches], labels, n_classes, o.permutations,
-                                                    o.resamples, o.level, rng)
-            for key, value in found.items():
-                per_layer[key][names.index(name)] = value
+        per_layer = self._per_gated_layer(gates, names, lambda g: evidence.class_routing_evidence(
+            g, labels, n_classes, o.permutations, o.resamples, o.level, rng))
         ds = ds.assign(class_dispatch_entropy=("layer", per_layer["observed"], {
             "long_name": "class dispatch entropy H(class | expert)", "units": "nat",
             "description": "-sum_m (n_m/n) sum_c (n_cm/n_m) log(n_cm/n_m), n_cm the class-c samples whose largest "
