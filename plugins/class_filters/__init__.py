@@ -223,6 +223,7 @@ class ClassFilters(Analysis):
         self.targets = None
         self.logit_error = 0.0
         self.features = None
+        self._read_back: np.ndarray | None = None  # the features read back at the end, once
 
     def _start(self, width: int) -> None:
         """Size the state for ``width`` features (unless a resumed run restored it) and open the features array."""
@@ -366,11 +367,14 @@ class ClassFilters(Analysis):
         return ds
 
     def _all_features(self) -> np.ndarray:
-        """``[N, D]`` every probed sample's features, read back, in float64."""
-        n = self.context.n_samples
-        self.features.checkpoint()
-        return np.concatenate([self.features.read(start, min(n, start + READ_ROWS))
-                               for start in range(0, n, READ_ROWS)]).astype(np.float64)
+        """``[N, D]`` every probed sample's features, read back once (the fine-tune and the evidence share it), in
+        float64."""
+        if self._read_back is None:
+            n = self.context.n_samples
+            self.features.checkpoint()
+            self._read_back = np.concatenate([self.features.read(start, min(n, start + READ_ROWS))
+                                              for start in range(0, n, READ_ROWS)]).astype(np.float64)
+        return self._read_back
 
     def _with_evidence(self, ds: xr.Dataset) -> xr.Dataset:
         """Selectivity against shuffled labels, and its bootstrap interval."""
