@@ -9,6 +9,8 @@ from importlib import import_module
 __version__ = "1.2.0"
 
 _PUBLIC = {
+    "probe": "probekit.run.probing",
+    "plot": "probekit.report.inline",
     "Analysis": "probekit.run.analysis",
     "Batch": "probekit.run.analysis",
     "RunContext": "probekit.run.analysis",
@@ -31,3 +33,8 @@ def __getattr__(name: str):
     if name in _PUBLIC:
         return getattr(import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'probekit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names (tab completion in a notebook lists them, though they load lazily)."""
+    return sorted(__all__)

@@ -21,6 +21,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"probekit: error: {escape(message)} (see {self.prog} --help)\n")
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that states a default where there is one (not ``None``, off, or already said in the text)."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def bounded_int(low: int, high: int):
     """An argparse type: an integer in ``[low, high]``."""
 
@@ -59,7 +69,8 @@ def default_store(model: str, now: datetime | None = None) -> str:
 
 def cmd_run(args) -> int:
     from probekit.models.loading import LoadOptions
-    from probekit.run.runner import RunSpec, execute
+    from probekit.run.probing import run_probe
+    from probekit.run.runner import RunSpec
     from probekit.store.location import check_output_location
 
     if args.out is None:
@@ -74,14 +85,9 @@ def cmd_run(args) -> int:
     plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
     if not plugins:
         raise ProbekitError("--plugins names no plugin")
-    spec = RunSpec(
-        model=args.model, data=args.data, plugins=plugins, out=check_output_location(args.out), options=options,
-        load=LoadOptions(weights=args.weights, arch=args.arch, trust_pickle=args.trust_pickle,
-                         trust_code=args.trust_code, target_class=args.target_class),
-        branches=args.branches, limit=args.limit, batch_size=args.batch_size, device=args.device,
-        seed=args.seed, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
-        checkpoint_every=args.checkpoint_every, shuffle=args.shuffle, state=args.state,
-    )
+    load = LoadOptions(weights=args.weights, arch=args.arch, trust_pickle=args.trust_pickle,
+                       trust_code=args.trust_code, target_class=args.target_class)
+    out = check_output_location(args.out)
     if args.report:
         check_report_target_of(args.out, args.overwrite)
     if args.nproc < 1:
@@ -90,9 +96,14 @@ def cmd_run(args) -> int:
         from probekit.run.distributed import launch
         from probekit.run.runner import check_launch
 
-        check_launch(spec)
+        check_launch(RunSpec(model=args.model, data=args.data, plugins=plugins, out=out, options=options,
+                             overwrite=args.overwrite))
         return launch(args.nproc, _without_nproc(args.argv))
-    run = execute(spec)
+    run, _ = run_probe(args.model, args.data, plugins, out=out, options=options, load=load, branches=args.branches,
+                       limit=args.limit, batch_size=args.batch_size, device=args.device, seed=args.seed,
+                       overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
+                       checkpoint_every=args.checkpoint_every, shuffle=args.shuffle, state=args.state,
+                       threads=args.threads)
     from probekit.run.distributed import is_secondary_process
 
     if is_secondary_process():
@@ -247,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="probe a model over data and write a results store",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=DefaultsFormatter)
     run.format_help = _with_analyses(run.format_help)
     run.add_argument("--model", required=True, help="zoo name, torchvision:NAME, or a model file")
     run.add_argument("--data", help="cifar10-sample[:SIZE] (bundled: 1,000 CIFAR-10 test images, class-interleaved), "
@@ -275,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nproc", type=int, default=1,
                      help="probe with N processes (data parallel, launched through torchrun)")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    run.add_argument("--threads", type=bounded_int(1, 4096), metavar="N",
+                     help="CPU threads for torch (default: the cores not kept busy by other work)")
     run.add_argument("--seed", type=int, default=0, help="seeds torch, random: data and --shuffle")
     run.add_argument("--state", choices=("trained", "init"), default="trained",
                      help="init: probe a fresh default initialisation of the model's architecture under --seed "
@@ -297,16 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     report.set_defaults(func=cmd_report)
 
-    evaluate = sub.add_parser("evaluate", help="accuracy overall, per class and per branch alone")
-    evaluate.add_argument("--model", required=True)
-    evaluate.add_argument("--data", required=True)
-    evaluate.add_argument("--weights")
-    evaluate.add_argument("--arch")
+    evaluate = sub.add_parser("evaluate", help="accuracy overall, per class and per branch alone",
+                              description="Score a classifier on labelled data: accuracy overall, per class, and "
+                                          "of each summed branch acting alone (its own output's argmax).",
+                              formatter_class=DefaultsFormatter)
+    evaluate.add_argument("--model", required=True, help="zoo name, torchvision:NAME, or a model file")
+    evaluate.add_argument("--data", required=True, help="labelled data: cifar10-sample, digits[:test], "
+                          "cifar10:ROOT[:train|test], imagefolder:PATH")
+    evaluate.add_argument("--weights", help="state_dict for torchvision:NAME or --arch")
+    evaluate.add_argument("--arch", help="module:callable that builds the architecture of a state_dict file")
     _add_trust_flags(evaluate)
-    evaluate.add_argument("--limit", type=COUNT)
-    evaluate.add_argument("--batch-size", type=BATCH, default=256)
-    evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--limit", type=COUNT, help="score only the first N samples")
+    evaluate.add_argument("--batch-size", type=BATCH, default=256, help="samples per batch")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=cmd_evaluate)
 
     plugins = sub.add_parser("plugins", help="list plugins, their versions and hooks; with NAME, describe one "

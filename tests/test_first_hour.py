@@ -128,8 +128,23 @@ def test_mixed_image_sizes_can_be_resized(cli, tmp_path):
 
 
 def test_labels_of_another_label_space_are_kept_with_a_warning(cli, tmp_path):
-    with pytest.warns(UserWarning, match="has 10 classes but the model outputs 1000 scores"):
-        code, _, err = cli("run", "--model", "torchvision:resnet18", "--data", "cifar10-sample", "--limit", "4",
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (tmp_path / "pets" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32), (40 * i, 90, 20)).save(tmp_path / "pets" / cls / f"{i}.png")
+    with pytest.warns(UserWarning, match="has 2 classes but the model outputs 1000 scores"):
+        code, _, err = cli("run", "--model", "torchvision:resnet18", "--data", f"imagefolder:{tmp_path / 'pets'}",
                            "--plugins", "activity", "--branches", "layer1.*", "--out", tmp_path / "w.zarr", "--quiet")
     assert code == 0, err
     assert open_results(tmp_path / "w.zarr").attrs["targets"] == "data labels"
+
+
+def test_the_bundled_sample_means_the_same_named_or_chosen(cli, tmp_path):
+    """Naming the data the run would choose must not turn CIFAR labels into ImageNet classes."""
+    for name, data in (("chosen", ()), ("named", ("--data", "cifar10-sample:32"))):
+        code, _, err = cli("run", "--model", "torchvision:resnet18", *data, "--limit", "4", "--plugins", "activity",
+                           "--branches", "layer1.*", "--out", tmp_path / f"{name}.zarr", "--quiet")
+        assert code == 0, err
+        assert open_results(tmp_path / f"{name}.zarr").attrs["targets"] == "model predictions (argmax of the output)"

@@ -82,7 +82,7 @@ def check_channels(model: nn.Module, x: torch.Tensor, data: ProbeData) -> None:
     """Refuse images whose channel count differs from the model's first conv (a normalisation layer would
     broadcast 1 channel to 3 and hide the mistake)."""
     conv = first_conv(model)
-    if conv is not None and x.dim() == 4 and x.shape[1] != conv.in_channels:
+    if conv is not None and isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] != conv.in_channels:
         raise ProbekitError(f"data {data.name} has {x.shape[1]}-channel images but the model's first conv takes "
                             f"{conv.in_channels} channels")
 

@@ -17,6 +17,8 @@ from probekit.run import distributed
 from probekit.run.analysis import Batch, RunContext
 from probekit.run.coords import sample_coords
 from probekit.run.merging import merge_value
+from probekit.run import inputs
+from probekit.run.inputs import Inputs
 from probekit.run.options import options_json, parse_options
 from probekit.run.taps import resolve as resolve_tap
 from probekit.run.validation import check_instance
@@ -59,6 +61,7 @@ class RunSpec:
     checkpoint_every: int = CHECKPOINT_EVERY  # batches; 0: no checkpoints
     shuffle: bool = False  # probe the samples in a random order drawn from the seed
     state: str = "trained"  # "init": probe a fresh default initialisation of the architecture under the seed
+    command: str | None = None  # what made the run, for provenance (default: the command line)
 
 
 @dataclass
@@ -105,28 +108,31 @@ def _analysis_classes(spec: RunSpec) -> dict:
     return {name: registered[name][0] for name in spec.plugins}
 
 
-def response_sizes(module, branchset: BranchSet, x: torch.Tensor) -> dict[str, int]:
+def response_sizes(module, branchset: BranchSet, x: Inputs) -> dict[str, int]:
     """``{layer name: D}``: how many values one branch response of each layer holds, from one forward of ``x``
     (one sample), so analyses can size their memory before the pass."""
     with torch.no_grad(), capture(module, branchset) as recorder:
         _forward(module, x)
-        return {layer: int(r.shape[2]) for layer, r in recorder.take(x.shape[0]).items()}
+        return {layer: int(r.shape[2]) for layer, r in recorder.take(inputs.count(x)).items()}
 
 
-def _forward(model, x: torch.Tensor) -> torch.Tensor:
-    """Run the model, padding to its fixed batch size when it has one."""
+def _forward(model, x: Inputs) -> torch.Tensor:
+    """Run the model (a dict of inputs as keyword arguments), padding to its fixed batch size when it has one."""
     fixed = getattr(model, FIXED_BATCH_ATTR, None)
-    n = x.shape[0]
+    n = inputs.count(x)
     if fixed is not None and n != fixed:
         if n > fixed:
             raise ProbekitError(f"this model takes batches of exactly {fixed}: pass --batch-size {fixed}")
-        x = torch.cat([x, x[-1:].expand(fixed - n, *x.shape[1:])])
-    return model(x)[:n]
+        x = inputs.pad_to(x, fixed)
+    return inputs.call_model(model, x)[:n]
 
 
-def _choose_data(spec: RunSpec, model) -> tuple[ProbeData, list[str]]:
-    """The data to probe (``--data``, else the default for the model), shuffled with ``--shuffle``, and the notes
-    that say so; a warning for a huge implicit sample count."""
+def _choose_data(spec: RunSpec, model, given: ProbeData | None = None) -> tuple[ProbeData, list[str]]:
+    """The data to probe (``given``, ``--data``, else the default for the model), shuffled with ``--shuffle``, and
+    the notes that say so; a warning for a huge implicit sample count."""
+    if given is not None:
+        data = given.shuffled(spec.seed) if spec.shuffle else given
+        return data, [f"data: {data.name}"]
     if spec.data is None:
         data_spec, why = default_data_spec(model)
         notes = [f"data: {data_spec}, {why}"]
@@ -157,7 +163,7 @@ def _check_needs(classes: dict, run: Run) -> None:
                                 "class labels, e.g. cifar10-sample or imagefolder:PATH)")
 
 
-def _first_forward(model, x: torch.Tensor, data: ProbeData, spec: RunSpec) -> torch.Tensor:
+def _first_forward(model, x: Inputs, data: ProbeData, spec: RunSpec) -> torch.Tensor:
     """Try the first batch, turning a shape error into one clear line; the outputs."""
     try:
         with torch.no_grad():
@@ -167,14 +173,14 @@ def _first_forward(model, x: torch.Tensor, data: ProbeData, spec: RunSpec) -> to
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ProbekitError(
-            f"data {data.name} (samples of shape {tuple(x.shape[1:])}) does not fit model {spec.model}: {first}"
+            f"data {data.name} (samples of shape {inputs.sample_shape(x)}) does not fit model {spec.model}: {first}"
         ) from exc
 
 
 def provenance(run: Run, spec: RunSpec) -> dict:
     """Run-level attrs stored on the root and every node (see docs/schema.md)."""
     return {
-        **base_attrs(spec.seed),
+        **base_attrs(spec.seed, spec.command),
         "model": json.dumps({"spec": spec.model, "sha256": run.model.sha256}),
         "dataset": run.data.name,
         "n_samples": run.n_samples,
@@ -185,15 +191,17 @@ def provenance(run: Run, spec: RunSpec) -> dict:
     }
 
 
-def execute(spec: RunSpec) -> Run:
+def execute(spec: RunSpec, model: LoadedModel | None = None, data: ProbeData | None = None,
+            notes: list[str] | None = None) -> Run:
     """Do the run; return it with any per-analysis errors (the store is written either way).
 
-    Launched by torchrun with several processes, each probes its shard and rank 0 writes the store
-    (:mod:`probekit.run.distributed`).
+    ``model`` and ``data``, when given, are what ``spec.model`` and ``spec.data`` only label (a model and data
+    in memory, :func:`probekit.probe`); ``notes`` go into the run's note. Launched by torchrun with several
+    processes, each probes its shard and rank 0 writes the store (:mod:`probekit.run.distributed`).
     """
     ranks = distributed.from_env(spec.device)
     try:
-        return _execute(spec, ranks)
+        return _execute(spec, ranks, model, data, notes or [])
     finally:
         if ranks is not None:
             distributed.finish()
@@ -277,7 +285,8 @@ def _merge_ranks(run: Run, shard: range, ranks: distributed.Ranks) -> None:
                 run.analyses[name].merge(other[name], rows)
 
 
-def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
+def _execute(spec: RunSpec, ranks: distributed.Ranks | None, given_model: LoadedModel | None,
+             given_data: ProbeData | None, extra_notes: list[str]) -> Run:
     classes = _analysis_classes(spec)
     _check_mergeable(classes, ranks, spec.resume)
     options = {name: parse_options(cls, spec.options.get(name, {})) for name, cls in classes.items()}
@@ -289,8 +298,8 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
         raise ProbekitError("--batch-size and --limit must be positive, --checkpoint-every at least 0")
     device = resolve_device(distributed.device_for(spec.device, ranks))
     torch.manual_seed(spec.seed)
-    loaded = at_state(load_model(spec.model, spec.load), spec.state, spec.seed)
-    data, notes = _choose_data(spec, loaded.module)
+    loaded = at_state(given_model or load_model(spec.model, spec.load), spec.state, spec.seed)
+    data, notes = _choose_data(spec, loaded.module, given_data)
     if spec.data is None and spec.limit is None and data.name.startswith(f"{DEFAULT_SAMPLE}:"):
         spec = replace(spec, limit=DEFAULT_LIMIT)  # a first look that finishes in minutes; --limit N for more
         notes[0] += f", its first {DEFAULT_LIMIT} images (--limit N for more)"
@@ -298,18 +307,21 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None) -> Run:
     shard = distributed.shard_of(n_samples, ranks) if ranks is not None else None
     first_batch = next(batches(data.loader(spec.batch_size, spec.limit)))
     module = loaded.module.to(device)
+    first_inputs = inputs.to_device(first_batch[1], device)
     check_channels(module, first_batch[1], data)
-    outputs = _first_forward(module, first_batch[1].to(device), data, spec)
-    targets = choose_targets(data, outputs, chosen_for_user=spec.data is None)
+    outputs = _first_forward(module, first_inputs, data, spec)
+    # the bundled sample means the same whether it was chosen for the user or named: images whose labels only
+    # count when they are the model's classes
+    targets = choose_targets(data, outputs, chosen_for_user=spec.data is None or data.name.startswith(DEFAULT_SAMPLE))
     if targets.source == "predictions":
         data = with_predicted_classes(data, module, outputs)
-    notes.append(targets.note)
+    notes += [targets.note, *extra_notes]
     if is_torchscript(module):
-        module = torchscript_to_tapped(module, first_batch[1].to(device))
+        module = torchscript_to_tapped(module, first_inputs)
     branchset = discover(module, DiscoveryConfig(spec.branches))
     run = Run(spec, loaded, data, branchset, n_samples, module=module, device=device, notes=notes,
               predicted_targets=targets.source == "predictions",
-              response_sizes=response_sizes(module, branchset, first_batch[1][:1].to(device)))
+              response_sizes=response_sizes(module, branchset, inputs.take(first_inputs, slice(0, 1))))
     attrs = provenance(run, spec)
     settings = run_checkpoint.fingerprint({**asdict(replace(spec, overwrite=False, progress=True, resume=False,
                                                             checkpoint_every=0)),
@@ -412,12 +424,12 @@ def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec, check
         progress = tqdm(batches(loader), total=len(loader), desc="probing", unit="batch",
                         disable=not spec.progress or None, file=sys.stderr)
         for count, (index, x, target) in enumerate(progress, 1):
-            x = x.to(device)
+            x = inputs.to_device(x, device)
             outputs = _forward(module, x)
             if run.predicted_targets:
                 target = outputs.detach().argmax(1)
             batch = Batch(index, x, target.to(device) if run.data.has_targets else None, outputs,
-                          recorder.take(x.shape[0]), recorder.take_taps(x.shape[0]), recorder.take_gates(x.shape[0]))
+                          recorder.take(n := inputs.count(x)), recorder.take_taps(n), recorder.take_gates(n))
             run.nonfinite += nonfinite_positions(batch)
             _record_targets(run, batch)
             for name, analysis in list(run.analyses.items()):

@@ -6,8 +6,8 @@ import sys
 from datetime import datetime, timezone
 
 
-def base_attrs(seed: int) -> dict:
-    """``created_at``, versions, ``seed`` and the command line."""
+def base_attrs(seed: int, command: str | None = None) -> dict:
+    """``created_at``, versions, ``seed`` and the command line (or ``command``: the call that made the run)."""
     import torch
 
     from probekit import __version__
@@ -17,5 +17,5 @@ def base_attrs(seed: int) -> dict:
         "probekit_version": __version__,
         "torch_version": torch.__version__,
         "seed": seed,
-        "command": " ".join(sys.argv),
+        "command": command if command is not None else " ".join(sys.argv),
     }
