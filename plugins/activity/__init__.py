@@ -53,7 +53,7 @@ class Activity(Analysis):
     name = "activity"
     plot = "probekit_plugins.activity.plot:plot_activity"
     merge_rules = {"total_sq": "sum", "class_sq": "sum", "targets": "rows", "gate_sum": "sum", "routed": "sum",
-                   "class_gate_sum": "sum", "class_count": "sum"}
+                   "class_gate_sum": "sum", "class_count": "sum", "token_gate_sum": "sum"}
     description = "per-branch response norms; active/silent by the paper's 10% rule"
     Options = ActivityOptions
 
@@ -69,7 +69,9 @@ class Activity(Analysis):
         self.class_sq = torch.zeros(n_classes, b, dtype=torch.float64, device=context.device)
         self.gated = [(layer.name, branches) for layer, branches in context.branchset.layer_slices() if layer.gated]
         self.gate_sum = torch.zeros(b, dtype=torch.float64, device=context.device)  # sum over samples of g_k(x)
-        self.routed = torch.zeros(b, dtype=torch.float64, device=context.device)  # samples with g_k(x) > 0
+        self.routed = torch.zeros(b, dtype=torch.float64, device=context.device)  # samples with g_k(x) > 0 (of
+        # token-routed experts: the share of each sample's tokens routed to the expert, summed over samples)
+        self.token_gate_sum: torch.Tensor | None = None  # [T, B] sum over samples of each position's gate values
         self.class_gate_sum = torch.zeros(n_classes, b, dtype=torch.float64, device=context.device)
         self.class_count = torch.zeros(n_classes, dtype=torch.float64, device=context.device)
         self.sample_gate = context.sample_array(self.name, "gate", ("sample", "branch"), (b,), np.float32, {
@@ -95,10 +97,21 @@ class Activity(Analysis):
         for name, branches in self.gated:
             gates = batch.gates[name].double()  # [N, K]
             self.gate_sum[branches] += gates.sum(0)
-            self.routed[branches] += (gates > 0).sum(0)
+            if name in batch.token_gates:
+                self._add_tokens(batch.token_gates[name].double(), branches)
+            else:
+                self.routed[branches] += (gates > 0).sum(0)
             if batch.targets is not None and len(self.class_sq):
                 self.class_gate_sum[:, branches] += torch.zeros_like(self.class_gate_sum[:, branches]).index_add_(
                     0, batch.targets.long(), gates)
+
+    def _add_tokens(self, gates: torch.Tensor, branches: slice) -> None:
+        """Token-routed experts: routing per token, ``gates`` ``[N, T, K]``."""
+        self.routed[branches] += (gates > 0).double().mean(1).sum(0)
+        if self.token_gate_sum is None:
+            self.token_gate_sum = gates.new_zeros(gates.shape[1], len(self.context.branchset))
+        if self.token_gate_sum.shape[0] == gates.shape[1]:  # (sequences of one length: packed or padded text)
+            self.token_gate_sum[:, branches] += gates.sum(0)
 
     def _record_targets(self, start: int, targets: torch.Tensor) -> None:
         values = targets.cpu().numpy()
@@ -194,7 +207,14 @@ class Activity(Analysis):
                                "when the gate is normalised); NaN on branches without a gate"}),
             routed_fraction=("branch", routed, {
                 "long_name": "share of samples routed to the expert", "units": "1",
-                "description": "share of probed samples with g_k(x) > 0; NaN on branches without a gate"}))
+                "description": "share of probed samples with g_k(x) > 0 (token-routed experts: share of the tokens "
+                               "routed to the expert, averaged over samples); NaN on branches without a gate"}))
+        if self.token_gate_sum is not None:
+            per_token = self.token_gate_sum.cpu().numpy() / max(n, 1)
+            ds = ds.assign(token_routing_share=(("token", "branch"), np.where(gated, per_token, np.nan), {
+                "long_name": "routing share per token position", "units": "1",
+                "description": "mean gate value of the expert at each token position over the probed sequences "
+                               "(token-routed experts); NaN on other branches"}))
         if len(self.class_sq):
             count = self.class_count.cpu().numpy()[:, None]
             per_class = np.divide(self.class_gate_sum.cpu().numpy(), count, out=np.full(self.class_sq.shape, np.nan),

@@ -25,7 +25,7 @@ import torch
 import xarray as xr
 
 from probekit.api import (Analysis, analysis_hooks, Batch, forward_hooks, ProbekitError, resolve_loss, sample_coords,
-                          summed_loss)
+                          summed_loss, call_model)
 
 CAUSES = ("neither", "collaborative", "distributive", "both")  # code = collaborative + 2 * distributive
 
@@ -116,7 +116,7 @@ class GradientFactors(Analysis):
         after = [(layer.container, keep_output(layer.name)) for layer in self.layers]
         before = [(path, keep_input(path)) for layer in self.layers for path in layer.modules]
         with forward_hooks(model, after, before), torch.enable_grad():
-            loss = summed_loss(self.loss, model(batch.inputs), batch.targets, self.name)
+            loss = summed_loss(self.loss, call_model(model, batch.inputs), batch.targets, self.name, batch.inputs)
             grads = torch.autograd.grad(loss, [outputs[layer.name] for layer in self.layers])
         return dict(zip([layer.name for layer in self.layers], grads, strict=True)), inputs
 

@@ -18,7 +18,7 @@ import torch
 import xarray as xr
 
 from probekit.api import (Analysis, analysis_hooks, Batch, init_note, init_states, model_states, off_block_share,
-                          ProbekitError, resolve_loss, summed_loss)
+                          ProbekitError, resolve_loss, summed_loss, call_model, count_inputs, take_inputs)
 from .exact import (MAX_HEAD_OUTPUTS, WITHIN, ZERO_PROBES, MemoryPlan, generic_hessian, is_plain_sum, parse_bytes,
                     saved_bytes, summed_hessian, summed_layer_of)
 from .estimate import Estimates, estimate
@@ -132,7 +132,7 @@ class Hessian(Analysis):
 
     def _one_batch(self, state: str, model, batch: Batch) -> dict[str, torch.Tensor]:
         def loss(outputs):
-            return summed_loss(self.loss, outputs, batch.targets, self.name)
+            return summed_loss(self.loss, outputs, batch.targets, self.name, batch.inputs)
 
         if self.method == "summed":
             parts = summed_hessian(model, self.layer, self.blocks, batch.inputs, loss, self.plan, progress=True,
@@ -140,9 +140,9 @@ class Hessian(Analysis):
             self.zero_within.update((state, b) for b in parts.zero_within)
             return {"hessian": parts.hessian, "distributive": parts.distributive_sq,
                     "collaborative": parts.collaborative_sq}
-        per_sample = saved_bytes(lambda: model(batch.inputs[:1]))
-        h = generic_hessian(lambda m: loss(m(batch.inputs)), model, self.blocks, self.plan, per_sample,
-                            len(batch.inputs), progress=True, after_first_chunk=self._within_budget)
+        per_sample = saved_bytes(lambda: call_model(model, take_inputs(batch.inputs, slice(0, 1))))
+        h = generic_hessian(lambda m: loss(call_model(m, batch.inputs)), model, self.blocks, self.plan, per_sample,
+                            count_inputs(batch.inputs), progress=True, after_first_chunk=self._within_budget)
         return {"hessian": h}
 
     def _within_budget(self, seconds: float, chunks: int) -> None:
@@ -157,16 +157,17 @@ class Hessian(Analysis):
 
     def _estimate(self, state: str, model, batch: Batch) -> None:
         keep = self.options.estimate_samples
-        inputs, targets = batch.inputs[:keep], None if batch.targets is None else batch.targets[:keep]
+        inputs = take_inputs(batch.inputs, slice(0, keep))
+        targets = None if batch.targets is None else batch.targets[:keep]
 
         def loss_of(m):
-            return summed_loss(self.loss, m(inputs), targets, self.name)
+            return summed_loss(self.loss, call_model(m, inputs), targets, self.name, inputs)
 
-        self.estimates[state] = asdict(estimate(loss_of, model, self.blocks, len(inputs), self.options.probes,
+        self.estimates[state] = asdict(estimate(loss_of, model, self.blocks, count_inputs(inputs), self.options.probes,
                                          self.options.eigenvalues if self.options.lanczos else 0,
                                          self.options.lanczos_steps, self.context.seed,
                                          max_time=self.options.max_time, progress=True))
-        self.estimated_samples = len(inputs)
+        self.estimated_samples = count_inputs(inputs)
 
     def update(self, batch: Batch) -> None:
         wanted = 1 if self.mode == "estimate" else self.options.batches
@@ -190,7 +191,7 @@ class Hessian(Analysis):
                 continue
             for key, value in parts.items():
                 self.sums[state][key] = self.sums[state].get(key, 0) + value.double()
-        self.samples += len(batch.inputs)
+        self.samples += count_inputs(batch.inputs)
         self.batches += 1
 
     def _too_large(self, exc: Exception) -> ProbekitError:

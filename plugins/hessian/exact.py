@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vjp, vmap
 from tqdm import tqdm
 
-from probekit.api import BranchLayer, forward_hooks, ProbekitError
+from probekit.api import BranchLayer, call_model, forward_hooks, ProbekitError
 from .params import ParamBlock, block_slices
 from .structure import linear_layer_jacobian, proves_within_zero, single_linear_layer
 
@@ -207,7 +207,7 @@ def _container_io(model: nn.Module, layer: BranchLayer, x: torch.Tensor) -> tupl
     before = [(path, keep_input(path)) for path in layer.modules]
     with forward_hooks(model, [(layer.modules[0], shift_output)], before), grad_only_for(model, set()), \
             torch.enable_grad():
-        outputs = model(x)
+        outputs = call_model(model, x)
     return inputs, captured["delta"], outputs
 
 
@@ -369,7 +369,7 @@ def is_plain_sum(model: nn.Module, layer: BranchLayer, x: torch.Tensor, rtol: fl
     if isinstance(residual, nn.Module):
         after.append((f"{layer.container}.residual" if layer.container else "residual", keep("residual")))
     with forward_hooks(model, after), torch.no_grad():
-        model(x)
+        call_model(model, x)
     total = sum(seen[path] for path in layer.modules) + seen.get("residual", 0)
     out = seen[layer.container]
     return out.shape == total.shape and bool(torch.allclose(out, total, rtol=rtol,

@@ -34,6 +34,8 @@ class ParamBlock:
 
 def _owned_blocks(model: nn.Module, layer: BranchLayer, name: str, param: torch.Tensor) -> list[ParamBlock] | None:
     """The blocks of parameter ``name`` if it belongs to a branch of ``layer``, else None."""
+    if layer.kind == "projected-heads":  # heads own no parameter: they share their block's projections
+        return None
     if layer.kind in ("grouped", "routed"):  # a grouped conv's, or fused experts', leading rows by branch
         (owner,) = layer.modules
         if name.rpartition(".")[0] != owner:
@@ -50,6 +52,8 @@ def _owned_blocks(model: nn.Module, layer: BranchLayer, name: str, param: torch.
 
 def _first_layer_params(model: nn.Module, layer: BranchLayer) -> list[str]:
     """The parameters of each branch's first module that has any (the default selection)."""
+    if layer.kind == "projected-heads":
+        return []
     if layer.kind in ("grouped", "routed"):
         return [name for name, _ in model.get_submodule(layer.modules[0]).named_parameters(prefix=layer.modules[0])]
     names = []
@@ -66,14 +70,17 @@ def _first_layer_params(model: nn.Module, layer: BranchLayer) -> list[str]:
 def select_params(model: nn.Module, branchset: BranchSet, pattern: str | None = None) -> tuple[ParamBlock, ...]:
     """Blocks of the parameters matching ``pattern`` (a glob over dotted names, ``*`` within a segment,
     ``**`` across; several globs separated by commas), or by default the first layer of every branch of the first
-    branch layer; in branch order."""
+    branch layer whose branches own parameters (attention heads own none); in branch order."""
     params = dict(model.named_parameters())
-    if pattern is None:
-        layer = branchset.layers[0]
-        names, layers = _first_layer_params(model, layer), [layer]
-        if not names:
-            raise ProbekitError(f"the branches of {layer.name!r} own no parameters to differentiate (attention heads "
-                                "share their layer's projections); choose parameters with hessian.params=GLOB")
+    if pattern is None:  # the first branch layer whose branches own parameters
+        found = next(((layer, names) for layer in branchset.layers if (names := _first_layer_params(model, layer))),
+                     None)
+        if found is None:
+            raise ProbekitError(f"the branches of {branchset.layers[0].name!r} own no parameters to differentiate "
+                                "(attention heads share their layer's projections); choose parameters of other "
+                                "branches with hessian.params=GLOB")
+        layer, names = found
+        layers = [layer]
     else:  # one glob, or several separated by commas
         regexes = [glob_regex(part.strip()) for part in pattern.split(",") if part.strip()]
         names = [name for name in params if any(r.fullmatch(name) for r in regexes)]

@@ -18,7 +18,7 @@ from torch import nn
 from probekit.errors import ProbekitError
 
 ROOT_LAYER = "model"
-LayerKind = Literal["sum", "grouped", "glob", "gated", "routed", "concat", "heads"]
+LayerKind = Literal["sum", "grouped", "glob", "gated", "routed", "concat", "heads", "projected-heads"]
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,17 @@ class BranchLayer:
     block whose output concatenates its towers along channels, ``channels[k]``
     wide (-1: the rest); tower k's response is the block output with every
     other tower's channels zeroed, so the responses sum to the output.
+    ``kind='projected-heads'``: ``modules`` holds the output projection of a
+    transformers attention block, ``container`` the block; head k's response
+    is its slice of the projection's input times its columns (see
+    :mod:`probekit.models.projected_heads`).
     """
 
     name: str
     kind: LayerKind
     branches: tuple[str, ...]
     modules: tuple[str, ...]
-    container: str | None = None  # kinds 'sum', 'gated', 'routed': the module path of the container that sums them
+    container: str | None = None  # kinds 'sum', 'gated', 'routed', 'projected-heads': the module that sums them
     gate: str | None = None  # kind 'gated': the module path of the gate
     channels: tuple[int, ...] = ()  # kind 'concat': each tower's channel count, -1 for the one left to infer
 

@@ -10,9 +10,16 @@ Tried in order, first non-empty result wins:
 3. grouped convolutions: every conv with ``groups > 1`` is one layer with one
    branch per group, named ``<conv path>[g=<group>]``;
 4. concatenated towers (Inception blocks, :mod:`probekit.models.towers`);
-5. attention heads (:mod:`probekit.models.heads`): each ``nn.MultiheadAttention``
-   and torchvision Swin attention is swapped for an exactly equivalent per-head
-   module whose heads are branches (kind ``heads``, summed plus the output bias).
+5. attention heads: of a transformers model, read at each attention block's output
+   projection without swapping modules (:mod:`probekit.models.projected_heads`,
+   kind ``projected-heads``); else each ``nn.MultiheadAttention`` and torchvision
+   Swin attention is swapped for an exactly equivalent per-head module whose heads
+   are branches (:mod:`probekit.models.heads`, kind ``heads``). Both are summed
+   plus the output bias.
+
+A transformers model with routed experts gets its attention heads too (strategy
+``routed-experts+attention-heads``): the experts of every MoE layer and the heads
+of every attention layer.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from probekit.models.branched import BRANCHES_ATTR
 from probekit.models.branches import BranchLayer, BranchSet, layer_name
 from probekit.models.experts import EXPERTS_ATTR
 from probekit.models.heads import attention_head_layers
+from probekit.models.projected_heads import hf_head_layers
 from probekit.models.routed import is_routed_experts
 from probekit.models.towers import tower_layers
 from probekit.hookspecs import hookimpl
@@ -33,7 +41,7 @@ STRATEGY_DESCRIPTIONS = (
     "token-routed experts (transformers MoE blocks)",
     "grouped convolutions (groups > 1)",
     "concatenated towers (Inception blocks)",
-    "attention heads (nn.MultiheadAttention, torchvision Swin attention)",
+    "attention heads (transformers attention blocks, nn.MultiheadAttention, torchvision Swin attention)",
 )
 
 _CONV_GROUPS_ARG = {"conv1d": 6, "conv2d": 6, "conv3d": 6, "convolution": 8, "conv_transpose2d": 6}
@@ -118,12 +126,20 @@ def grouped_conv_layers(model: nn.Module) -> list[BranchLayer]:
     return layers
 
 
+def _in_model_order(model: nn.Module, layers: list[BranchLayer]) -> list[BranchLayer]:
+    """``layers`` sorted by where their container sits in the model (attention before the MoE of a block)."""
+    order = {path: i for i, (path, _) in enumerate(model.named_modules())}
+    return sorted(layers, key=lambda layer: order.get(layer.modules[0], len(order)))
+
+
 @hookimpl
 def probekit_discover_branches(model, config):
     for strategy, find in (("marked", marked_layers), ("routed-experts", routed_layers),
                            ("grouped-conv", grouped_conv_layers), ("towers", tower_layers),
-                           ("attention-heads", attention_head_layers)):
+                           ("attention-heads", lambda m: hf_head_layers(m) or attention_head_layers(m))):
         layers = find(model)
+        if layers and strategy == "routed-experts" and (heads := hf_head_layers(model)):
+            layers, strategy = _in_model_order(model, layers + heads), "routed-experts+attention-heads"
         if layers:
             if strategy == "marked":  # named by what was marked: summed, gated-experts, or both
                 strategy = "+".join(sorted({"summed" if layer.kind == "sum" else "gated-experts" for layer in layers},

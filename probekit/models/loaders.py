@@ -1,10 +1,11 @@
 """The built-in model loaders (a plugin of the core): ``torchvision:NAME`` (randomly initialised unless
-``--weights`` is given)."""
+``--weights`` is given) and ``hf:DIR`` (a local Hugging Face model folder, :mod:`probekit.models.hf`)."""
 
 from __future__ import annotations
 
 from probekit.errors import ProbekitError
 from probekit.hookspecs import hookimpl
+from probekit.models.hf import load_hf
 from probekit.models.model_files import LoadedModel, LoadOptions, file_sha256, load_state_dict_into
 
 
@@ -24,3 +25,4 @@ def load_torchvision(name: str, options: LoadOptions) -> LoadedModel:
 @hookimpl
 def probekit_register_model_loaders(register):
     register("torchvision", load_torchvision)
+    register("hf", load_hf)

@@ -14,6 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from probekit.errors import ProbekitError
+from probekit.models.hf import is_model_folder, load_hf
 from probekit.models.model_files import LoadedModel, LoadOptions, file_sha256, load_file
 
 __all__ = ["LoadOptions", "LoadedModel", "load_model"]
@@ -55,8 +56,13 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
         loaded = _as_loaded(loaders[scheme][0](argument, options), spec)
     elif Path(spec).is_file():
         loaded = _from_file(spec, options)
+    elif is_model_folder(spec):  # a save_pretrained folder given without its scheme
+        loaded = load_hf(spec, options)
     elif spec in names:
         loaded = _as_loaded(names[spec][0](spec, options), spec)
+    elif Path(spec).is_dir():
+        raise ProbekitError(f"{spec} is a folder without config.json: pass a model file, or a Hugging Face folder "
+                            "saved with save_pretrained")
     elif Path(spec).suffix or "/" in spec:
         raise ProbekitError(f"model file not found: {spec}")
     else:

@@ -36,16 +36,21 @@ class Batch:
     each flattened to D values); ``taps``: ``{tap name: {module path or branch
     name: [N, ...]}}``, the unflattened tensors the analyses' ``taps`` asked for
     (:mod:`probekit.run.taps`); ``gates``: ``{layer name: [N, K]}`` gate values
-    of the gated (mixture-of-experts) layers; all on the run's device.
+    of the gated (mixture-of-experts) layers (of token-routed experts: the mean
+    over each sample's tokens); ``token_gates``: ``{layer name: [N, T, K]}``
+    every token's gate values on the token-routed layers; all on the run's
+    device. ``inputs`` is a dict of tensors (``input_ids``, ...) for token
+    models: use ``probekit.api.call_model`` and ``take_inputs`` to feed it.
     """
 
     index: torch.Tensor
-    inputs: torch.Tensor
+    inputs: torch.Tensor | dict[str, torch.Tensor]
     targets: torch.Tensor | None
     outputs: torch.Tensor
     responses: dict[str, torch.Tensor]
     taps: dict[str, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
     gates: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    token_gates: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from torch import nn
 from probekit.models.branches import BranchSet
 from probekit.errors import ProbekitError
 from probekit.models.graph_models import tap_sink
+from probekit.models.projected_heads import head_contributions
 from probekit.models.routed import per_sample, routed_contributions
 from probekit.run.hooks import forward_hooks
 
@@ -26,8 +27,9 @@ class ResponseCapture:
         self._outputs: dict[str, torch.Tensor] = {}
         self._taps: dict[str, dict[str, torch.Tensor]] = {}
         self._gates: dict[str, torch.Tensor] = {}  # layer name -> [N, K] gate values of the last pass
-        self._routed: dict[str, torch.Tensor] = {}  # layer name -> [N, K, D] gated contributions (kind 'routed')
+        self._computed: dict[str, torch.Tensor] = {}  # layer name -> [N, K, D] (kinds 'routed', 'projected-heads')
         self._samples: dict[str, int] = {}  # container path -> batch size it saw (kind 'routed')
+        self._token_gates: dict[str, torch.Tensor] = {}  # layer name -> [N, T, K] (kind 'routed')
 
     def _tap_hook(self, tap: str, key: str, kind: str):
         def keep(value):
@@ -73,8 +75,19 @@ class ResponseCapture:
         def hook(module, args, output):
             with torch.no_grad():
                 contributions, gates = routed_contributions(module, *(a.detach() for a in args[:3]))
-            responses, self._gates[layer.name] = per_sample(contributions, gates, self._samples[layer.container])
-            self._routed[layer.name] = responses
+            samples = self._samples[layer.container]
+            responses, self._gates[layer.name] = per_sample(contributions, gates, samples)
+            self._computed[layer.name] = responses
+            self._token_gates[layer.name] = gates.reshape(samples, -1, gates.shape[1])
+
+        return hook
+
+    def _heads_hook(self, layer):
+        heads = len(layer.branches)
+
+        def hook(module, args, output):
+            with torch.no_grad():
+                self._computed[layer.name] = head_contributions(module, args[0].detach(), heads)
 
         return hook
 
@@ -86,7 +99,8 @@ class ResponseCapture:
         """
         responses = {}
         for layer in self.branchset.layers:
-            stacked = self._routed.pop(layer.name) if layer.kind == "routed" else self._stacked(layer)
+            computed = layer.kind in ("routed", "projected-heads")
+            stacked = self._computed.pop(layer.name) if computed else self._stacked(layer)
             responses[layer.name] = stacked if n is None else stacked[:n]
         self._outputs.clear()
         return responses
@@ -110,6 +124,12 @@ class ResponseCapture:
         self._gates = {}
         return gates
 
+    def take_token_gates(self, n: int | None = None) -> dict[str, torch.Tensor]:
+        """Every token's gate values on the token-routed layers, ``{layer name: [N, T, K]}``, and reset."""
+        gates = {name: value if n is None else value[:n] for name, value in self._token_gates.items()}
+        self._token_gates = {}
+        return gates
+
 
 @contextmanager
 def capture(model: nn.Module, branchset: BranchSet, taps: dict[str, dict[str, tuple[str, str]]] | None = None):
@@ -122,6 +142,9 @@ def capture(model: nn.Module, branchset: BranchSet, taps: dict[str, dict[str, tu
         if layer.kind == "routed":
             after.append((layer.modules[0], recorder._routed_hook(layer)))
             before.append((layer.container, recorder._batch_size_hook(layer.container)))
+            continue
+        if layer.kind == "projected-heads":
+            after.append((layer.modules[0], recorder._heads_hook(layer)))
             continue
         after += [(path, recorder._hook(path)) for path in layer.modules if path not in tapped]
         if layer.kind == "gated":

@@ -97,8 +97,11 @@ def parse_data_spec(spec: str) -> tuple[str, str]:
     return scheme.strip(), argument.strip()
 
 
-def load_data(spec: str, seed: int = 0) -> ProbeData:
-    """Build the data for ``--data spec`` through the registered dataset factories."""
+def load_data(spec: str, seed: int = 0, model=None) -> ProbeData:
+    """Build the data for ``--data spec`` through the registered dataset factories; a factory with a ``model``
+    parameter also gets the model (text data reads its tokenizer)."""
+    import inspect
+
     from probekit.plugins import datasets
 
     scheme, argument = parse_data_spec(spec)
@@ -107,7 +110,11 @@ def load_data(spec: str, seed: int = 0) -> ProbeData:
         known = ", ".join(sorted(factories))
         raise ProbekitError(f"unknown data {spec!r}: the schemes are {known}")
     factory, _ = factories[scheme]
-    data = factory(argument, seed)
+    try:
+        wants_model = "model" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        wants_model = False
+    data = factory(argument, seed, model=model) if wants_model else factory(argument, seed)
     if len(data) == 0:
         raise ProbekitError(f"data {spec!r} holds no samples")
     return data

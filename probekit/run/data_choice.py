@@ -54,6 +54,8 @@ def default_data_spec(model: nn.Module) -> tuple[str, str]:
     declared = getattr(model, DATA_ATTR, None)
     if declared:
         return declared, "the data the model declares"
+    if hasattr(model, "probekit_tokenizer"):
+        raise ProbekitError("a text model needs text: pass --data text:FILE[:SEQ_LEN] or jsonl:FILE[:FIELD]")
     shape = getattr(model, INPUT_SHAPE_ATTR, None)
     if shape is not None and len(shape) != 3:
         raise ProbekitError(f"the model takes inputs of shape {tuple(shape)}, not images: pass --data")

@@ -1,4 +1,5 @@
-"""Built-in data sources (a plugin of the core): toy1, toy2, digits, cifar10, imagefolder, random."""
+"""Built-in data sources (a plugin of the core): toy1, toy2, digits, cifar10, imagefolder, random, and text and
+jsonl for token models (:mod:`probekit.run.text_data`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch.utils.data import Dataset, TensorDataset
 from probekit.run.data import ProbeData
 from probekit.errors import ProbekitError
 from probekit.hookspecs import hookimpl
+from probekit.run.text_data import jsonl_data, text_data
 
 #: The paper's section 4.1 training points, exactly: (inputs, targets).
 TOY_POINTS = {
@@ -207,3 +209,5 @@ def probekit_register_datasets(register):
     register("cifar10", lambda argument, seed: cifar10_data(argument))
     register("cifar10-sample", lambda argument, seed: cifar10_sample_data(argument))
     register("imagefolder", lambda argument, seed: image_folder(argument, f"imagefolder:{argument}"))
+    register("text", text_data)
+    register("jsonl", jsonl_data)

@@ -21,14 +21,14 @@ def to_device(inputs: Inputs, device: torch.device) -> Inputs:
     return inputs.to(device)
 
 
-def count(inputs: Inputs) -> int:
+def count_inputs(inputs: Inputs) -> int:
     """N, the samples in the batch."""
     if isinstance(inputs, Mapping):
         return int(next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0])
     return int(inputs.shape[0])
 
 
-def take(inputs: Inputs, rows) -> Inputs:
+def take_inputs(inputs: Inputs, rows) -> Inputs:
     """The samples ``rows`` (a slice, an index tensor or a boolean mask) of every tensor."""
     if isinstance(inputs, Mapping):
         return {key: value[rows] if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
@@ -37,7 +37,7 @@ def take(inputs: Inputs, rows) -> Inputs:
 
 def pad_to(inputs: Inputs, size: int) -> Inputs:
     """``inputs`` padded to ``size`` samples by repeating the last one (models that take a fixed batch)."""
-    n = count(inputs)
+    n = count_inputs(inputs)
 
     def padded(t: torch.Tensor) -> torch.Tensor:
         return torch.cat([t, t[-1:].expand(size - n, *t.shape[1:])])

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from probekit.errors import ProbekitError
 from probekit.run.data import ProbeData
-from probekit.run.inputs import count, take
+from probekit.run.inputs import count_inputs, take_inputs
 
 LABEL_KEYS = ("label", "labels")
 
@@ -66,13 +66,13 @@ class _Batches:
         start = 0
         for item in self.source:
             x, y = split_item(item)
-            n = count(x)
+            n = count_inputs(x)
             rows = [i for i in range(start, start + n) if i in self.positions]
             start += n
             if rows:
                 keep = torch.as_tensor(rows) - (start - n)
                 target = torch.zeros(n, dtype=torch.long) if y is None else torch.as_tensor(y)
-                yield torch.as_tensor(rows), take(x, keep), target[keep]
+                yield torch.as_tensor(rows), take_inputs(x, keep), target[keep]
             if start >= self.positions.stop:
                 return
 
@@ -140,7 +140,7 @@ def _from_batches(batches, name: str) -> ProbeData:
     if not kept:
         raise ProbekitError("the data holds no batches")
     parts = [split_item(b) for b in kept]
-    n = sum(count(x) for x, _ in parts)
+    n = sum(count_inputs(x) for x, _ in parts)
     has_targets = parts[0][1] is not None
     classes = _classes(torch.cat([torch.as_tensor(y).reshape(-1) for _, y in parts])) if has_targets else None
     return BatchedData(name, kept, [str(i) for i in range(n)], classes=classes, has_targets=has_targets)

@@ -31,6 +31,7 @@ from probekit.errors import ProbekitError
 from probekit.models.graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_tapped
 from probekit.models.initial_state import initialised_copy
 from probekit.models.loading import LoadedModel, LoadOptions, load_model
+from probekit.models.losses import LOSS_ATTR
 from probekit.plugins import manager, plugin_version
 from probekit.run.registry import analyses, checked_analyses
 from probekit.store.provenance import base_attrs
@@ -113,13 +114,13 @@ def response_sizes(module, branchset: BranchSet, x: Inputs) -> dict[str, int]:
     (one sample), so analyses can size their memory before the pass."""
     with torch.no_grad(), capture(module, branchset) as recorder:
         _forward(module, x)
-        return {layer: int(r.shape[2]) for layer, r in recorder.take(inputs.count(x)).items()}
+        return {layer: int(r.shape[2]) for layer, r in recorder.take(inputs.count_inputs(x)).items()}
 
 
 def _forward(model, x: Inputs) -> torch.Tensor:
     """Run the model (a dict of inputs as keyword arguments), padding to its fixed batch size when it has one."""
     fixed = getattr(model, FIXED_BATCH_ATTR, None)
-    n = inputs.count(x)
+    n = inputs.count_inputs(x)
     if fixed is not None and n != fixed:
         if n > fixed:
             raise ProbekitError(f"this model takes batches of exactly {fixed}: pass --batch-size {fixed}")
@@ -141,7 +142,7 @@ def _choose_data(spec: RunSpec, model, given: ProbeData | None = None) -> tuple[
     data_spec, resized = fitted_image_folder(data_spec, model)
     if resized:
         notes[0] += f", {resized}"
-    data = load_data(data_spec, spec.seed)
+    data = load_data(data_spec, spec.seed, model)
     if spec.shuffle:
         data = data.shuffled(spec.seed)
         notes[0] += f", shuffled with seed {spec.seed}"
@@ -155,7 +156,7 @@ def _check_needs(classes: dict, run: Run) -> None:
     """What the analyses need from the data, checked once they exist (so what the model lacks comes first) and
     before any costly work (the Hessian's memory and time budgets are checked on the first batch)."""
     for name, cls in classes.items():
-        if cls.needs_targets and not run.data.has_targets:
+        if cls.needs_targets and not run.data.has_targets and getattr(run.module, LOSS_ATTR, None) != "lm":
             raise ProbekitError(f"{name} needs targets, and {run.data.name} has none while the model's outputs "
                                 "are not class scores; pass --data with labels")
         if cls.needs_classes and not run.data.classes:
@@ -321,7 +322,7 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None, given_model: Loaded
     branchset = discover(module, DiscoveryConfig(spec.branches))
     run = Run(spec, loaded, data, branchset, n_samples, module=module, device=device, notes=notes,
               predicted_targets=targets.source == "predictions",
-              response_sizes=response_sizes(module, branchset, inputs.take(first_inputs, slice(0, 1))))
+              response_sizes=response_sizes(module, branchset, inputs.take_inputs(first_inputs, slice(0, 1))))
     attrs = provenance(run, spec)
     settings = run_checkpoint.fingerprint({**asdict(replace(spec, overwrite=False, progress=True, resume=False,
                                                             checkpoint_every=0)),
@@ -429,7 +430,8 @@ def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec, check
             if run.predicted_targets:
                 target = outputs.detach().argmax(1)
             batch = Batch(index, x, target.to(device) if run.data.has_targets else None, outputs,
-                          recorder.take(n := inputs.count(x)), recorder.take_taps(n), recorder.take_gates(n))
+                          recorder.take(n := inputs.count_inputs(x)), recorder.take_taps(n), recorder.take_gates(n),
+                          recorder.take_token_gates(n))
             run.nonfinite += nonfinite_positions(batch)
             _record_targets(run, batch)
             for name, analysis in list(run.analyses.items()):

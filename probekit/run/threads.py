@@ -27,7 +27,7 @@ def default_threads() -> tuple[int, str]:
     """``(threads, why)``: torch's default, less the cores other work keeps busy."""
     ceiling = min(torch.get_num_threads(), usable_cores())
     try:
-        busy = int(os.getloadavg()[0] + 0.5)
+        busy = int(os.getloadavg()[0])
     except (AttributeError, OSError):
         busy = 0
     threads = max(1, min(ceiling, usable_cores() - busy))

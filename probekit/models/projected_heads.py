@@ -1,0 +1,64 @@
+"""Attention heads of transformers models, read at the output projection, without swapping any module.
+
+The input of an attention block's output projection (``o_proj``; GPT-2's ``c_proj``; BERT's ``output.dense``)
+is the concatenation of the heads' outputs ``[N, T, H * d]``, so head h's contribution to the attention output is
+its slice times its columns of the projection, ``z_h W_O[:, h]^T``; the heads plus the projection's bias are the
+projection's output exactly. One forward hook on the projection computes every head's contribution with one
+batched product, about the projection's own cost. Grouped-query attention shares keys and values between heads
+but still concatenates H head outputs, so it needs nothing more.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from probekit.models.branches import BranchLayer, layer_name
+
+PROJECTIONS = ("o_proj", "c_proj", "out_proj", "output.dense", "dense")
+
+
+def projection_weight(projection: nn.Module) -> torch.Tensor:
+    """``[E_out, E_in]``: an ``nn.Linear`` weight, or the transpose of GPT-2's ``Conv1D`` weight ``[E_in, E_out]``."""
+    if isinstance(projection, nn.Linear):
+        return projection.weight
+    return projection.weight.T
+
+
+def head_contributions(projection: nn.Module, concatenated: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[N, H, T * E]``: each head's contribution to the projection's output, from its input ``[N, T, H * d]``."""
+    weight = projection_weight(projection)
+    n, t, width = concatenated.shape
+    per_head = weight.reshape(weight.shape[0], heads, width // heads)  # [E, H, d]
+    contributions = torch.einsum("nthd,ehd->nhte", concatenated.reshape(n, t, heads, width // heads), per_head)
+    return contributions.flatten(2)
+
+
+def _projection_of(module: nn.Module) -> tuple[str, nn.Module] | None:
+    for name in PROJECTIONS:
+        try:
+            child = module.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(child, nn.Linear) or type(child).__name__ == "Conv1D":
+            return name, child
+    return None
+
+
+def hf_head_layers(model: nn.Module) -> list[BranchLayer]:
+    """One ``projected-heads`` layer per attention block of a transformers model (one whose ``config`` gives
+    ``num_attention_heads``), branch h named ``<block>.heads.<h>``; ``[]`` for other models."""
+    heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
+    if not isinstance(heads, int) or heads < 1:
+        return []
+    layers = []
+    for path, module in model.named_modules():
+        if not (path and type(module).__name__.endswith("Attention")):
+            continue
+        found = _projection_of(module)
+        if found is None or projection_weight(found[1]).shape[1] % heads:
+            continue
+        projection = f"{path}.{found[0]}"
+        names = tuple(f"{path}.heads.{h}" for h in range(heads))
+        layers.append(BranchLayer(layer_name(path), "projected-heads", names, (projection,), container=path))
+    return layers

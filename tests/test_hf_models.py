@@ -1,0 +1,162 @@
+"""Local Hugging Face models on text: tiny random-weight models built from config classes, tokenizers trained here,
+saved with ``save_pretrained`` and probed with ``--model hf:DIR --data text:FILE``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="transformers is the optional extra probekit[hf]")
+
+import probekit  # noqa: E402
+from probekit.errors import ProbekitError  # noqa: E402
+from probekit.models.branches import DiscoveryConfig, discover  # noqa: E402
+from probekit.models.hf import load_hf  # noqa: E402
+from probekit.models.losses import token_loss  # noqa: E402
+from probekit.run.capture import capture  # noqa: E402
+from probekit.run.inputs import call_model  # noqa: E402
+from hf_models import save_tiny_model, write_text  # noqa: E402
+
+KINDS = ("mixtral", "gpt2", "llama", "bert")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {kind: save_tiny_model(kind, root / kind) for kind in (*KINDS, "olmoe")} | \
+        {"text": write_text(root / "corpus.txt")}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_run_finds_heads_per_attention_layer(cli, folders, tmp_path, kind):
+    code, out, err = cli("run", "--model", f"hf:{folders[kind]}", "--data", f"text:{folders['text']}:16",
+                         "--plugins", "activity", "--out", tmp_path / "r.zarr", "--quiet")
+    assert code == 0, err
+    tree = probekit.open_results(tmp_path / "r.zarr")
+    activity = tree["activity"]
+    layers = list(activity["layer"].values)
+    heads = [layer for layer in layers if "attn" in layer or "attention" in layer]
+    assert len(heads) == 2, layers  # two blocks, each an attention layer of 4 heads
+    for layer in heads:
+        assert (activity["branch_layer"].values == layer).sum() == 4
+    assert tree.attrs["n_samples"] == len(activity["sample"]) > 10
+    assert np.isfinite(activity["norm"].values).all() and (activity["norm"].values > 0).all()
+
+
+def test_experts_per_moe_layer_with_routing_per_token(cli, folders, tmp_path):
+    code, _, err = cli("run", "--model", f"hf:{folders['mixtral']}", "--data", f"text:{folders['text']}:16",
+                       "--plugins", "activity", "--out", tmp_path / "moe.zarr", "--quiet")
+    assert code == 0, err
+    tree = probekit.open_results(tmp_path / "moe.zarr")
+    assert tree.attrs["branch_strategy"] == "routed-experts+attention-heads"
+    activity = tree["activity"]
+    experts = [layer for layer in activity["layer"].values if layer.endswith("mlp.experts")]
+    assert len(experts) == 2
+    for layer in experts:
+        mine = activity["branch_layer"].values == layer
+        assert mine.sum() == 4
+        share = activity["routing_share"].values[mine]
+        np.testing.assert_allclose(share.sum(), 1.0, rtol=1e-5)  # top-2 weights renormalised: they sum to 1
+        routed = activity["routed_fraction"].values[mine]
+        np.testing.assert_allclose(routed.sum(), 2.0, rtol=1e-5)  # each token goes to 2 of the 4 experts
+        per_token = activity["token_routing_share"].values[:, mine]
+        assert per_token.shape == (16, 4)
+        np.testing.assert_allclose(per_token.sum(1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(per_token.mean(0), share, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", (*KINDS, "olmoe"))
+def test_heads_plus_bias_are_the_attention_output(folders, kind):
+    loaded = load_hf(str(folders[kind]))
+    model = loaded.module
+    branchset = discover(model, DiscoveryConfig())
+    ids = torch.randint(5, 90, (3, 12))
+    outputs = {}
+    heads = [layer for layer in branchset.layers if layer.kind == "projected-heads"]
+    hooks = [model.get_submodule(layer.modules[0]).register_forward_hook(
+        lambda m, a, o, name=layer.name: outputs.__setitem__(name, o)) for layer in heads]
+    with torch.no_grad(), capture(model, branchset) as recorder:
+        call_model(model, {"input_ids": ids})
+        responses = recorder.take(3)
+    for hook in hooks:
+        hook.remove()
+    assert len(heads) == 2
+    for layer in heads:
+        projection = model.get_submodule(layer.modules[0])
+        summed = responses[layer.name].sum(1).reshape(outputs[layer.name].shape)
+        if projection.bias is not None:
+            summed = summed + projection.bias
+        torch.testing.assert_close(summed, outputs[layer.name], atol=1e-5, rtol=1e-5)
+        assert responses[layer.name].shape[1] == model.config.num_attention_heads
+
+
+def test_grouped_query_attention_still_has_one_branch_per_query_head(folders):
+    model = load_hf(str(folders["llama"])).module
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    branchset = discover(model, DiscoveryConfig())
+    assert [len(layer.branches) for layer in branchset.layers] == [4, 4]
+
+
+@pytest.mark.parametrize("kind", ("gpt2", "bert"))
+def test_the_language_model_loss_is_the_libraries_own(folders, kind):
+    model = load_hf(str(folders[kind])).module
+    ids = torch.randint(5, 90, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    logits = call_model(model, {"input_ids": ids, "attention_mask": mask})
+    ours = token_loss(logits, {"input_ids": ids, "attention_mask": mask}, kind == "gpt2", "test")
+    labels = ids.masked_fill(mask == 0, -100)
+    if kind == "gpt2":  # transformers shifts the labels itself; its loss is the mean over the predicted tokens
+        theirs = model(input_ids=ids, attention_mask=mask, labels=labels).loss * (labels[:, 1:] != -100).sum()
+    else:
+        theirs = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                   ignore_index=-100, reduction="sum")
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_probe_takes_the_folder_and_dict_batches(folders):
+    tree = probekit.probe(f"hf:{folders['gpt2']}", f"text:{folders['text']}:16", ["covariance"], progress=False)
+    assert tree["covariance"]["cov"].shape == (8, 8)
+    model = load_hf(str(folders["gpt2"])).module
+    tokenizer = model.probekit_tokenizer
+    batch = tokenizer(["the cat sat on the mat", "a bird sang in the tree"], padding=True, return_tensors="pt")
+    tree = probekit.probe(model, [dict(batch)], ["activity"], progress=False)
+    assert tree.attrs["n_samples"] == 2 and tree["activity"]["norm"].shape == (8,)
+
+
+def test_jsonl_labels_give_classes(cli, folders, tmp_path):
+    lines = [{"text": t, "label": label} for t, label in
+             [("the cat sat on the mat", "animal"), ("a bird sang in the tree", "animal"),
+              ("experts in a mixture are chosen by a router", "model"), ("branches of a network", "model")] * 4]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
+    code, _, err = cli("run", "--model", f"hf:{folders['llama']}", "--data", f"jsonl:{path}", "--plugins",
+                       "activity,specialization", "--out", tmp_path / "j.zarr", "--quiet")
+    assert code == 0, err
+    tree = probekit.open_results(tmp_path / "j.zarr")
+    assert list(tree["activity"]["class_name"].values) == ["animal", "model"]
+    assert tree.attrs["targets"] == "data labels"
+
+
+def test_refusals_are_one_line(cli, folders, tmp_path):
+    code, _, err = cli("run", "--model", "hf:gpt2", "--data", "random:3", "--plugins", "activity")
+    assert code == 2 and "nothing is downloaded: pass a local folder" in err and err.count("\n") == 1
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "config.json").write_text(json.dumps({"model_type": "x", "auto_map": {"AutoModel": "m.M"}}))
+    code, _, err = cli("run", "--model", f"hf:{remote}", "--data", "random:3", "--plugins", "activity")
+    assert code == 2 and "never runs a model folder's code" in err
+    code, _, err = cli("run", "--model", f"hf:{folders['gpt2']}", "--plugins", "activity", "--out", tmp_path / "n")
+    assert code == 2 and "pass --data text:FILE" in err
+    code, _, err = cli("run", "--model", f"hf:{folders['gpt2']}", "--data", f"text:{folders['text']}:16",
+                       "--plugins", "hessian", "--out", tmp_path / "h.zarr", "--quiet")
+    assert code == 2 and "attention heads share their layer's projections" in err
+
+
+def test_a_save_pretrained_folder_works_without_the_scheme(cli, folders, tmp_path):
+    code, _, err = cli("run", "--model", folders["bert"], "--data", f"text:{folders['text']}:16",
+                       "--plugins", "activity", "--out", tmp_path / "b.zarr", "--quiet")
+    assert code == 0, err
