@@ -12,7 +12,6 @@ import torch
 pytest.importorskip("transformers", reason="transformers is the optional extra probekit[hf]")
 
 import probekit  # noqa: E402
-from probekit.errors import ProbekitError  # noqa: E402
 from probekit.models.branches import DiscoveryConfig, discover  # noqa: E402
 from probekit.models.hf import load_hf  # noqa: E402
 from probekit.models.losses import token_loss  # noqa: E402
