@@ -33,4 +33,23 @@ def plot(results, name: str | None = None) -> list:
     if not name:
         raise ProbekitError("plot() cannot tell which analysis this is: pass name=")
     figures = manager().hook.probekit_plot(name=name, node=ds) or []
+    _render_inline()
     return [*figures, *plot_evidence(ds, name, None)]
+
+
+def _render_inline() -> None:
+    """In IPython (a notebook), show a returned figure as a PNG: the figures are pyplot-free ``Figure`` objects,
+    which IPython shows as text until a PNG formatter is registered for them."""
+    import sys
+
+    if "IPython" not in sys.modules:
+        return
+    from IPython import get_ipython
+    from matplotlib.figure import Figure
+
+    shell = get_ipython()
+    if shell is None:
+        return
+    from IPython.core.pylabtools import print_figure
+
+    shell.display_formatter.formatters["image/png"].for_type(Figure, lambda fig: print_figure(fig, "png"))
