@@ -349,6 +349,19 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"probekit: warning: {escape(message)}\n"
 
 
+def _resume_hint(args) -> str:
+    """After an interrupted ``run`` that left a checkpoint: how to continue it."""
+    if getattr(args, "command", None) != "run" or not getattr(args, "out", None):
+        return ""
+    from probekit.store.results import store_status
+
+    try:
+        interrupted = store_status(args.out) == "incomplete"
+    except Exception:  # no store, or one that cannot be read: no hint
+        return ""
+    return "; run the same command with --resume to continue from the last checkpoint" if interrupted else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
 
@@ -373,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         print("probekit: terminated", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("probekit: interrupted", file=sys.stderr)
+        print(f"probekit: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush quiet

@@ -148,3 +148,30 @@ def test_the_bundled_sample_means_the_same_named_or_chosen(cli, tmp_path):
                            "--branches", "layer1.*", "--out", tmp_path / f"{name}.zarr", "--quiet")
         assert code == 0, err
         assert open_results(tmp_path / f"{name}.zarr").attrs["targets"] == "model predictions (argmax of the output)"
+
+
+def test_an_imagenet_head_is_probed_at_224_and_unseen_classes_are_unknown(cli, tmp_path):
+    code, out, err = cli("run", "--model", "torchvision:resnet18", "--limit", "4", "--plugins", "activity",
+                         "--branches", "layer1.*", "--out", tmp_path / "i.zarr", "--quiet")
+    assert code == 0, err
+    tree = open_results(tmp_path / "i.zarr")
+    assert "cifar10-sample:224" in tree.attrs["note"] and "1,000-class head" in tree.attrs["note"]
+    activity = tree["activity"]
+    count = activity["class_count"].values
+    assert count.sum() == 4 and (count > 0).sum() <= 4
+    unseen = count == 0
+    assert np.isnan(activity["class_active"].values[unseen]).all()  # no sample: unknown, not silent
+    assert np.isfinite(activity["class_active"].values[~unseen]).all()
+
+
+def test_the_class_figure_draws_only_the_classes_probed(cli, tmp_path):
+    from probekit_plugins.activity.plot import MAX_CLASS_ROWS, class_heatmaps
+
+    code, _, err = cli("run", "--model", "torchvision:resnet18", "--data", "cifar10-sample:32", "--limit", "40",
+                       "--plugins", "activity", "--branches", "layer1.*", "--out", tmp_path / "c.zarr", "--quiet")
+    assert code == 0, err
+    ds = open_results(tmp_path / "c.zarr")["activity"].to_dataset()
+    figure = class_heatmaps(ds)
+    rows = len(figure.axes[0].get_yticks())
+    assert rows == min(MAX_CLASS_ROWS, int((ds["class_count"].values > 0).sum())) < 1000
+    assert "classes" in figure.get_suptitle()

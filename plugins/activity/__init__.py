@@ -159,13 +159,18 @@ class Activity(Analysis):
             ds[self.sample_norm.name] = (self.sample_norm.dims, self.sample_norm.values(), self.sample_norm.attrs)
         ds = self._with_evidence(ds)
         if len(self.class_sq):
-            class_sq = self.class_sq.cpu().numpy()
+            count = self.class_count.cpu().numpy()
+            class_sq = np.where(count[:, None] > 0, self.class_sq.cpu().numpy(), np.nan)  # unseen: unknown
             ds = ds.assign_coords(class_coords(ctx)).assign(
                 class_norm=(("cls", "branch"), np.sqrt(class_sq), {
-                    "long_name": "branch response norm per class", "units": "output units"}),
+                    "long_name": "branch response norm per class", "units": "output units",
+                    "description": "NaN for a class without probed samples"}),
                 class_active=(("cls", "branch"), active_flags(self._relative(class_sq), self.options.threshold), {
                     "long_name": "active branch per class",
-                    "description": "1/0/NaN: active, silent or unknown within the class by the same rule"}),
+                    "description": "1/0/NaN: active, silent or unknown within the class by the same rule (NaN "
+                                   "for a class without probed samples)"}),
+                class_count=("cls", count.astype(np.int64), {"long_name": "probed samples per class",
+                                                             "units": "samples"}),
             )
         return self._with_routing(ds) if self.gated else ds
 

@@ -39,15 +39,30 @@ def norm_bars(ds: xr.Dataset):
     return fig
 
 
+MAX_CLASS_ROWS = 30  # classes drawn per panel: more are unreadable (and slow to draw)
+
+
+def shown_classes(ds: xr.Dataset) -> tuple[np.ndarray, str]:
+    """The rows of the classes to draw, those with probed samples (the :data:`MAX_CLASS_ROWS` with the most when
+    more), and a caption clause saying which."""
+    count = ds.class_count.values if "class_count" in ds else np.isfinite(ds.class_norm.values).all(1).astype(int)
+    seen = np.flatnonzero(count > 0)
+    if len(seen) <= MAX_CLASS_ROWS:
+        return seen, "" if len(seen) == len(count) else f"; the {len(seen)} of {len(count)} classes probed"
+    top = np.sort(seen[np.argsort(-count[seen], kind="stable")[:MAX_CLASS_ROWS]])
+    return top, f"; the {MAX_CLASS_ROWS} of {len(count)} classes with the most probed samples"
+
+
 def class_heatmaps(ds: xr.Dataset):
     """One panel per layer: per class (rows), each branch's norm relative to the class's largest
     branch in that layer (columns sorted by overall norm); a dot marks branches silent for the class."""
     layers = layers_of(ds)
-    title = "Branch response norm per class, relative to the class's largest branch (dot: silent)"
+    rows, shown = shown_classes(ds)
+    title = f"Branch response norm per class, relative to the class's largest branch (dot: silent){shown}"
     fig, axes = new_figure("classes", panel_caption(title, len(layers)), min(len(layers), MAX_PANELS),
                            panel_size=(4.8, 3.6))
-    class_norm, class_active = ds.class_norm.values, ds.class_active.values  # [cls, branch], small
-    class_names = [str(c) for c in ds.class_name.values]
+    class_norm, class_active = ds.class_norm.values[rows], ds.class_active.values[rows]  # [cls, branch], small
+    class_names = [str(c) for c in ds.class_name.values[rows]]
     for ax, layer in zip(axes, layers[:MAX_PANELS], strict=True):
         order, names = _layer_order(ds, layer)
         block = class_norm[:, order]
@@ -86,9 +101,10 @@ def routing_bars(ds: xr.Dataset):
         ax.legend(fontsize=7, loc="upper right")
     for ax, layer in zip(axes[len(gated):], gated, strict=False):
         index = np.flatnonzero(ds.branch_layer.values == layer)
-        image = ax.imshow(ds.class_routing_share.values[:, index], aspect="auto", cmap="viridis",
+        rows, _ = shown_classes(ds)
+        image = ax.imshow(ds.class_routing_share.values[rows][:, index], aspect="auto", cmap="viridis",
                           interpolation="nearest", vmin=0)
-        ax.set_yticks(np.arange(len(ds.cls)), [str(c) for c in ds.class_name.values], fontsize=7)
+        ax.set_yticks(np.arange(len(rows)), [str(c) for c in ds.class_name.values[rows]], fontsize=7)
         ax.set_ylabel("class", fontsize=8)
         branch_ticks(ax, "x", short_names(ds.branch.values[index], layer))
         fig.colorbar(image, ax=ax, label="mean gate value [1]")

@@ -10,6 +10,7 @@ in eval mode, so BatchNorm uses its running statistics.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -186,6 +187,7 @@ class Hessian(Analysis):
                 if self.mode == "exact" or self.batches or not _switchable(exc):
                     raise self._too_large(exc) from None
                 self.mode, self.switch_reason = "estimate", str(exc)
+                print(f"probekit: hessian: switching to the matrix-free estimate: {exc}", file=sys.stderr)
                 self.sums = {s: {} for s in self.models}
                 self._estimate(state, model, batch)
                 continue
@@ -319,7 +321,11 @@ class Hessian(Analysis):
 
     def summary(self, ds: xr.Dataset) -> dict:
         size = ds.sizes["param"] if "param" in ds.sizes else self._size()
-        out = {"parameters": size, "branches": ds.sizes["branch"], "method": ds.attrs["method"]}
+        k = ds.sizes["branch"]
+        out = {"parameters": size, "branches": k, "method": ds.attrs["method"]}
+        if "probes" in ds.attrs:
+            out["probe rounds"] = int(ds.attrs["probes"])
+        out["off-block share if spread evenly, (K-1)/K"] = round((k - 1) / k, 4)
         for state in ds.state.values:
             share = float(ds.off_block_share.sel(state=state))
             if "off_block_share_se" in ds:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .exact import flat_selected, grad_only_for
+from .exact import NO_ETA, flat_selected, grad_only_for
 from .params import ParamBlock, block_slices
 
 CHUNK = 16  # directions per call: the progress bar and the time plan move in these steps
@@ -84,7 +84,9 @@ def estimate(loss_of, model: nn.Module, blocks: tuple[ParamBlock, ...], samples:
         products = HessianProducts(loss_of, model, blocks, samples)
         energies = np.zeros((probes, b, b))
         rounds, began = probes, time.perf_counter()
-        steps = tqdm(total=b * rounds, desc="hessian probes", unit="hvp", disable=not progress or None, leave=False)
+        budget = f" (at most {max_time:.0f} s)" if math.isfinite(max_time) else ""
+        steps = tqdm(total=b * rounds, desc=f"hessian probes{budget}", unit="hvp", disable=not progress or None,
+                     leave=False, bar_format=NO_ETA)  # a first ETA, warm-up included, overstates the run
         for s in range(probes):
             for j0 in range(0, b, CHUNK):
                 cols = slices[j0:j0 + CHUNK]

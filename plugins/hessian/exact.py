@@ -35,6 +35,10 @@ from probekit.api import BranchLayer, call_model, forward_hooks, ProbekitError
 from .params import ParamBlock, block_slices
 from .structure import linear_layer_jacobian, proves_within_zero, single_linear_layer
 
+# progress without a remaining-time estimate: the first chunk (graph building, allocation) is the slowest, so an
+# early ETA overstates the run several fold; the budget (hessian.max_time) bounds it instead
+NO_ETA = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}]"
+
 MAX_HEAD_OUTPUTS = 1024  # the summed method takes dim(s) backward passes through the head; beyond this, generic
 ZERO_PROBES = 2  # random HVPs that must all be exactly zero before R_k is taken as identically zero
 WITHIN = ("auto", "full")
@@ -165,7 +169,8 @@ def generic_hessian(loss_of: Callable[[nn.Module], torch.Tensor], model: nn.Modu
         rows = []
         starts = range(0, total, chunk)
         began = time.perf_counter()
-        for start in tqdm(starts, desc="hessian rows", unit="chunk", disable=not progress or None, leave=False):
+        for start in tqdm(starts, desc="hessian rows", unit="chunk", disable=not progress or None, leave=False,
+                          bar_format=NO_ETA):
             if len(rows) == 1 and after_first_chunk is not None:
                 after_first_chunk(time.perf_counter() - began, len(starts))
             stop = min(start + chunk, total)

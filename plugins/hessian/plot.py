@@ -32,11 +32,18 @@ def magnitude(ds: xr.Dataset):
         for edge in edges:
             ax.axhline(edge, color="cyan", linewidth=0.3)
             ax.axvline(edge, color="cyan", linewidth=0.3)
-        share = float(ds.off_block_share.sel(state=state))
-        ax.set_title(f"{state}: off-block energy share {share:.4f}", fontsize=9)
+        ax.set_title(f"{state}: off-block energy share {_share_text(ds, state)}", fontsize=9)
         ax.set_xlabel("param_other")
         ax.set_ylabel("param")
     return fig
+
+
+def _share_text(ds: xr.Dataset, state: str) -> str:
+    """The state's off-block share (with its standard error when estimated) and the even-spread reference."""
+    share = float(ds.off_block_share.sel(state=state))
+    k = ds.sizes["branch"]
+    se = f" +- {float(ds.off_block_share_se.sel(state=state)):.1g}" if "off_block_share_se" in ds else ""
+    return f"{share:.4f}{se} (even spread: {(k - 1) / k:.2f})"
 
 
 def block_energy(ds: xr.Dataset):
@@ -49,7 +56,7 @@ def block_energy(ds: xr.Dataset):
         positive = norms[norms > 0]
         norm = LogNorm(vmin=float(positive.min()), vmax=float(positive.max())) if positive.size else None
         image = ax.imshow(np.where(norms > 0, norms, np.nan), cmap="viridis", interpolation="nearest", norm=norm)
-        ax.set_title(state, fontsize=9)
+        ax.set_title(f"{state}: off-block energy share {_share_text(ds, state)}", fontsize=9)
         ax.set_xlabel("branch_other index")
         ax.set_ylabel("branch index")
         fig.colorbar(image, ax=ax, label="|H_kl|_F")

@@ -96,6 +96,7 @@ class BranchSet:
 
     layers: tuple[BranchLayer, ...]
     strategy: str
+    note: str = ""  # what discovery left out for the user (depthwise convs), for the run's note
 
     def __post_init__(self):
         names = [b for layer in self.layers for b in layer.branches]
@@ -134,6 +135,20 @@ class DiscoveryConfig:
     """What the user asked of discovery: ``pattern`` is ``--branches GLOB``."""
 
     pattern: str | None = None
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A depthwise conv (one group per input channel, as in MobileNet and ConvNeXt): not branches by default."""
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and module.groups == module.in_channels
+
+
+def depthwise_note(model: nn.Module) -> str:
+    """The note on the depthwise convs discovery leaves out (empty when there are none)."""
+    count = sum(is_depthwise(m) for m in model.modules())
+    if not count:
+        return ""
+    return (f"{count} depthwise conv{'s' if count > 1 else ''} (one group per channel) left out as branches; name "
+            "them with --branches GLOB to probe them")
 
 
 def layer_name(path: str) -> str:
@@ -193,6 +208,8 @@ def discover(model: nn.Module, config: DiscoveryConfig) -> BranchSet:
         " (graph-captured models lose the probekit_branches marker)"
         if type(model).__name__ in ("UnflattenedModule", "GraphModule") else ""
     )
+    if depthwise_note(model):
+        graph_note += f"; {depthwise_note(model)}"
     raise ProbekitError(
         f"no branches found in {type(model).__name__}: tried {'; '.join(tried)}. "
         f"Name them with --branches GLOB, e.g. --branches 'branches.*'{graph_note}"

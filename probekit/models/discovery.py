@@ -8,7 +8,8 @@ Tried in order, first non-empty result wins:
 2. token-routed experts of transformers' MoE blocks (:mod:`probekit.models.routed`),
    one branch per expert, named ``<experts path>[e=<expert>]``;
 3. grouped convolutions: every conv with ``groups > 1`` is one layer with one
-   branch per group, named ``<conv path>[g=<group>]``;
+   branch per group, named ``<conv path>[g=<group>]``; depthwise convs (one group
+   per input channel) are left out, with a note (``--branches`` names them);
 4. concatenated towers (Inception blocks, :mod:`probekit.models.towers`);
 5. attention heads: of a transformers model, read at each attention block's output
    projection without swapping modules (:mod:`probekit.models.projected_heads`,
@@ -27,7 +28,7 @@ from __future__ import annotations
 from torch import nn
 
 from probekit.models.branched import BRANCHES_ATTR
-from probekit.models.branches import BranchLayer, BranchSet, layer_name
+from probekit.models.branches import BranchLayer, BranchSet, depthwise_note, is_depthwise, layer_name
 from probekit.models.experts import EXPERTS_ATTR
 from probekit.models.heads import attention_head_layers
 from probekit.models.projected_heads import hf_head_layers
@@ -118,7 +119,8 @@ def grouped_conv_layers(model: nn.Module) -> list[BranchLayer]:
     """
     layers = []
     tapped = getattr(model, "probekit_taps", {})
-    grouped = [(path, conv_groups(module)) for path, module in model.named_modules()] + list(tapped.items())
+    grouped = [(path, conv_groups(module)) for path, module in model.named_modules() if not is_depthwise(module)]
+    grouped += list(tapped.items())
     for path, groups in grouped:
         if groups > 1:
             names = tuple(f"{path}[g={g}]" for g in range(groups))
@@ -144,5 +146,5 @@ def probekit_discover_branches(model, config):
             if strategy == "marked":  # named by what was marked: summed, gated-experts, or both
                 strategy = "+".join(sorted({"summed" if layer.kind == "sum" else "gated-experts" for layer in layers},
                                            reverse=True))
-            return BranchSet(tuple(layers), strategy)
+            return BranchSet(tuple(layers), strategy, depthwise_note(model))
     return None

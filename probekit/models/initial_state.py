@@ -24,6 +24,16 @@ def initialised_copy(model: nn.Module, seed: int) -> nn.Module:
     return fresh.eval()
 
 
+def never_trained(model: nn.Module) -> bool:
+    """Whether the model's BatchNorm layers all still hold their initial statistics (no batch ever tracked, mean
+    0, variance 1): a freshly built architecture saved without training. ``False`` without BatchNorm (unknown)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+             and m.running_mean is not None]
+    return bool(norms) and all(
+        int(m.num_batches_tracked) == 0 and not m.running_mean.any() and bool((m.running_var == 1).all())
+        for m in norms)
+
+
 def model_states(model: nn.Module | None, analysis: str, compare_init: bool, seed: int,
                  random_init: bool = False, init_seeds: list[int] | tuple[int, ...] = ()) -> dict[str, nn.Module]:
     """``{"trained": model}`` (``"random-init"`` for a model loaded without weights), plus ``"init"``

@@ -54,6 +54,15 @@ def _check_file(path: str) -> None:
         raise ProbekitError(f"model file not found: {path}")
 
 
+def _local_module_hint(module_name: str, exc: BaseException) -> str:
+    """Why a module file in the working folder is not found, and how to make it importable."""
+    top = module_name.split(".")[0]
+    if not isinstance(exc, ModuleNotFoundError) or not (Path(f"{top}.py").is_file() or Path(top).is_dir()):
+        return ""
+    return (f" ({top} is in the working folder, which is not on the probekit command's import path, so that a "
+            f"file there cannot run by accident; to import it: PYTHONPATH=. probekit ...)")
+
+
 def build_arch(arch: str) -> nn.Module:
     """Call ``module:callable`` to build an (untrained) architecture.
 
@@ -68,7 +77,7 @@ def build_arch(arch: str) -> nn.Module:
     try:
         builder = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ProbekitError(f"--arch {arch}: {_first_line(exc)}") from exc
+        raise ProbekitError(f"--arch {arch}: {_first_line(exc)}{_local_module_hint(module_name, exc)}") from exc
     if not callable(builder):
         raise ProbekitError(f"--arch {arch} is a {type(builder).__name__}, not a callable")
     try:

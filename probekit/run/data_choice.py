@@ -19,6 +19,7 @@ DATA_ATTR = "probekit_data"  # a model's own metadata: the data spec it is meant
 COMMON_SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 299, 384)
 DEFAULT_SAMPLE = "cifar10-sample"  # the bundled natural images (1,000 CIFAR-10 test images, class-interleaved)
 HUGE = 10_000  # implicit sample counts above this get a warning
+IMAGENET_CLASSES, IMAGENET_SIZE = 1000, 224  # a model with such a head and no size metadata is probed at this size
 DEFAULT_LIMIT = 64  # samples of the implicit natural-image sample probed when neither --data nor --limit is given
 
 
@@ -31,15 +32,28 @@ def _runs(model: nn.Module, x: torch.Tensor) -> bool:
     return True
 
 
+def _imagenet_head(model: nn.Module) -> bool:
+    """Whether the model's last linear layer has ImageNet's 1,000 outputs."""
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    return last is not None and last.out_features == IMAGENET_CLASSES
+
+
 def accepted_image_size(model: nn.Module) -> tuple[int, str]:
     """``(size, how)``: the square RGB size the model takes, from its metadata (``probekit_input_shape`` or
-    torchvision's ``image_size``) or the first of :data:`COMMON_SIZES` a forward pass of one image accepts."""
+    torchvision's ``image_size``), ImageNet's 224 for a model with a 1,000-class head, or the first of
+    :data:`COMMON_SIZES` a forward pass of one image accepts."""
     shape = getattr(model, INPUT_SHAPE_ATTR, None)
     if shape is not None and len(shape) == 3:
         return int(shape[-1]), "from the model's metadata"
     size = getattr(model, "image_size", None)
     if isinstance(size, int):
         return size, "from the model's image_size"
+    if _imagenet_head(model) and _runs(model, torch.zeros(1, 3, IMAGENET_SIZE, IMAGENET_SIZE)):
+        return IMAGENET_SIZE, ("ImageNet's size: the model has a 1,000-class head and no size metadata, and at the "
+                               "smallest size its forward accepts its last feature maps would be about 1x1")
     for size in COMMON_SIZES:
         if _runs(model, torch.zeros(1, 3, size, size)):
             return size, ("the sample's own size, which the model accepts" if size == 32 else

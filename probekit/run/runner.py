@@ -16,6 +16,7 @@ from probekit.run import checkpoint as run_checkpoint
 from probekit.run import distributed
 from probekit.run.analysis import Batch, RunContext
 from probekit.run.coords import sample_coords
+from probekit.run.memory_fit import fitted_batch_size
 from probekit.run.merging import merge_value
 from probekit.run import inputs
 from probekit.run.inputs import Inputs
@@ -29,7 +30,7 @@ from probekit.run.data_choice import (DEFAULT_LIMIT, DEFAULT_SAMPLE, HUGE, check
                                       default_data_spec, fitted_image_folder, with_predicted_classes)
 from probekit.errors import ProbekitError
 from probekit.models.graph_models import FIXED_BATCH_ATTR, is_torchscript, torchscript_to_tapped
-from probekit.models.initial_state import initialised_copy
+from probekit.models.initial_state import initialised_copy, never_trained
 from probekit.models.loading import LoadedModel, LoadOptions, load_model
 from probekit.models.losses import LOSS_ATTR
 from probekit.plugins import manager, plugin_version
@@ -320,9 +321,16 @@ def _execute(spec: RunSpec, ranks: distributed.Ranks | None, given_model: Loaded
     if is_torchscript(module):
         module = torchscript_to_tapped(module, first_inputs)
     branchset = discover(module, DiscoveryConfig(spec.branches))
+    notes += [branchset.note] if branchset.note else []
+    sizes = response_sizes(module, branchset, inputs.take_inputs(first_inputs, slice(0, 1)))
+    batch_size, fitted = fitted_batch_size(spec.batch_size, sum(
+        len(layer.branches) * sizes[layer.name] for layer in branchset.layers))
+    if fitted:
+        spec = replace(spec, batch_size=batch_size)
+        notes.append(fitted)
+        warnings.warn(fitted, stacklevel=2)
     run = Run(spec, loaded, data, branchset, n_samples, module=module, device=device, notes=notes,
-              predicted_targets=targets.source == "predictions",
-              response_sizes=response_sizes(module, branchset, inputs.take_inputs(first_inputs, slice(0, 1))))
+              predicted_targets=targets.source == "predictions", response_sizes=sizes)
     attrs = provenance(run, spec)
     settings = run_checkpoint.fingerprint({**asdict(replace(spec, overwrite=False, progress=True, resume=False,
                                                             checkpoint_every=0)),
@@ -361,6 +369,10 @@ def _probe_and_write(run: Run, writer: StoreWriter | None, ranks: distributed.Ra
     writing the nodes (a full disk) frees this run's staging and keeps what sits at the store's path."""
     spec, main = run.spec, ranks is None or ranks.is_main
     saved = None
+    untrained = never_trained(run.module)
+    if untrained and not run.model.sha256.startswith("none"):
+        run.notes.append("the model looks untrained (every BatchNorm holds its initial statistics): its results are "
+                         "labelled random-init")
     try:  # from the store's creation on, so a SIGTERM at any point leaves no half-made store behind
         if spec.resume:
             writer.reopen()
@@ -373,7 +385,7 @@ def _probe_and_write(run: Run, writer: StoreWriter | None, ranks: distributed.Ra
                              model=run.module, shard=shard,
                              align=distributed.SHARD_ALIGN if ranks is not None else None, resume_from=start,
                              batch_size=spec.batch_size, response_sizes=run.response_sizes,
-                             random_init=run.model.sha256.startswith("none"))
+                             random_init=run.model.sha256.startswith("none") or untrained)
         run.context = context
         run.analyses = _create_analyses(classes, context, options, ranks)  # what the model lacks, first
         _check_needs(classes, run)  # then what the data lacks, before any costly work (memory, time)

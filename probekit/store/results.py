@@ -97,13 +97,25 @@ def _plain_strings(ds: xr.Dataset) -> xr.Dataset:
     )
 
 
+def already_exists(path: Path) -> str:
+    """The error for a store that is in the way: an interrupted run's points at ``--resume``."""
+    try:
+        interrupted = store_status(path) == "incomplete"
+    except ProbekitError:  # not a store: nothing to resume
+        interrupted = False
+    if interrupted:
+        return (f"output store {path} holds an interrupted run: add --resume to continue it from its last "
+                "checkpoint, or --overwrite to start again")
+    return f"output store {path} already exists; pass --overwrite to replace it"
+
+
 class StoreWriter:
     """Writes one run's store following the protocol in the module docstring."""
 
     def __init__(self, path: str | Path, overwrite: bool = False, resume: bool = False):
         self.path = real_store_path(local_path(path))
         if self.path.exists() and not (overwrite or resume):
-            raise ProbekitError(f"output store {self.path} already exists; pass --overwrite to replace it")
+            raise ProbekitError(already_exists(self.path))
         self.replacing = self.path.exists() and not resume
         if self.replacing:
             check_replaceable(self.path)
@@ -131,7 +143,7 @@ class StoreWriter:
             check_replaceable(self.path)  # again, now that no other run can change it
         elif self.path.exists():
             self.release()
-            raise ProbekitError(f"output store {self.path} already exists; pass --overwrite to replace it")
+            raise ProbekitError(already_exists(self.path))
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.created = True  # under the lock, nothing is at the target: what appears there from now on is ours
         try:
