@@ -79,13 +79,10 @@ def chan_vese_candidates(model: str, folder: Path, store: Path, prior: bool, res
                          state: str = "trained") -> tuple[np.ndarray, str]:
     """``[N, 2, (x, y)]`` eye candidates (fractions) of ``chan-vese`` on every view, in the views' order, and the
     node's ``prior`` attr; ``state`` as ``probekit run --state``."""
-    from probekit import open_results
-    from probekit.run.runner import RunSpec, execute
+    import probekit
 
-    execute(RunSpec(model=model, data=f"imagefolder:{folder}", plugins=["chan-vese"], out=str(store),
-                    overwrite=True, progress=False, options={"chan-vese": {"prior": str(prior).lower()}},
-                    state=state))
-    node = open_results(store)["chan-vese"]
+    node = probekit.probe(model, f"imagefolder:{folder}", ["chan-vese"], out=store, overwrite=True, progress=False,
+                          options={"chan-vese": {"prior": prior}}, state=state)["chan-vese"]
     ids = [str(i) for i in node.sample_id.values]
     centroids = (node.eye_centroid.values[:, :, ::-1] + 0.5) / resolution  # (y, x) pixel indices -> (x, y) fractions
     order = np.argsort(ids, kind="stable")
@@ -120,8 +117,7 @@ def eye_concentration(model: str, cats: list[Path], labels: dict, out: Path, rad
     """``[cats, K + 1]``: each component's energy share inside the two eye discs over the discs' area share, on
     the aligned held-out cats; the last column is the baseline, the input's own contrast energy (its squared
     difference from its mean colour)."""
-    from probekit import open_results
-    from probekit.run.runner import RunSpec, execute
+    import probekit
 
     folder = out / "aligned" / "cat"
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,9 +125,8 @@ def eye_concentration(model: str, cats: list[Path], labels: dict, out: Path, rad
         if not (folder / path.name).exists():
             (folder / path.name).symlink_to(path.resolve())
     store = out / f"aligned-{Path(model).stem}-{state}.zarr"
-    execute(RunSpec(model=model, data=f"imagefolder:{folder.parent}", plugins=["decomposition"],
-                    out=str(store), overwrite=True, progress=False, state=state))
-    node = open_results(store)["decomposition"]
+    node = probekit.probe(model, f"imagefolder:{folder.parent}", ["decomposition"], out=store, overwrite=True,
+                          progress=False, state=state)["decomposition"]
     image = node.input.values.astype(np.float64)
     contrast = ((image - image.mean(axis=(2, 3), keepdims=True)) ** 2).sum(1, keepdims=True)  # [cats, 1, H, W]
     energy = np.concatenate([(node.component.values.astype(np.float64) ** 2).sum(2), contrast], 1)

@@ -22,13 +22,14 @@ from probekit.api import (Analysis, analysis_hooks, Batch, init_note, init_state
                           ProbekitError, resolve_loss, summed_loss, call_model, count_inputs, take_inputs)
 from .exact import (MAX_HEAD_OUTPUTS, WITHIN, ZERO_PROBES, MemoryPlan, generic_hessian, is_plain_sum, parse_bytes,
                     saved_bytes, summed_hessian, summed_layer_of)
-from .estimate import Estimates, estimate
+from .estimate import Estimates, affordable_samples, estimate
 from .params import block_slices, param_coords, select_params
 
 METHODS = ("auto", "summed", "generic")
 SUMMED = "summed: J^T H_s J + blockdiag(R_k), per-branch Jacobians and HVPs"
 GENERIC = "generic: batched double-backward rows through the whole model"
 ESTIMATE = "estimate: matrix-free Hutchinson block energies from Hessian-vector products"
+AUTO_SAMPLES = 16  # the most samples the estimate takes when it chooses their count
 
 
 @dataclass
@@ -43,8 +44,9 @@ class HessianOptions:
     (matrix-free block energies with standard errors and Lanczos eigenvalues, :mod:`.estimate`) or auto (exact,
     unless the first chunk of rows projects past ``max_time`` seconds or the matrix cannot fit ``max_memory``);
     ``probes``: most rounds of Rademacher probes, one per block per round (estimate; fewer when another round would
-    pass ``max_time``, never below 2); ``estimate_samples``: the estimate uses at most this many
-    samples of the first batch (each product runs the whole model on them); ``lanczos``: also estimate each
+    pass ``max_time``, never below 2); ``estimate_samples``: the estimate uses this many samples of the first batch
+    (each product runs the whole model on them; 0: as many, up to 16, as keep two probe rounds within
+    ``max_time``, timed on one sample, so large inputs get fewer); ``lanczos``: also estimate each
     diagonal block's top eigenvalues by Lanczos (about 50-100 products per block); ``lanczos_steps``: most Lanczos
     iterations per block."""
 
@@ -60,14 +62,14 @@ class HessianOptions:
     mode: Literal["auto", "exact", "estimate"] = "auto"
     max_time: float = 120.0
     probes: int = 8
-    estimate_samples: int = 16
+    estimate_samples: int = 0
     lanczos: bool = False
     lanczos_steps: int = 300
 
     def check(self):
-        if self.max_time <= 0 or self.probes < 2 or self.lanczos_steps < 1 or self.estimate_samples < 1:
-            raise ProbekitError("hessian.max_time must be > 0, hessian.probes at least 2, lanczos_steps and "
-                                "estimate_samples at least 1")
+        if self.max_time <= 0 or self.probes < 2 or self.lanczos_steps < 1 or self.estimate_samples < 0:
+            raise ProbekitError("hessian.max_time must be > 0, hessian.probes at least 2, lanczos_steps at least 1 "
+                                "and estimate_samples at least 0 (0: chosen to fit max_time)")
         if self.mode == "estimate" and self.batches != 1:
             raise ProbekitError("hessian.mode=estimate probes one batch: leave hessian.batches at 1")
         if self.batches < 1 or self.eigenvalues < 1:
@@ -157,18 +159,21 @@ class Hessian(Analysis):
         return sum(block.size for block in self.blocks)
 
     def _estimate(self, state: str, model, batch: Batch) -> None:
-        keep = self.options.estimate_samples
+        keep = self.options.estimate_samples or affordable_samples(
+            self._loss_of(batch, 1), model, self.blocks, AUTO_SAMPLES, self.options.max_time)
+        samples = min(keep, count_inputs(batch.inputs))
+        self.estimates[state] = asdict(estimate(self._loss_of(batch, samples), model, self.blocks, samples,
+                                                self.options.probes,
+                                                self.options.eigenvalues if self.options.lanczos else 0,
+                                                self.options.lanczos_steps, self.context.seed,
+                                                max_time=self.options.max_time, progress=True))
+        self.estimated_samples = samples
+
+    def _loss_of(self, batch: Batch, keep: int):
+        """The summed loss of the batch's first ``keep`` samples, as a function of the model."""
         inputs = take_inputs(batch.inputs, slice(0, keep))
         targets = None if batch.targets is None else batch.targets[:keep]
-
-        def loss_of(m):
-            return summed_loss(self.loss, call_model(m, inputs), targets, self.name, inputs)
-
-        self.estimates[state] = asdict(estimate(loss_of, model, self.blocks, count_inputs(inputs), self.options.probes,
-                                         self.options.eigenvalues if self.options.lanczos else 0,
-                                         self.options.lanczos_steps, self.context.seed,
-                                         max_time=self.options.max_time, progress=True))
-        self.estimated_samples = count_inputs(inputs)
+        return lambda m: summed_loss(self.loss, call_model(m, inputs), targets, self.name, inputs)
 
     def update(self, batch: Batch) -> None:
         wanted = 1 if self.mode == "estimate" else self.options.batches
@@ -187,7 +192,8 @@ class Hessian(Analysis):
                 if self.mode == "exact" or self.batches or not _switchable(exc):
                     raise self._too_large(exc) from None
                 self.mode, self.switch_reason = "estimate", str(exc)
-                print(f"probekit: hessian: switching to the matrix-free estimate: {exc}", file=sys.stderr)
+                print(f"probekit: hessian switches to the matrix-free estimate: {str(exc).removeprefix('hessian: ')}",
+                      file=sys.stderr)
                 self.sums = {s: {} for s in self.models}
                 self._estimate(state, model, batch)
                 continue
@@ -213,9 +219,10 @@ class Hessian(Analysis):
         fallback = " (the container is not a plain sum of its branches)" if self.not_plain else ""
         if self.mode == "estimate":
             fallback += f", matrix-free estimate ({self.switch_reason or 'asked for'})"
+        count = self.estimated_samples or self.samples
         return (f"hessian: {size:,} parameters ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) in "
                 f"{len(block_slices(self.blocks))} branch blocks ({chosen}), method {self.method}{fallback}, "
-                f"{self.estimated_samples or self.samples} samples")
+                f"{count} sample{'s' if count != 1 else ''}")
 
     def _finalize_estimate(self) -> xr.Dataset:
         """The matrix-free node: block energies and their standard errors, the off-block share with its standard

@@ -69,6 +69,23 @@ class HessianProducts:
         return torch.stack(rows).detach() / self.samples
 
 
+def affordable_samples(loss_of_first, model: nn.Module, blocks: tuple[ParamBlock, ...], most: int,
+                       max_time: float) -> int:
+    """How many samples (1 to ``most``) keep the estimate's two probe rounds within ``max_time``: one sample's
+    gradient graph and one product are timed (``loss_of_first(model)``: the loss of the first sample), and the cost
+    grows with the sample count. Larger inputs (224 px through a ResNeXt-50) get fewer samples."""
+    slices = list(block_slices(blocks).values())
+    total = sum(block.size for block in blocks)
+    with grad_only_for(model, {block.name for block in blocks}), torch.enable_grad():
+        began = time.perf_counter()
+        products = HessianProducts(loss_of_first, model, blocks, 1)
+        built = time.perf_counter()
+        products(torch.ones(1, total))
+        per_product = time.perf_counter() - built
+    per_sample = (built - began) + 2 * len(slices) * per_product  # graph + two rounds of one product per block
+    return int(min(most, max(1, 0.8 * max_time // per_sample)))
+
+
 def estimate(loss_of, model: nn.Module, blocks: tuple[ParamBlock, ...], samples: int, probes: int,
              eigenvalues: int, lanczos_steps: int, seed: int, max_time: float = math.inf,
              progress: bool = False) -> Estimates:
