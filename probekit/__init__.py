@@ -6,7 +6,7 @@ importing torch, xarray and zarr.
 
 from importlib import import_module
 
-__version__ = "1.2.0"
+__version__ = "1.3.0"
 
 _PUBLIC = {
     "probe": "probekit.run.probing",

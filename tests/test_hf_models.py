@@ -159,3 +159,26 @@ def test_a_save_pretrained_folder_works_without_the_scheme(cli, folders, tmp_pat
     code, _, err = cli("run", "--model", folders["bert"], "--data", f"text:{folders['text']}:16",
                        "--plugins", "activity", "--out", tmp_path / "b.zarr", "--quiet")
     assert code == 0, err
+
+
+ANALYSES = ("activity", "covariance", "specialization", "intra-class", "attribution", "hessian", "gradient-factors",
+            "kernels", "decomposition", "chan-vese", "class-filters")
+
+
+@pytest.mark.parametrize("analysis", ANALYSES)
+def test_every_analysis_on_a_token_model_gives_a_result_or_one_line(cli, folders, tmp_path, analysis):
+    """A sparse MoE language model (experts and heads) on labelled JSONL text: docs/branches.md's token rows."""
+    lines = [{"text": t, "label": label} for t, label in
+             [("the cat sat on the mat", "animal"), ("a bird sang in the tree", "animal"),
+              ("experts in a mixture are chosen by a router", "model"), ("branches of a network", "model")] * 3]
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
+    options = ["--option", "hessian.max_time=5"] if analysis == "hessian" else []
+    code, out, err = cli("run", "--model", f"hf:{folders['mixtral']}", "--data", f"jsonl:{data}", "--plugins",
+                         analysis, *options, "--out", tmp_path / "r.zarr", "--quiet")
+    errors = [line for line in err.splitlines() if line.startswith("probekit: error")]
+    if code == 0:
+        assert analysis in probekit.open_results(tmp_path / "r.zarr").children
+    else:
+        assert len(errors) == 1, err
+    print(f"{analysis}: {'result' if code == 0 else errors[0]}")

@@ -61,7 +61,7 @@ def test_demo_report_is_valid_html_and_every_image_is_a_png(cli, demo_store, tmp
             assert decoded.format == "PNG" and decoded.size == (int(img["width"]), int(img["height"]))
         assert img["alt"]
     for text in ("digits-branched8", "digits:test (360 samples)", "active/total in model", "threshold",
-                 "torch 2.", "mean |corr| off the diagonal"):
+                 "torch 2.", "mean |corr| off the diagonal", "targets: the data&#39;s labels"):  # the run's note
         assert text in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from the network
 

@@ -118,7 +118,10 @@ class IntraClass(Analysis):
         """
         shown = index[:, :, : min(self.options.thumbnails, index.shape[2])]
         positions = np.unique(shown[shown >= 0])
-        images = [torch.as_tensor(self.context.data.dataset[int(i)][0]).float() for i in positions]
+        samples = [self.context.data.dataset[int(i)][0] for i in positions]
+        if any(not isinstance(x, torch.Tensor) for x in samples):  # token sequences (dicts): no thumbnails
+            return positions[:0], np.zeros((0, 1, 1, 1), np.float32), np.full(shown.shape, -1)
+        images = [x.float() for x in samples]
         images = [_shrink(image) for image in images]
         rows = np.where(shown >= 0, np.searchsorted(positions, np.maximum(shown, 0)), -1)
         return positions, np.stack(images) if images else np.zeros((0, 1, 1, 1), np.float32), rows

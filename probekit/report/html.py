@@ -47,6 +47,7 @@ def _provenance(attrs: dict) -> dict[str, str]:
         "created": str(attrs.get("created_at", "?")),
         "versions": f"probekit {attrs.get('probekit_version', '?')}, torch {attrs.get('torch_version', '?')}",
         "command": str(attrs.get("command", "")),
+        "note": str(attrs.get("note", "")),  # what the run chose for the user (data, size, targets, methods)
     }
 
 
