@@ -157,7 +157,8 @@ class Crash(Analysis):
 
     def update(self, batch):
         if os.environ.get("CRASH_AT") and int(batch.index[0]) >= int(os.environ["CRASH_AT"]):
-            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: like a power cut
+            # SIGKILL: no cleanup, no flush, like a power cut; SIGINT: Ctrl-C
+            os.kill(os.getpid(), getattr(signal, os.environ.get("CRASH_SIGNAL", "SIGKILL")))
 
     def finalize(self):
         return xr.Dataset()
@@ -165,12 +166,12 @@ class Crash(Analysis):
 RESUMABLE = ["activity", "covariance", "specialization", "intra-class", "class-filters"]
 
 
-def crashing_run(out, *extra, crash_at=None):
+def crashing_run(out, *extra, crash_at=None, crash_signal="SIGKILL"):
     args = ["run", "--model", "digits-branched8", "--data", "digits:test", "--batch-size", "8",
             "--checkpoint-every", "5", "--plugins", ",".join(["crash", *RESUMABLE]), "--out", str(out), "--quiet",
             *extra]
-    env = {**os.environ, "CRASH_AT": str(crash_at)} if crash_at else {k: v for k, v in os.environ.items()
-                                                                    if k != "CRASH_AT"}
+    env = {**os.environ, "CRASH_AT": str(crash_at), "CRASH_SIGNAL": crash_signal} if crash_at else \
+        {k: v for k, v in os.environ.items() if k != "CRASH_AT"}
     return subprocess.run([sys.executable, "-c", CRASHING_RUN, *args], capture_output=True, text=True, env=env,
                           timeout=300)
 
@@ -183,7 +184,7 @@ def test_a_killed_run_resumes_without_counting_any_sample_twice(tmp_path):
     with pytest.warns(UserWarning, match="incomplete"):
         assert open_results(tmp_path / "r.zarr").attrs["probekit_status"] == "incomplete"
     again = crashing_run(tmp_path / "r.zarr")
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert again.returncode == 2 and "holds an interrupted run: add --resume to continue it" in again.stderr
     resumed = crashing_run(tmp_path / "r.zarr", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = open_results(tmp_path / "whole.zarr"), open_results(tmp_path / "r.zarr")
@@ -192,6 +193,15 @@ def test_a_killed_run_resumes_without_counting_any_sample_twice(tmp_path):
     assert int(b["activity"].class_norm.notnull().sum()) and b.attrs["probekit_status"] == "complete"
     done = crashing_run(tmp_path / "r.zarr", "--resume")
     assert done.returncode == 2 and "only an interrupted (incomplete) run can be resumed" in done.stderr
+
+
+def test_ctrl_c_after_a_checkpoint_says_how_to_resume(tmp_path):
+    stopped = crashing_run(tmp_path / "c.zarr", crash_at=180, crash_signal="SIGINT")
+    assert stopped.returncode == 130
+    assert stopped.stderr.strip().endswith("probekit: interrupted; run the same command with --resume to continue "
+                                           "from the last checkpoint")
+    resumed = crashing_run(tmp_path / "c.zarr", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
 def assert_equal_nodes(a, b):
