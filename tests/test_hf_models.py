@@ -155,6 +155,22 @@ def test_refusals_are_one_line(cli, folders, tmp_path):
     assert code == 2 and "attention heads share their layer's projections" in err
 
 
+def test_unknown_architectures_and_pickled_weights_are_one_line(cli, folders, tmp_path):
+    import shutil
+
+    unknown = tmp_path / "unknown"
+    shutil.copytree(folders["gpt2"], unknown)
+    config = json.loads((unknown / "config.json").read_text())
+    (unknown / "config.json").write_text(json.dumps({**config, "architectures": ["WarpDriveForCausalLM"]}))
+    code, _, err = cli("run", "--model", f"hf:{unknown}", "--data", "random:3", "--plugins", "activity")
+    assert code == 2 and "does not know the architecture 'WarpDriveForCausalLM'" in err and err.count("\n") == 1
+    pickled = tmp_path / "pickled"
+    shutil.copytree(folders["gpt2"], pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    code, _, err = cli("run", "--model", f"hf:{pickled}", "--data", "random:3", "--plugins", "activity")
+    assert code == 2 and "no safetensors weights" in err
+
+
 def test_a_save_pretrained_folder_works_without_the_scheme(cli, folders, tmp_path):
     code, _, err = cli("run", "--model", folders["bert"], "--data", f"text:{folders['text']}:16",
                        "--plugins", "activity", "--out", tmp_path / "b.zarr", "--quiet")

@@ -166,3 +166,27 @@ def test_tab_completion_lists_the_public_names():
     names = dir(probekit)
     assert {"probe", "plot", "open_results", "SummedBranches", "ProbekitError"} <= set(names)
     assert "import_module" not in names
+
+
+class AttentionNet(nn.Module):
+    """One nn.MultiheadAttention (its heads are found by swapping it for a per-head module) and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.attention(x, x, x)[0].mean(1))
+
+
+def test_a_model_whose_attention_is_swapped_is_left_as_it_was():
+    torch.manual_seed(0)
+    model = AttentionNet().train()
+    x = torch.randn(6, 5, 8)
+    before = model.eval()(x)
+    model.train()
+    tree = probekit.probe(model, x, ["activity"], progress=False)
+    assert type(model.attention) is nn.MultiheadAttention and model.training
+    assert tree["activity"].sizes["branch"] == 2
+    torch.testing.assert_close(model.eval()(x), before)

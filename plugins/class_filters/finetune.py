@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from tqdm.auto import tqdm  # (renders as a widget in a notebook)
 
 
 def finetuned_accuracy(features: np.ndarray, targets: np.ndarray, weight: np.ndarray, bias: np.ndarray,

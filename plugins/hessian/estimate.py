@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm  # (renders as a widget in a notebook)
 
 from .exact import NO_ETA, flat_selected, grad_only_for
 from .params import ParamBlock, block_slices

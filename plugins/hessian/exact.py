@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vjp, vmap
-from tqdm import tqdm
+from tqdm.auto import tqdm  # (renders as a widget in a notebook)
 
 from probekit.api import BranchLayer, call_model, forward_hooks, ProbekitError
 from .params import ParamBlock, block_slices

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
-from tqdm import tqdm
+from tqdm.auto import tqdm  # (renders as a widget in a notebook)
 
 from probekit.api import (add_evidence, Analysis, analysis_hooks, Batch, describe_p, EvidenceOptions,
                           init_note, model_states, ProbekitError, SIGNIFICANCE)

@@ -124,6 +124,17 @@ class HeadwiseWindowAttention(nn.Module):
         return out + self.proj.bias if self.proj.bias is not None else out
 
 
+def swaps_modules(model: nn.Module) -> bool:
+    """Whether discovery would swap modules of ``model`` for their per-head form (it holds an
+    ``nn.MultiheadAttention`` or a torchvision Swin attention)."""
+    try:
+        from torchvision.models.swin_transformer import ShiftedWindowAttention
+    except ImportError:
+        ShiftedWindowAttention = None  # noqa: N806
+    return any(type(m) is nn.MultiheadAttention or (ShiftedWindowAttention and type(m) is ShiftedWindowAttention)
+               for m in model.modules())
+
+
 def _headwise(module: nn.Module) -> nn.Module | None:
     """The per-head replacement of an attention module, or ``None`` for any other module."""
     if type(module) is nn.MultiheadAttention:

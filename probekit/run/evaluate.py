@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm  # (renders as a widget in a notebook)
 
 from probekit.models.branches import BranchSet, DiscoveryConfig, discover
 from probekit.run.capture import capture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import tempfile
 import warnings
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from probekit.errors import ProbekitError
+from probekit.models.heads import swaps_modules
 from probekit.models.loading import LoadedModel, LoadOptions, check_module_tree
 from probekit.run.memory_data import as_probe_data
 from probekit.run.runner import CHECKPOINT_EVERY, Run, RunSpec, execute
@@ -30,9 +32,12 @@ def module_sha256(module: nn.Module) -> str:
 
 
 def _in_memory(module: nn.Module) -> LoadedModel:
+    """The user's module as a run's model; a copy when discovery would swap its attention modules for their
+    per-head form (the user's object is left as it was)."""
     check_module_tree(module, "the model")
     label = f"in memory: {type(module).__module__}.{type(module).__qualname__}"
-    return LoadedModel(module, label, module_sha256(module))
+    probed = copy.deepcopy(module) if swaps_modules(module) else module
+    return LoadedModel(probed, label, module_sha256(module))
 
 
 @contextmanager
@@ -99,7 +104,7 @@ def run_probe(model, data, analyses, *, out: str, options=None, branches=None, l
                    limit=limit, batch_size=batch_size, device=device, seed=seed, overwrite=overwrite,
                    progress=progress, resume=resume, checkpoint_every=checkpoint_every,
                    shuffle=shuffle, state=state, command=command)
-    with torch_threads(threads) as threads_note, _eval_mode(model if given_model else None):
+    with torch_threads(threads) as threads_note, _eval_mode(given_model.module if given_model else None):
         run = execute(spec, given_model, given_data, notes=[threads_note])
     return run, spec.out
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm  # (renders as a widget in a notebook)
 
 from probekit.run import checkpoint as run_checkpoint
 from probekit.run import distributed

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm  # (renders as a widget in a notebook)
 
 TIE_TOLERANCE = 1e-9  # a null value within this (relative) of the observed one counts as a tie, i.e. as extreme
 
