@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from probekit.run.memory_fit import COPIES, SHARE, fitted_batch_size
+from probekit.run.memory_fit import CEILING, COPIES, SHARE, fitted_batch_size
 
 
 def test_a_batch_that_fits_is_kept():
@@ -11,11 +11,17 @@ def test_a_batch_that_fits_is_kept():
 
 def test_a_batch_that_does_not_fit_is_cut_with_a_note():
     per_sample = 87 * 2**20 // 4  # ViT-B/16's 144 heads: about 87 MB of responses per image
-    size, note = fitted_batch_size(64, per_sample, available=8 * 2**30)
-    assert size == int(8 * 2**30 * SHARE // (per_sample * 4 * COPIES)) and 1 <= size < 64
+    size, note = fitted_batch_size(64, per_sample, available=6 * 2**30)
+    assert size == int(6 * 2**30 * SHARE // (per_sample * 4 * COPIES)) and 1 <= size < 64
     assert note.startswith(f"batch size {size} instead of 64") and "87 MB" in note
 
 
 def test_even_one_sample_too_large_is_said():
     size, note = fitted_batch_size(8, 2**30, available=2**30)
     assert size == 1 and "even one sample may not fit" in note
+
+
+def test_plenty_of_memory_still_stops_at_the_ceiling():
+    per_sample = 87 * 2**20 // 4
+    size, note = fitted_batch_size(64, per_sample, available=200 * 2**30)
+    assert size == CEILING // (per_sample * 4 * COPIES) and "a batch may take 4.0 GB" in note
