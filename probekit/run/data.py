@@ -27,6 +27,7 @@ class ProbeData:
     classes: list[str] | None = None
     has_targets: bool = True
     num_workers: int = 0
+    note: str = ""  # what the run's note should add about this data (e.g. why it has no classes)
 
     def __len__(self) -> int:
         return len(self.dataset)

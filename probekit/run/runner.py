@@ -144,6 +144,8 @@ def _choose_data(spec: RunSpec, model, given: ProbeData | None = None) -> tuple[
     if resized:
         notes[0] += f", {resized}"
     data = load_data(data_spec, spec.seed, model)
+    if data.note:
+        notes[0] += f", {data.note}"
     if spec.shuffle:
         data = data.shuffled(spec.seed)
         notes[0] += f", shuffled with seed {spec.seed}"

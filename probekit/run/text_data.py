@@ -21,6 +21,7 @@ from probekit.errors import ProbekitError, escape
 from probekit.run.data import ProbeData
 
 DEFAULT_SEQ_LEN = 128
+NO_CLASSES = "a label field in every line of jsonl: data gives sequence classes"
 MAX_SEQ_LEN = 1 << 16
 
 
@@ -72,7 +73,8 @@ def text_data(argument: str, seed: int, model=None) -> ProbeData:
     width = min(seq_len, len(ids))
     packed = torch.tensor(ids[:rows * width], dtype=torch.long).reshape(rows, width)
     return ProbeData(spec, TokenSequences(packed, torch.ones_like(packed), torch.zeros(rows, dtype=torch.long)),
-                     [f"tokens {i * width}-{(i + 1) * width - 1}" for i in range(rows)], has_targets=False)
+                     [f"tokens {i * width}-{(i + 1) * width - 1}" for i in range(rows)], has_targets=False,
+                     note=f"{rows} sequences of {width} tokens, no classes ({NO_CLASSES})")
 
 
 def _records(path: str, field: str, spec: str) -> list[tuple[int, str, object]]:
@@ -114,5 +116,8 @@ def jsonl_data(argument: str, seed: int, model=None) -> ProbeData:
     labelled = all(label is not None for label in labels)
     classes = sorted({str(label) for label in labels}) if labelled else None
     targets = torch.tensor([classes.index(str(label)) for label in labels] if labelled else [0] * len(labels))
+    note = f"{len(records)} sequences of up to {width} tokens, " + (
+        f"classes from the label field: {', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}" if labelled
+        else f"no classes ({NO_CLASSES})")
     return ProbeData(spec, TokenSequences(ids, mask, targets), [f"line {number}" for number, _, _ in records],
-                     classes=classes, has_targets=labelled)
+                     classes=classes, has_targets=labelled, note=escape(note))
