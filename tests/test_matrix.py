@@ -154,6 +154,7 @@ def child_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow  # about 40 s; two processes are also checked by test_distributed and test_plugin_api by default
 @pytest.mark.parametrize("kind", ["classifier", "generator"])
 def test_two_processes_equal_one(kind, models, nproc_reference, tmp_path):
     model, data, analyses = models[kind]
