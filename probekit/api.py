@@ -15,6 +15,7 @@ _NAMES = {
     "Analysis": "probekit.run.analysis", "Batch": "probekit.run.analysis", "RunContext": "probekit.run.analysis",
     "NoOptions": "probekit.run.analysis", "Tap": "probekit.run.taps", "SampleArray": "probekit.run.sample_arrays",
     "forward_hooks": "probekit.run.hooks", "ProbeData": "probekit.run.data",
+    "responses_of": "probekit.run.capture", "discover_branches": "probekit.models.branches",
     "call_model": "probekit.run.inputs", "take_inputs": "probekit.run.inputs", "count_inputs": "probekit.run.inputs",
     "compensated_add": "probekit.run.merging", "compensated_value": "probekit.run.merging",
     "hookimpl": "probekit.hookspecs", "analysis_hooks": "probekit.hookspecs", "ProbekitError": "probekit.errors",
@@ -60,7 +61,8 @@ __all__ = sorted(_NAMES)
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names load on first use
     from probekit.errors import ProbekitError  # noqa: F401
     from probekit.hookspecs import analysis_hooks, hookimpl  # noqa: F401
-    from probekit.models.branches import BranchLayer, BranchSet, glob_regex  # noqa: F401
+    from probekit.models.branches import BranchLayer, BranchSet, discover_branches, glob_regex  # noqa: F401
+    from probekit.run.capture import responses_of  # noqa: F401
     from probekit.models.loading import LoadedModel, LoadOptions, load_model  # noqa: F401
     from probekit.run.analysis import Analysis, Batch, NoOptions, RunContext  # noqa: F401
     from probekit.run.inputs import call_model, count_inputs, take_inputs  # noqa: F401

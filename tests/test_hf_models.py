@@ -177,8 +177,8 @@ def test_a_save_pretrained_folder_works_without_the_scheme(cli, folders, tmp_pat
     assert code == 0, err
 
 
-ANALYSES = ("activity", "covariance", "specialization", "intra-class", "attribution", "hessian", "gradient-factors",
-            "kernels", "decomposition", "chan-vese", "class-filters")
+ANALYSES = ("activity", "covariance", "similarity", "specialization", "intra-class", "attribution", "hessian",
+            "gradient-factors", "kernels", "decomposition", "chan-vese", "class-filters")
 
 
 @pytest.mark.parametrize("analysis", ANALYSES)

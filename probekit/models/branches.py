@@ -214,3 +214,8 @@ def discover(model: nn.Module, config: DiscoveryConfig) -> BranchSet:
         f"no branches found in {type(model).__name__}: tried {'; '.join(tried)}. "
         f"Name them with --branches GLOB, e.g. --branches 'branches.*'{graph_note}"
     )
+
+
+def discover_branches(model: nn.Module, pattern: str | None = None) -> BranchSet:
+    """The branches of ``model`` as a run finds them (``pattern``: ``--branches GLOB``)."""
+    return discover(model, DiscoveryConfig(pattern))

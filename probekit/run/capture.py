@@ -155,3 +155,13 @@ def capture(model: nn.Module, branchset: BranchSet, taps: dict[str, dict[str, tu
     with forward_hooks(model, after, before), \
             tap_sink(lambda path, output: recorder._hook(path)(None, None, output)):
         yield recorder
+
+
+def responses_of(model: nn.Module, branchset: BranchSet, inputs) -> dict[str, torch.Tensor]:
+    """``{layer name: [N, K, D]}``: the branch responses of one forward pass of ``model`` on ``inputs`` (a tensor or
+    a dict of keyword inputs), without gradients; for an analysis that probes a second model on the same batch."""
+    from probekit.run.inputs import call_model, count_inputs
+
+    with torch.no_grad(), capture(model, branchset) as recorder:
+        call_model(model, inputs)
+        return recorder.take(count_inputs(inputs))
