@@ -82,3 +82,32 @@ def test_a_reference_without_the_probed_layers_is_one_line(tmp_path):
     with pytest.raises(probekit.ProbekitError, match="no branches found|none of its layers"):
         probekit.probe("digits-branched8", "digits:test", ["similarity"], limit=8, progress=False,
                        options={"similarity.reference": str(tmp_path / "other.pt")})
+
+
+class Copies(torch.nn.Module):
+    """Four summed branches: two copies of one random map, two independent ones."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        one, other, third = (torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh()) for _ in range(3))
+        twin = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh())
+        twin.load_state_dict(one.state_dict())
+        self.body = probekit.SummedBranches([one, twin, other, third])
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_mean_cka_has_its_null_and_interval():
+    x = torch.randn(300, 6, generator=torch.Generator().manual_seed(1))
+    tree = probekit.probe(Copies(), x, ["similarity"], options={"similarity": {"permutations": 99,
+                                                                                "resamples": 50}}, progress=False)
+    node = tree["similarity"]
+    np.testing.assert_allclose(node["cka"].values[0, 1], 1.0, rtol=1e-9)
+    for suffix in ("_p", "_null", "_ci", "_null_band"):
+        assert f"mean_cka{suffix}" in node
+    assert float(node["mean_cka_p"].values[0]) <= 0.01  # twins share structure: far beyond shuffled samples
+    assert float(node["mean_cka_null"].values[0]) < float(node["mean_cka"].values[0])
+    low, high = node["mean_cka_ci"].values[0]
+    assert low <= float(node["mean_cka"].values[0]) + 0.05 and high >= low

@@ -7,6 +7,10 @@ and the unbiased minibatch estimate otherwise; ``cka_minibatch`` is the minibatc
 depends on the batch size). Entries across layers are NaN. ``mean_cka`` is each layer's mean CKA between distinct
 branches.
 
+Evidence: each layer's ``mean_cka`` is tested against every branch's samples shuffled independently (greater than
+chance), and bootstrapped over samples, on a ``sketch``-value sketch of each response kept per sample (exact when
+a response has at most that many values), as the covariance node does.
+
 ``reference``: any ``--model`` spec (another seed, a checkpoint, a fine-tune; loaded under the same safety rules)
 whose branches are found the same way and whose layers have the same names. The reference runs on every batch,
 and ``cka_reference`` ``[branch, reference_branch]`` compares the two; a Hungarian matching of each layer (the
@@ -22,23 +26,36 @@ import numpy as np
 import torch
 import xarray as xr
 
-from probekit.api import (Analysis, analysis_hooks, Batch, branch_coords, compensated_add, compensated_value,
-                          discover_branches, layer_coords, load_model, ProbekitError, responses_of)
+from probekit.api import (add_evidence, Analysis, analysis_hooks, Batch, branch_coords, compensated_add,
+                          compensated_value, discover_branches, evidence_rng, EvidenceOptions, layer_coords, load_model,
+                          ProbekitError, responses_of)
+from probekit_plugins.covariance.evidence import projection, sketched
+
+from . import evidence
 
 from .cka import cross_cka, cross_products, exact_cka, minibatch_cka, minibatch_hsic, self_energy
 
 
+NULL = "the samples of every branch shuffled independently (on the responses' sketch)"
+
+
 @dataclass
-class SimilarityOptions:
+class SimilarityOptions(EvidenceOptions):
     """``max_features``: the most values a layer's K responses may hold together for exact CKA (its
     cross-covariance takes ``8 (K D)^2`` bytes); wider layers get the minibatch estimate. ``reference``: a model
-    to compare with, branch by branch."""
+    to compare with, branch by branch. ``sketch``: values kept per branch response and sample for the null and
+    the interval of ``mean_cka``; and the evidence's options (199 permutations by default, one test per layer)."""
 
     max_features: int = field(default=4096, metadata={"help": "K x D at most for exact CKA (else the minibatch "
                                                                 "estimate)"})
     reference: str = field(default="", metadata={"help": "a --model spec to compare with, branch by branch"})
+    sketch: int = field(default=8, metadata={"help": "values kept per branch response and sample for the null"})
+    permutations: int = field(default=199, metadata={"help": "shuffles of the null (0: no test)"})
 
     def check(self):
+        super().check()
+        if self.sketch < 1:
+            raise ProbekitError(f"similarity.sketch must be >= 1, not {self.sketch}")
         if self.max_features < 1:
             raise ProbekitError(f"similarity.max_features must be >= 1, not {self.max_features}")
 
@@ -64,6 +81,13 @@ class Similarity(Analysis):
         self.products, self.sums = {}, {}  # exact layers: compensated sums [2, K D, K D] and [2, K D]
         self.hsic = {layer.name: _zeros(len(layer.branches), len(layer.branches), context.device) for layer in layers}
         self.count = 0
+        self.sketch = context.sample_array(self.name, "response_sketch", ("sample", "branch", "sketch"),
+                                           (len(context.branchset), options.sketch), np.float32, {
+                                               "long_name": "sketch of each branch's response per sample",
+                                               "description": "the response itself (zero-padded) when it has at "
+                                                              "most `sketch` values, else a Gaussian projection"}
+                                           ) if options.permutations or options.resamples else None
+        self.projections = {}  # layer name -> its sketch matrix, made from its response width at the first batch
         self.ref_products, self.ref_sums, self.cross, self.ref_hsic, self.cross_hsic = {}, {}, {}, {}, {}
         self.reference = self.reference_set = None
         if options.reference:
@@ -92,6 +116,9 @@ class Similarity(Analysis):
 
     def update(self, batch: Batch) -> None:
         theirs = responses_of(self.reference, self.reference_set, batch.inputs) if self.reference is not None else {}
+        if self.sketch is not None:
+            self.sketch.write(int(batch.index[0]), np.concatenate([self._sketched(name, responses) for name, responses
+                                                                   in batch.responses.items()], axis=1))
         for name, responses in batch.responses.items():  # [N, K, D]
             other = theirs.get(name) if name in self.cross_hsic else None
             exact = name in self.exact
@@ -103,6 +130,13 @@ class Similarity(Analysis):
             if other is not None:
                 self._add_reference(name, responses, other, exact)
         self.count += batch.index.shape[0]
+
+    def _sketched(self, name: str, responses: torch.Tensor) -> np.ndarray:
+        """``[N, K, sketch]`` of one layer's responses (its projection made at the first batch)."""
+        if name not in self.projections:
+            self.projections[name] = projection(responses.shape[2], self.options.sketch,
+                                                self.context.seed + self._index(name))
+        return sketched(responses, self.projections[name], self.options.sketch)
 
     def _add_reference(self, name: str, responses: torch.Tensor, other: torch.Tensor, exact: bool) -> None:
         """The reference's responses ``[N, J, D']`` of a shared layer, and their cross terms with ours."""
@@ -145,7 +179,23 @@ class Similarity(Analysis):
             "cka_method": ("layer", np.array(methods, dtype=object), {"long_name": "how cka was computed"}),
         }, coords=coords, attrs={"n_samples": self.count, "max_features": self.options.max_features,
                                  "reference": self.options.reference or "none"})
+        ds = self._with_evidence(ds)
         return self._with_reference(ds) if self.reference is not None else ds
+
+    def _with_evidence(self, ds: xr.Dataset) -> xr.Dataset:
+        """Per layer: the mean CKA between its branches against shuffled samples, with an interval (sketched)."""
+        if self.sketch is None:
+            return ds
+        if self.sketch.in_memory:
+            ds[self.sketch.name] = (self.sketch.dims, self.sketch.values(), self.sketch.attrs)
+        self.sketch.checkpoint()
+        sketch = self.sketch.read(0, self.context.n_samples)
+        o, rng = self.options, evidence_rng(self.context.seed, self.name)
+        found = [evidence.evidence(sketch[:, part], o.permutations, o.resamples, o.level, rng)
+                 for _, part in self.context.branchset.layer_slices()]
+        stacked = {key: np.stack([f[key] for f in found]) for key in found[0]}
+        return add_evidence(ds, "mean_cka", ("layer",), stacked, o, permuted=NULL, alternative="greater",
+                            resampled="samples (on the responses' sketch)")
 
     def _with_reference(self, ds: xr.Dataset) -> xr.Dataset:
         """``cka_reference`` against the reference's branches, and the Hungarian ``match`` within each layer."""

@@ -1,0 +1,30 @@
+"""The similarity null: every branch's samples shuffled independently, on a fixed-size sketch of the responses
+(the covariance node's sketch, :mod:`probekit_plugins.covariance.evidence`).
+
+The statistic is a layer's mean linear CKA between distinct branches, computed on the sketch ``[N, K, r]``: the
+null keeps every branch's own responses and breaks only which samples they are paired with, so a layer whose
+branches share structure beyond chance has a mean CKA above it; the interval bootstraps the samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from probekit.api import permutation_evidence
+from probekit_plugins.covariance.evidence import mean_of_finite, shuffled
+
+from .cka import exact_cka
+
+
+def mean_cka(sketch: np.ndarray) -> float:
+    """Mean linear CKA over the pairs k != l of one layer's ``sketch [N, K, r]`` (NaN with one branch)."""
+    flat = sketch.astype(np.float64).reshape(len(sketch), -1)
+    cka = exact_cka(flat.T @ flat, flat.sum(0), len(sketch), sketch.shape[1])
+    return mean_of_finite(cka[~np.eye(sketch.shape[1], dtype=bool)])
+
+
+def evidence(sketch: np.ndarray, permutations: int, resamples: int, level: float,
+             rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One layer's sketched mean CKA (:func:`probekit.api.permutation_evidence`'s dict; greater than chance)."""
+    return permutation_evidence(lambda rows: mean_cka(sketch[rows]), lambda g: mean_cka(shuffled(sketch, g)),
+                                len(sketch), permutations, resamples, level, rng, "greater", desc="similarity null")
