@@ -68,15 +68,16 @@ def test_experts_per_moe_layer_with_routing_per_token(cli, folders, tmp_path):
 
 
 @pytest.mark.parametrize("kind", (*KINDS, "olmoe"))
-def test_heads_plus_bias_are_the_attention_output(folders, kind):
+def test_heads_plus_bias_and_experts_sum_to_their_module_outputs(folders, kind):
     loaded = load_hf(str(folders[kind]))
     model = loaded.module
     branchset = discover(model, DiscoveryConfig())
     ids = torch.randint(5, 90, (3, 12))
     outputs = {}
     heads = [layer for layer in branchset.layers if layer.kind == "projected-heads"]
+    experts = [layer for layer in branchset.layers if layer.kind == "routed"]
     hooks = [model.get_submodule(layer.modules[0]).register_forward_hook(
-        lambda m, a, o, name=layer.name: outputs.__setitem__(name, o)) for layer in heads]
+        lambda m, a, o, name=layer.name: outputs.__setitem__(name, o)) for layer in heads + experts]
     with torch.no_grad(), capture(model, branchset) as recorder:
         call_model(model, {"input_ids": ids})
         responses = recorder.take(3)
@@ -90,6 +91,10 @@ def test_heads_plus_bias_are_the_attention_output(folders, kind):
             summed = summed + projection.bias
         torch.testing.assert_close(summed, outputs[layer.name], atol=1e-5, rtol=1e-5)
         assert responses[layer.name].shape[1] == model.config.num_attention_heads
+    for layer in experts:  # (whichever experts implementation from_pretrained chose)
+        summed = responses[layer.name].sum(1).reshape(outputs[layer.name].shape)
+        torch.testing.assert_close(summed, outputs[layer.name], atol=1e-5, rtol=1e-5)
+    assert len(experts) == (2 if kind in ("mixtral", "olmoe") else 0)
 
 
 def test_grouped_query_attention_still_has_one_branch_per_query_head(folders):

@@ -31,12 +31,17 @@ def is_routed_experts(module: nn.Module) -> bool:
 def routed_contributions(experts: nn.Module, hidden: torch.Tensor, index: torch.Tensor,
                          weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(contributions [T, K, H], gates [T, K])``: each expert's weighted output per token, by the module's own
-    forward restricted to that expert (the others get the module's "no expert" index ``K``)."""
+    forward on the tokens routed to that expert alone (so any of transformers' experts implementations gives it:
+    no "no expert" index is passed, which the fused grouped kernels do not skip)."""
     k_experts = experts.num_experts
     gates = hidden.new_zeros(hidden.shape[0], k_experts).scatter_add(1, index, weights.to(hidden.dtype))
-    contributions = [experts.forward(hidden, torch.where(index == k, index, k_experts), weights)
-                     for k in range(k_experts)]
-    return torch.stack(contributions, dim=1), gates
+    contributions = hidden.new_zeros(hidden.shape[0], k_experts, hidden.shape[-1])
+    for k in range(k_experts):
+        rows, slots = torch.where(index == k)  # a token lists an expert at most once
+        if len(rows):
+            contributions[rows, k] = experts.forward(hidden[rows], index[rows, slots, None],
+                                                     weights[rows, slots, None]).to(hidden.dtype)
+    return contributions, gates
 
 
 def per_sample(contributions: torch.Tensor, gates: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
