@@ -260,10 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="probe a model over data and write a results store",
                          formatter_class=DefaultsFormatter)
     run.format_help = _with_analyses(run.format_help)
-    run.add_argument("--model", required=True, help="zoo name, torchvision:NAME, or a model file")
+    run.add_argument("--model", required=True, help="zoo name, torchvision:NAME, hf:DIR (a local Hugging Face "
+                     "folder), or a model file")
     run.add_argument("--data", help="cifar10-sample[:SIZE] (bundled: 1,000 CIFAR-10 test images, class-interleaved), "
-                     "toy1, toy2, digits[:train|test], cifar10:ROOT[:train|test], imagefolder:PATH, random:C,H,W "
-                     "(default: the bundled sample resized to the size the model accepts)")
+                     "toy1, toy2, digits[:train|test], cifar10:ROOT[:train|test], imagefolder:PATH, random:C,H,W, "
+                     "and for hf: models text:FILE[:SEQ_LEN] or jsonl:FILE[:FIELD] "
+                     "(default: the data the model declares, else the bundled sample at a size the model accepts)")
     run.add_argument("--shuffle", action="store_true", help="probe the samples in a random order drawn from --seed")
     run.add_argument("--plugins", required=True, help="comma-separated analyses (listed below)")
     run.add_argument("--out", help="results store to create (a .zarr directory; default: "
