@@ -115,8 +115,10 @@ def _from_dataset(dataset: Dataset, name: str) -> ProbeData:
     classes = getattr(dataset, "classes", None)
     if classes is None and isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         classes = _classes(dataset.tensors[1])
-    elif classes is None and target is not None:
-        classes = _classes(torch.stack([torch.as_tensor(split_item(dataset[i])[1]) for i in range(n)]))
+    elif classes is None and target is not None:  # the labels a dataset keeps (torchvision's), else read them
+        labels = getattr(dataset, "targets", None)
+        classes = _classes(labels if labels is not None else
+                           torch.stack([torch.as_tensor(split_item(dataset[i])[1]) for i in range(n)]))
     return ProbeData(name, _Items(dataset), [str(i) for i in range(n)],
                      classes=[str(c) for c in classes] if classes else None, has_targets=target is not None)
 
