@@ -112,15 +112,22 @@ def _from_dataset(dataset: Dataset, name: str) -> ProbeData:
         raise ProbekitError("a Dataset to probe needs a length (len(dataset)); pass a DataLoader or a list of "
                             "batches instead") from None
     target = _first_target(dataset)
+    classes = _dataset_classes(dataset, read=target is not None)
+    return ProbeData(name, _Items(dataset), [str(i) for i in range(n)], classes=classes,
+                     has_targets=target is not None)
+
+
+def _dataset_classes(dataset: Dataset, read: bool) -> list[str] | None:
+    """A dataset's class names: its ``classes``, a TensorDataset's integer labels, the labels it keeps in
+    ``targets`` (torchvision's), else (``read``) the labels of every item."""
     classes = getattr(dataset, "classes", None)
     if classes is None and isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         classes = _classes(dataset.tensors[1])
-    elif classes is None and target is not None:  # the labels a dataset keeps (torchvision's), else read them
+    elif classes is None and read:
         labels = getattr(dataset, "targets", None)
         classes = _classes(labels if labels is not None else
-                           torch.stack([torch.as_tensor(split_item(dataset[i])[1]) for i in range(n)]))
-    return ProbeData(name, _Items(dataset), [str(i) for i in range(n)],
-                     classes=[str(c) for c in classes] if classes else None, has_targets=target is not None)
+                           torch.stack([torch.as_tensor(split_item(dataset[i])[1]) for i in range(len(dataset))]))
+    return [str(c) for c in classes] if classes else None
 
 
 def _from_batches(batches, name: str) -> ProbeData:
@@ -131,13 +138,9 @@ def _from_batches(batches, name: str) -> ProbeData:
         except TypeError:
             n = None
         if n is not None and not batches.drop_last:
-            first = next(iter(batches))
-            target = split_item(first)[1]
-            classes = getattr(dataset, "classes", None)
-            if classes is None and isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
-                classes = _classes(dataset.tensors[1])
+            target = split_item(next(iter(batches)))[1]
             return BatchedData(name, batches, [str(i) for i in range(n)],
-                               classes=[str(c) for c in classes] if classes else None, has_targets=target is not None)
+                               classes=_dataset_classes(dataset, read=False), has_targets=target is not None)
     kept = list(batches)  # an iterator: read once, kept for the pass
     if not kept:
         raise ProbekitError("the data holds no batches")
