@@ -97,6 +97,21 @@ def test_heads_plus_bias_and_experts_sum_to_their_module_outputs(folders, kind):
     assert len(experts) == (2 if kind in ("mixtral", "olmoe") else 0)
 
 
+@pytest.mark.parametrize("kind", ["mixtral", "olmoe"])
+def test_ungated_routed_experts_times_their_token_gates_are_the_contributions(folders, kind):
+    model = load_hf(str(folders[kind])).module
+    branchset = discover(model, DiscoveryConfig())
+    ids = torch.randint(5, 90, (3, 12))
+    with torch.no_grad(), capture(model, branchset, ungated=True) as recorder:
+        call_model(model, {"input_ids": ids})
+        responses, ungated, gates = recorder.take(3), recorder.take_ungated(3), recorder.take_token_gates(3)
+    for layer in (layer for layer in branchset.layers if layer.kind == "routed"):
+        n, k, _ = responses[layer.name].shape
+        per_token = ungated[layer.name].reshape(n, k, 12, -1) * gates[layer.name].transpose(1, 2).unsqueeze(3)
+        torch.testing.assert_close(per_token.flatten(2), responses[layer.name], atol=1e-5, rtol=1e-5)
+        assert (ungated[layer.name].abs().sum(2) > 0).all()  # every expert ran on every sample
+
+
 def test_grouped_query_attention_still_has_one_branch_per_query_head(folders):
     model = load_hf(str(folders["llama"])).module
     assert model.config.num_key_value_heads < model.config.num_attention_heads

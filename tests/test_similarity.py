@@ -111,3 +111,46 @@ def test_mean_cka_has_its_null_and_interval():
     assert float(node["mean_cka_null"].values[0]) < float(node["mean_cka"].values[0])
     low, high = node["mean_cka_ci"].values[0]
     assert low <= float(node["mean_cka"].values[0]) + 0.05 and high >= low
+
+
+def test_gated_experts_compare_contributions_ungated_outputs_and_co_routed_samples():
+    tree = probekit.probe("digits-moe8", "digits:test", ["similarity"], progress=False,
+                          options={"similarity.permutations": 0})
+    node = tree["similarity"]
+    model = probekit.load_model("digits-moe8").module
+    moe = next(m for m in model.modules() if isinstance(m, probekit.MixtureOfExperts))
+    data = load_data("digits:test")
+    x = torch.stack([data.dataset[i][0] for i in range(len(data))])
+    outputs, gates = {}, {}
+    hooks = [expert.register_forward_hook(lambda m, a, o, k=k: outputs.__setitem__(k, o.flatten(1).double()))
+             for k, expert in enumerate(moe.experts)]
+    hooks.append(moe.gate.register_forward_hook(lambda m, a, o: gates.__setitem__(0, o.double())))
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    g, e = gates[0].numpy(), {k: v.numpy() for k, v in outputs.items()}
+    gated = {k: g[:, k:k + 1] * e[k] for k in e}
+    both = {(j, k): (g[:, j] != 0) & (g[:, k] != 0) for j in range(8) for k in range(8)}
+    expected = {
+        "cka": [[linear_cka(gated[j], gated[k]) for k in range(8)] for j in range(8)],
+        "cka_ungated": [[linear_cka(e[j], e[k]) for k in range(8)] for j in range(8)],
+        "cka_corouted": [[linear_cka(gated[j][both[j, k]], gated[k][both[j, k]]) if both[j, k].sum() > 1
+                          else np.nan for k in range(8)] for j in range(8)],
+    }
+    for name, values in expected.items():
+        np.testing.assert_allclose(node[name].values, np.array(values), rtol=1e-5, atol=1e-7, err_msg=name)
+    np.testing.assert_array_equal(node["corouted_samples"].values,
+                                  [[both[j, k].sum() for k in range(8)] for j in range(8)])
+    # the gate, not the experts, makes the contributions nearly orthogonal
+    assert float(node["mean_cka"].values[0]) < float(node["mean_cka_ungated"].values[0])
+
+
+def test_co_routed_cka_of_wide_layers_is_the_minibatch_estimate():
+    tree = probekit.probe("digits-moe8", "digits:test", ["similarity"], progress=False, limit=256,
+                          options={"similarity": {"permutations": 0, "max_features": 10}})
+    node = tree["similarity"]
+    assert str(node["cka_method"].values[0]) == "minibatch"
+    diagonal = np.diagonal(node["cka_corouted"].values)
+    np.testing.assert_allclose(diagonal[np.isfinite(diagonal)], 1.0, rtol=1e-9)
+    assert np.isfinite(node["mean_cka_corouted"].values[0]) and np.isfinite(node["mean_cka_ungated"].values[0])

@@ -16,6 +16,12 @@ whose branches are found the same way and whose layers have the same names. The 
 and ``cka_reference`` ``[branch, reference_branch]`` compares the two; a Hungarian matching of each layer (the
 assignment that maximises the summed CKA) gives ``match`` (the reference branch paired with each branch) and
 ``match_cka``.
+
+Gated experts (kinds ``gated`` and ``routed``): ``cka`` compares the gated contributions ``g_k e_k`` (what the
+layer sums); with ``ungated=true`` (the default) ``cka_ungated`` compares the experts' own outputs ``e_k`` on every
+sample (token-routed experts then run on every token: K expert passes), and ``cka_corouted`` the gated
+contributions over the samples routed to both experts of a pair (:mod:`.corouted`), with ``corouted_samples``.
+A gate that makes contributions orthogonal shows as a low ``cka`` beside a high ``cka_ungated``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from probekit_plugins.covariance.evidence import projection, sketched
 
 from . import evidence
 
+from . import corouted
 from .cka import cross_cka, cross_products, exact_cka, minibatch_cka, minibatch_hsic, self_energy
 
 
@@ -51,6 +58,8 @@ class SimilarityOptions(EvidenceOptions):
     reference: str = field(default="", metadata={"help": "a --model spec to compare with, branch by branch"})
     sketch: int = field(default=8, metadata={"help": "values kept per branch response and sample for the null"})
     permutations: int = field(default=199, metadata={"help": "shuffles of the null (0: no test)"})
+    ungated: bool = field(default=True, metadata={"help": "gated experts: also compare the experts' outputs "
+                                                          "before the gate (routed experts run on every token)"})
 
     def check(self):
         super().check()
@@ -69,7 +78,9 @@ class Similarity(Analysis):
     plot = "probekit_plugins.similarity.plot:plot_similarity"
     merge_rules = {"products": "compensated-sum", "sums": "compensated-sum", "hsic": "sum", "count": "sum",
                    "ref_products": "compensated-sum", "ref_sums": "compensated-sum", "cross": "compensated-sum",
-                   "ref_hsic": "sum", "cross_hsic": "sum"}
+                   "ref_hsic": "sum", "cross_hsic": "sum", "ungated_products": "compensated-sum",
+                   "ungated_sums": "compensated-sum", "ungated_hsic": "sum", "pairs": "compensated-sum",
+                   "pair_sums": "compensated-sum", "pair_counts": "sum", "pair_hsic": "sum"}
     description = "linear CKA between the branches of each layer (exact, and the unbiased minibatch estimate)"
     Options = SimilarityOptions
 
@@ -79,8 +90,11 @@ class Similarity(Analysis):
         self.exact = {layer.name for layer in layers
                       if sizes.get(layer.name) and len(layer.branches) * sizes[layer.name] <= options.max_features}
         self.products, self.sums = {}, {}  # exact layers: compensated sums [2, K D, K D] and [2, K D]
-        self.hsic = {layer.name: _zeros(len(layer.branches), len(layer.branches), context.device) for layer in layers}
+        self.hsic = {}  # layer name -> [K, K] summed minibatch HSIC
         self.count = 0
+        self.needs_ungated = options.ungated and any(layer.gated for layer in layers)
+        self.ungated_products, self.ungated_sums, self.ungated_hsic = {}, {}, {}  # as products, sums, hsic
+        self.pairs, self.pair_sums, self.pair_counts, self.pair_hsic = {}, {}, {}, {}  # co-routed (.corouted)
         self.sketch = context.sample_array(self.name, "response_sketch", ("sample", "branch", "sketch"),
                                            (len(context.branchset), options.sketch), np.float32, {
                                                "long_name": "sketch of each branch's response per sample",
@@ -96,7 +110,8 @@ class Similarity(Analysis):
     def _load_reference(self, spec: str) -> None:
         self.reference = load_model(spec).module.to(self.context.device).eval()
         self.reference_set = discover_branches(self.reference)
-        shared = {layer.name for layer in self.reference_set.layers} & set(self.hsic)
+        shared = ({layer.name for layer in self.reference_set.layers}
+                  & {layer.name for layer in self.context.branchset.layers})
         if not shared:
             raise ProbekitError(f"similarity.reference={spec}: none of its layers ({self._names(self.reference_set)}) "
                                 f"has the name of a probed layer ({self._names(self.context.branchset)})")
@@ -122,14 +137,34 @@ class Similarity(Analysis):
         for name, responses in batch.responses.items():  # [N, K, D]
             other = theirs.get(name) if name in self.cross_hsic else None
             exact = name in self.exact
-            if exact:
-                self.products[name] = compensated_add(self.products.get(name), cross_products(responses))
-                self.sums[name] = compensated_add(self.sums.get(name), responses.flatten(1).double().sum(0))
-            if (hsic := minibatch_hsic(responses)) is not None:
-                self.hsic[name] += hsic
+            self._add(self.products, self.sums, self.hsic, name, responses, exact)
+            if name in batch.ungated:
+                self._add(self.ungated_products, self.ungated_sums, self.ungated_hsic, name, batch.ungated[name],
+                          exact)
+            if name in batch.gates:
+                self._add_corouted(name, responses, batch.gates[name], exact)
             if other is not None:
                 self._add_reference(name, responses, other, exact)
         self.count += batch.index.shape[0]
+
+    @staticmethod
+    def _add(products: dict, sums: dict, hsic: dict, name: str, responses: torch.Tensor, exact: bool) -> None:
+        """One batch's ``[N, K, D]`` responses into a view's state (exact moments when ``exact``, minibatch HSIC)."""
+        if exact:
+            products[name] = compensated_add(products.get(name), cross_products(responses))
+            sums[name] = compensated_add(sums.get(name), responses.flatten(1).double().sum(0))
+        if (value := minibatch_hsic(responses)) is not None:
+            hsic[name] = hsic[name] + value if name in hsic else value
+
+    def _add_corouted(self, name: str, responses: torch.Tensor, gates: torch.Tensor, exact: bool) -> None:
+        if exact:
+            pairs, sums, counts = corouted.moments(responses, gates)
+            self.pairs[name] = compensated_add(self.pairs.get(name), pairs)
+            self.pair_sums[name] = compensated_add(self.pair_sums.get(name), sums)
+            self.pair_counts[name] = self.pair_counts.get(name, 0) + counts
+        else:
+            value = corouted.minibatch(responses, gates)
+            self.pair_hsic[name] = self.pair_hsic[name] + value if name in self.pair_hsic else value
 
     def _sketched(self, name: str, responses: torch.Tensor) -> np.ndarray:
         """``[N, K, sketch]`` of one layer's responses (its projection made at the first batch)."""
@@ -156,14 +191,10 @@ class Similarity(Analysis):
         cka, minibatch = np.full((b, b), np.nan), np.full((b, b), np.nan)
         methods, means = [], []
         for layer, part in self.context.branchset.layer_slices():
-            minibatch[part, part] = minibatch_cka(self.hsic[layer.name].cpu().numpy())
-            exact = layer.name in self.products
-            cka[part, part] = exact_cka(self._exact_value(self.products, layer.name),
-                                        self._exact_value(self.sums, layer.name), self.count,
-                                        len(layer.branches)) if exact else minibatch[part, part]
-            methods.append("exact" if exact else "minibatch")
-            off = cka[part, part][~np.eye(len(layer.branches), dtype=bool)]
-            means.append(float(np.nanmean(off)) if np.isfinite(off).any() else np.nan)
+            cka[part, part], minibatch[part, part], method = self._layer_cka(self.products, self.sums, self.hsic,
+                                                                             layer)
+            methods.append(method)
+            means.append(_mean_off_diagonal(cka[part, part]))
         coords = {**branch_coords(self.context), **branch_coords(self.context, "branch_other"),
                   **layer_coords(self.context)}
         ds = xr.Dataset({
@@ -179,8 +210,60 @@ class Similarity(Analysis):
             "cka_method": ("layer", np.array(methods, dtype=object), {"long_name": "how cka was computed"}),
         }, coords=coords, attrs={"n_samples": self.count, "max_features": self.options.max_features,
                                  "reference": self.options.reference or "none"})
+        ds = self._with_gated_views(ds)
         ds = self._with_evidence(ds)
         return self._with_reference(ds) if self.reference is not None else ds
+
+    def _layer_cka(self, products: dict, sums: dict, hsic: dict, layer) -> tuple[np.ndarray, np.ndarray, str]:
+        """A layer's ``[K, K]`` CKA (exact when its moments were kept), its minibatch estimate, and the method."""
+        k = len(layer.branches)
+        minibatch = minibatch_cka(hsic[layer.name].cpu().numpy()) if layer.name in hsic else np.full((k, k), np.nan)
+        if layer.name not in products:
+            return minibatch, minibatch, "minibatch"
+        return exact_cka(self._exact_value(products, layer.name), self._exact_value(sums, layer.name), self.count,
+                         k), minibatch, "exact"
+
+    def _with_gated_views(self, ds: xr.Dataset) -> xr.Dataset:
+        """``cka_ungated`` and ``cka_corouted`` (with their layer means and ``corouted_samples``) on gated layers."""
+        gated = [(layer, part) for layer, part in self.context.branchset.layer_slices() if layer.gated]
+        if not gated:
+            return ds
+        b = len(self.context.branchset)
+        ungated, together, counts = np.full((b, b), np.nan), np.full((b, b), np.nan), np.full((b, b), np.nan)
+        ungated_means, together_means = np.full(len(ds.layer), np.nan), np.full(len(ds.layer), np.nan)
+        index = {name: i for i, name in enumerate(ds.layer.values)}
+        for layer, part in gated:
+            if layer.name in self.ungated_hsic or layer.name in self.ungated_products:
+                ungated[part, part] = self._layer_cka(self.ungated_products, self.ungated_sums, self.ungated_hsic,
+                                                      layer)[0]
+                ungated_means[index[layer.name]] = _mean_off_diagonal(ungated[part, part])
+            together[part, part], counts[part, part] = self._corouted(layer)
+            together_means[index[layer.name]] = _mean_off_diagonal(together[part, part])
+        return ds.assign(
+            cka_ungated=(("branch", "branch_other"), ungated, {
+                "long_name": "linear CKA between the experts' outputs before the gate", "units": "1",
+                "description": "gated layers only (similarity.ungated=true), every sample; method as cka"}),
+            mean_cka_ungated=("layer", ungated_means, {"long_name": "mean CKA between distinct experts before the "
+                                                                    "gate", "units": "1"}),
+            cka_corouted=(("branch", "branch_other"), together, {
+                "long_name": "linear CKA of the gated contributions over the samples routed to both experts",
+                "units": "1", "description": "gated layers only; NaN for a pair co-routed on too few samples"}),
+            mean_cka_corouted=("layer", together_means, {"long_name": "mean co-routed CKA between distinct experts",
+                                                         "units": "1"}),
+            corouted_samples=(("branch", "branch_other"), counts, {
+                "long_name": "samples routed to both experts", "units": "samples"}),
+        )
+
+    def _corouted(self, layer) -> tuple[np.ndarray, np.ndarray]:
+        """``([K, K] co-routed CKA, [K, K] co-routed sample counts)`` of a gated layer."""
+        name, k = layer.name, len(layer.branches)
+        if name in self.pairs:
+            counts = self.pair_counts[name].cpu().numpy()
+            return corouted.exact(self._exact_value(self.products, name), self._exact_value(self.pairs, name),
+                                  self._exact_value(self.pair_sums, name), counts), counts
+        if name in self.pair_hsic:
+            return corouted.from_minibatch(self.pair_hsic[name].cpu().numpy()), np.full((k, k), np.nan)
+        return np.full((k, k), np.nan), np.full((k, k), np.nan)
 
     def _with_evidence(self, ds: xr.Dataset) -> xr.Dataset:
         """Per layer: the mean CKA between its branches against shuffled samples, with an interval (sketched)."""
@@ -237,16 +320,28 @@ class Similarity(Analysis):
             return cross_cka(self._exact_value(self.cross, name), sums, ref_sums,
                              self_energy(own, sums, self.count, k), self_energy(theirs, ref_sums, self.count, j),
                              self.count)
-        return minibatch_cka(self.cross_hsic[name].cpu().numpy(), self.hsic[name].cpu().numpy(),
+        k = self.cross_hsic[name].shape[0]
+        own = self.hsic.get(name, _zeros(k, k, "cpu"))
+        return minibatch_cka(self.cross_hsic[name].cpu().numpy(), own.cpu().numpy(),
                              self.ref_hsic[name].cpu().numpy())
 
     def summary(self, ds: xr.Dataset) -> dict:
         out = {f"mean CKA in {layer} ({method})": round(float(value), 4)
                for layer, value, method in zip(ds.layer.values[:8], ds.mean_cka.values, ds.cka_method.values,
                                                strict=False)}
+        if "mean_cka_ungated" in ds:
+            for layer in ds.layer.values[np.isfinite(ds.mean_cka_ungated.values)][:4]:
+                out[f"mean CKA in {layer} before the gate"] = round(float(ds.mean_cka_ungated.sel(layer=layer)), 4)
+                out[f"mean co-routed CKA in {layer}"] = round(float(ds.mean_cka_corouted.sel(layer=layer)), 4)
         if "match_cka" in ds:
             out["mean CKA with the matched reference branch"] = round(float(np.nanmean(ds.match_cka.values)), 4)
         return out
+
+
+def _mean_off_diagonal(block: np.ndarray) -> float:
+    """The mean of the finite entries of a square block off its diagonal (NaN when there are none)."""
+    off = block[~np.eye(len(block), dtype=bool)]
+    return float(np.nanmean(off)) if np.isfinite(off).any() else np.nan
 
 
 probekit_register_analyses, probekit_plot = analysis_hooks(Similarity)

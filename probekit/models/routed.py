@@ -44,6 +44,17 @@ def routed_contributions(experts: nn.Module, hidden: torch.Tensor, index: torch.
     return contributions, gates
 
 
+def every_expert(experts: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``[T, K, H]``: every expert's ungated output on every token (each routed alone, with weight 1), by the
+    module's own forward; K times the cost of routing each token to one expert."""
+    out = hidden.new_empty(hidden.shape[0], experts.num_experts, hidden.shape[-1])
+    ones = hidden.new_ones(hidden.shape[0], 1)
+    for k in range(experts.num_experts):
+        index = torch.full((hidden.shape[0], 1), k, dtype=torch.long, device=hidden.device)
+        out[:, k] = experts.forward(hidden, index, ones).to(hidden.dtype)
+    return out
+
+
 def per_sample(contributions: torch.Tensor, gates: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token rows ``[T, K, H]`` and ``[T, K]`` of ``samples`` sequences -> ``[N, K, S*H]`` responses and
     ``[N, K]`` gate values (the mean over each sample's tokens)."""

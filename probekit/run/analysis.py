@@ -38,7 +38,9 @@ class Batch:
     (:mod:`probekit.run.taps`); ``gates``: ``{layer name: [N, K]}`` gate values
     of the gated (mixture-of-experts) layers (of token-routed experts: the mean
     over each sample's tokens); ``token_gates``: ``{layer name: [N, T, K]}``
-    every token's gate values on the token-routed layers; all on the run's
+    every token's gate values on the token-routed layers; ``ungated``: ``{layer
+    name: [N, K, D]}`` each expert's output before its gate, on the gated and
+    token-routed layers, only when an analysis sets ``needs_ungated``; all on the run's
     device. ``inputs`` is a dict of tensors (``input_ids``, ...) for token
     models: use ``probekit.api.call_model`` and ``take_inputs`` to feed it.
     """
@@ -51,6 +53,7 @@ class Batch:
     taps: dict[str, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
     gates: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     token_gates: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    ungated: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class Analysis:
     needs_grad: ClassVar[bool] = False
     needs_targets: ClassVar[bool] = False  # checked before the pass (targets may be the model's predictions)
     needs_classes: ClassVar[bool] = False
+    needs_ungated: ClassVar[bool] = False  # Batch.ungated: token-routed experts then run on every token (K times)
     merge_rules: ClassVar[dict[str, str] | None] = None
     plot: ClassVar[str | None] = None
     taps: ClassVar[dict[str, Any]] = {}

@@ -11,7 +11,7 @@ from probekit.models.branches import BranchSet
 from probekit.errors import ProbekitError
 from probekit.models.graph_models import tap_sink
 from probekit.models.projected_heads import head_contributions
-from probekit.models.routed import per_sample, routed_contributions
+from probekit.models.routed import every_expert, per_sample, routed_contributions
 from probekit.run.hooks import forward_hooks
 
 
@@ -22,8 +22,10 @@ class ResponseCapture:
     ``ReLU(inplace=True)``, an ``out += v``) cannot change what was captured.
     """
 
-    def __init__(self, branchset: BranchSet):
+    def __init__(self, branchset: BranchSet, ungated: bool = False):
         self.branchset = branchset
+        self.ungated = ungated  # also run every token-routed expert on every token (see :meth:`take_ungated`)
+        self._ungated: dict[str, torch.Tensor] = {}  # layer name -> [N, K, D] expert outputs before the gate
         self._outputs: dict[str, torch.Tensor] = {}
         self._taps: dict[str, dict[str, torch.Tensor]] = {}
         self._gates: dict[str, torch.Tensor] = {}  # layer name -> [N, K] gate values of the last pass
@@ -73,10 +75,15 @@ class ResponseCapture:
 
     def _routed_hook(self, layer):
         def hook(module, args, output):
+            hidden, index, weights = (a.detach() for a in args[:3])
             with torch.no_grad():
-                contributions, gates = routed_contributions(module, *(a.detach() for a in args[:3]))
+                contributions, gates = routed_contributions(module, hidden, index, weights)
+                if self.ungated:
+                    every = every_expert(module, hidden)
             samples = self._samples[layer.container]
             responses, self._gates[layer.name] = per_sample(contributions, gates, samples)
+            if self.ungated:
+                self._ungated[layer.name] = per_sample(every, gates, samples)[0]
             self._computed[layer.name] = responses
             self._token_gates[layer.name] = gates.reshape(samples, -1, gates.shape[1])
 
@@ -115,6 +122,8 @@ class ResponseCapture:
             if gates.shape != stacked.shape[:2]:
                 raise ProbekitError(f"the gate of {layer.name!r} returned {tuple(gates.shape)} values for "
                                     f"{tuple(stacked.shape[:2])} samples and experts")
+            if self.ungated:
+                self._ungated[layer.name] = stacked
             stacked = stacked * gates.unsqueeze(2)
         return stacked
 
@@ -124,6 +133,13 @@ class ResponseCapture:
         self._gates = {}
         return gates
 
+    def take_ungated(self, n: int | None = None) -> dict[str, torch.Tensor]:
+        """With ``ungated=True``: each expert's output before its gate on the gated and token-routed layers,
+        ``{layer name: [N, K, D]}`` (routed experts: every expert run on every token), and reset."""
+        ungated = {name: value if n is None else value[:n] for name, value in self._ungated.items()}
+        self._ungated = {}
+        return ungated
+
     def take_token_gates(self, n: int | None = None) -> dict[str, torch.Tensor]:
         """Every token's gate values on the token-routed layers, ``{layer name: [N, T, K]}``, and reset."""
         gates = {name: value if n is None else value[:n] for name, value in self._token_gates.items()}
@@ -132,10 +148,12 @@ class ResponseCapture:
 
 
 @contextmanager
-def capture(model: nn.Module, branchset: BranchSet, taps: dict[str, dict[str, tuple[str, str]]] | None = None):
+def capture(model: nn.Module, branchset: BranchSet, taps: dict[str, dict[str, tuple[str, str]]] | None = None,
+            ungated: bool = False):
     """Register one forward hook per branch module (or listen to graph taps), and one per tapped module
-    (``taps``: ``{tap: {key: (module path, "output" or "input")}}``); always remove them on exit."""
-    recorder = ResponseCapture(branchset)
+    (``taps``: ``{tap: {key: (module path, "output" or "input")}}``); always remove them on exit. ``ungated``:
+    also keep the experts' outputs before their gates (:meth:`ResponseCapture.take_ungated`)."""
+    recorder = ResponseCapture(branchset, ungated)
     tapped = getattr(model, "probekit_taps", {})
     after, before = [], []
     for layer in branchset.layers:

@@ -435,7 +435,8 @@ def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec, check
     """Every batch through the model and the analyses; ``checkpoint(position)`` every
     ``spec.checkpoint_every`` batches."""
     needs_grad = any(a.needs_grad for a in run.analyses.values())
-    with capture(module, run.branchset, tap_plan(run)) as recorder, torch.set_grad_enabled(needs_grad):
+    ungated = any(a.needs_ungated for a in run.analyses.values())
+    with capture(module, run.branchset, tap_plan(run), ungated) as recorder, torch.set_grad_enabled(needs_grad):
         progress = tqdm(batches(loader), total=len(loader), desc="probing", unit="batch",
                         disable=not spec.progress or None, file=sys.stderr)
         for count, (index, x, target) in enumerate(progress, 1):
@@ -445,7 +446,7 @@ def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec, check
                 target = outputs.detach().argmax(1)
             batch = Batch(index, x, target.to(device) if run.data.has_targets else None, outputs,
                           recorder.take(n := inputs.count_inputs(x)), recorder.take_taps(n), recorder.take_gates(n),
-                          recorder.take_token_gates(n))
+                          recorder.take_token_gates(n), recorder.take_ungated(n))
             run.nonfinite += nonfinite_positions(batch)
             _record_targets(run, batch)
             for name, analysis in list(run.analyses.items()):
