@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/kernel_clustering.py
 	$(BIN)/python benchmarks/distributed.py
 	$(BIN)/python benchmarks/head_capture.py
+	$(BIN)/python benchmarks/heads.py
 
 zoo: $(STAMP)
 	for r in toy1 toy2 digits-branched8 digits-moe8; do $(BIN)/probekit train $$r --overwrite || exit 1; done

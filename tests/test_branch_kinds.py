@@ -188,7 +188,7 @@ def test_torchvision_inception_blocks_are_found_and_sum_to_their_output(name, bl
 # attention heads
 
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_headwise_attention_equals_nn_multiheadattention(batch_first):
+def test_swapped_attention_equals_nn_multiheadattention(batch_first):
     torch.manual_seed(0)
     attention = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
     original = copy.deepcopy(attention)
@@ -204,7 +204,7 @@ def test_headwise_attention_equals_nn_multiheadattention(batch_first):
     mask.fill_diagonal_(False)
     padding = torch.zeros(3 if batch_first else 5, 5 if batch_first else 3, dtype=torch.bool)
     kwargs = [{}, {"attn_mask": mask, "key_padding_mask": padding if batch_first else None},
-              {"need_weights": True, "average_attn_weights": False}]
+              {"need_weights": True, "average_attn_weights": False}, {"need_weights": False}]
     if batch_first:
         padding[:, -1] = True
     for options in kwargs:
@@ -216,6 +216,10 @@ def test_headwise_attention_equals_nn_multiheadattention(batch_first):
         assert (got[1] is None) == (ref[1] is None)
         if ref[1] is not None:
             assert relative(got[1], ref[1]) <= 1e-5
+    unbatched = x[0] if batch_first else x[:, 0]
+    for options in ({}, {"need_weights": False}):
+        assert relative(swapped(unbatched, unbatched, unbatched, **options)[0],
+                        original(unbatched, unbatched, unbatched, **options)[0]) <= 1e-5
     # each head, independently: softmax(Q_h K_h^T / sqrt(d)) V_h W_O^h^T, batch first
     xb = x if batch_first else x.transpose(0, 1)
     q, k, v = F.linear(xb, original.in_proj_weight, original.in_proj_bias).chunk(3, dim=-1)

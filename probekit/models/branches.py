@@ -18,15 +18,14 @@ from torch import nn
 from probekit.errors import ProbekitError
 
 ROOT_LAYER = "model"
-LayerKind = Literal["sum", "grouped", "glob", "gated", "routed", "concat", "heads", "projected-heads"]
+LayerKind = Literal["sum", "grouped", "glob", "gated", "routed", "concat", "projected-heads"]
 
 
 @dataclass(frozen=True)
 class BranchLayer:
     """Sibling branches read from one place in the model.
 
-    ``kind='sum'``, ``'glob'`` or ``'heads'`` (attention heads, see
-    :mod:`probekit.models.heads`): ``modules[k]`` is branch k's module path and
+    ``kind='sum'`` or ``'glob'``: ``modules[k]`` is branch k's module path and
     its output is branch k's response. ``kind='grouped'``: ``modules`` holds
     one grouped conv whose output channels split into ``len(branches)``
     equal, contiguous slices, one per group. ``kind='gated'``: ``modules[k]``
@@ -37,10 +36,11 @@ class BranchLayer:
     block whose output concatenates its towers along channels, ``channels[k]``
     wide (-1: the rest); tower k's response is the block output with every
     other tower's channels zeroed, so the responses sum to the output.
-    ``kind='projected-heads'``: ``modules`` holds the output projection of a
-    transformers attention block, ``container`` the block; head k's response
-    is its slice of the projection's input times its columns (see
-    :mod:`probekit.models.projected_heads`).
+    ``kind='projected-heads'``: ``modules`` holds the output projection of an
+    attention block (transformers', or a swapped ``nn.MultiheadAttention`` or
+    Swin attention, :mod:`probekit.models.heads`), ``container`` the block;
+    head k's response is its slice of the projection's input times its
+    columns (see :mod:`probekit.models.projected_heads`).
     """
 
     name: str

@@ -14,9 +14,9 @@ Tried in order, first non-empty result wins:
 5. attention heads: of a transformers model, read at each attention block's output
    projection without swapping modules (:mod:`probekit.models.projected_heads`,
    kind ``projected-heads``); else each ``nn.MultiheadAttention`` and torchvision
-   Swin attention is swapped for an exactly equivalent per-head module whose heads
-   are branches (:mod:`probekit.models.heads`, kind ``heads``). Both are summed
-   plus the output bias.
+   Swin attention is swapped for an exactly equivalent module that calls its output
+   projection as a module (:mod:`probekit.models.heads`), read the same way. The
+   heads plus the output bias are the attention's output.
 
 A transformers model with routed experts gets its attention heads too (strategy
 ``routed-experts+attention-heads``): the experts of every MoE layer and the heads

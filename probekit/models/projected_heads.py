@@ -26,8 +26,10 @@ def projection_weight(projection: nn.Module) -> torch.Tensor:
 
 
 def head_contributions(projection: nn.Module, concatenated: torch.Tensor, heads: int) -> torch.Tensor:
-    """``[N, H, T * E]``: each head's contribution to the projection's output, from its input ``[N, T, H * d]``."""
+    """``[N, H, T * E]``: each head's contribution to the projection's output, from its input ``[N, T, H * d]``
+    (or ``[N, ..., H * d]``, the token axes flattened in order)."""
     weight = projection_weight(projection)
+    concatenated = concatenated.flatten(1, -2)
     n, t, width = concatenated.shape
     per_head = weight.reshape(weight.shape[0], heads, width // heads)  # [E, H, d]
     contributions = torch.einsum("nthd,ehd->nhte", concatenated.reshape(n, t, heads, width // heads), per_head)

@@ -39,9 +39,9 @@ def resolve(tap: Tap, model: nn.Module, branchset: BranchSet, where: str) -> dic
     if tap.per_branch:
         found = {}
         for layer in branchset.layers:
-            if layer.kind == "grouped":
-                raise ProbekitError(f"{where}: per-branch taps need branch modules; {layer.name} is a grouped conv "
-                                    "(tap the conv itself instead)")
+            if len(layer.modules) != len(layer.branches):
+                raise ProbekitError(f"{where}: per-branch taps need branch modules; the {layer.kind} layer "
+                                    f"{layer.name} reads all its branches from {layer.modules[0]} (tap it instead)")
             for name, module in zip(layer.branches, layer.modules, strict=True):
                 target = f"{module}.{tap.path}" if tap.path else module
                 if target not in paths:
