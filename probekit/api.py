@@ -17,6 +17,7 @@ _NAMES = {
     "forward_hooks": "probekit.run.hooks", "ProbeData": "probekit.run.data",
     "responses_of": "probekit.run.capture", "discover_branches": "probekit.models.branches",
     "call_model": "probekit.run.inputs", "take_inputs": "probekit.run.inputs", "count_inputs": "probekit.run.inputs",
+    "to_device": "probekit.run.inputs", "edit_branches": "probekit.run.branch_edits",
     "compensated_add": "probekit.run.merging", "compensated_value": "probekit.run.merging",
     "hookimpl": "probekit.hookspecs", "analysis_hooks": "probekit.hookspecs", "ProbekitError": "probekit.errors",
     # branches and models
@@ -65,7 +66,8 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     from probekit.run.capture import responses_of  # noqa: F401
     from probekit.models.loading import LoadedModel, LoadOptions, load_model  # noqa: F401
     from probekit.run.analysis import Analysis, Batch, NoOptions, RunContext  # noqa: F401
-    from probekit.run.inputs import call_model, count_inputs, take_inputs  # noqa: F401
+    from probekit.run.branch_edits import edit_branches  # noqa: F401
+    from probekit.run.inputs import call_model, count_inputs, take_inputs, to_device  # noqa: F401
     from probekit.run.sample_arrays import SampleArray  # noqa: F401
     from probekit.run.taps import Tap  # noqa: F401
     from probekit.stats.bootstrap import bootstrap_ci, resample_indices  # noqa: F401

@@ -297,8 +297,8 @@ class Heads(nn.Module):
         return self.head(self.attn(t, t, t, need_weights=False)[0].flatten(1))
 
 
-ANALYSES = ("activity", "covariance", "similarity", "specialization", "intra-class", "attribution", "hessian",
-            "kernels")
+ANALYSES = ("activity", "covariance", "similarity", "importance", "specialization", "intra-class", "attribution",
+            "hessian", "kernels")
 REFUSED = {  # (kind, analysis): what the one-line refusal says; docs/branches.md's table says the same
     ("towers", "attribution"): "needs a classifier made of summed branches",
     ("heads", "attribution"): "needs a classifier made of summed branches",

@@ -112,6 +112,37 @@ def test_ungated_routed_experts_times_their_token_gates_are_the_contributions(fo
         assert (ungated[layer.name].abs().sum(2) > 0).all()  # every expert ran on every sample
 
 
+def test_ablating_a_head_or_an_expert_is_zeroing_its_weights(folders):
+    """importance's zero ablation on a Mixtral (grouped-query heads and token-routed experts) against the plain
+    way: the head's columns of o_proj, or the expert's slab of down_proj, set to zero."""
+    import copy
+
+    from probekit.models.losses import token_loss
+
+    model = load_hf(str(folders["mixtral"])).module.eval()
+    ids = torch.randint(5, 90, (4, 12), generator=torch.Generator().manual_seed(0))
+    node = probekit.probe(model, [{"input_ids": ids}], ["importance"], progress=False,
+                          options={"importance.ablations": "zero"})["importance"]
+    with torch.no_grad():
+        intact = float(token_loss(model(input_ids=ids).logits, ids, True, "test"))
+    changes = []
+    for layer in range(2):
+        for h in range(4):
+            ablated = copy.deepcopy(model)
+            ablated.model.layers[layer].self_attn.o_proj.weight.data[:, 8 * h:8 * h + 8] = 0
+            changes.append((f"model.layers.{layer}.self_attn.heads.{h}", ablated))
+        for k in range(4):
+            ablated = copy.deepcopy(model)
+            ablated.model.layers[layer].mlp.experts.down_proj.data[k] = 0
+            changes.append((f"model.layers.{layer}.mlp.experts[e={k}]", ablated))
+    for name, ablated in changes:
+        with torch.no_grad():
+            expected = (float(token_loss(ablated(input_ids=ids).logits, ids, True, "test")) - intact) / 4
+        got = float(node["ablation_loss_change"].sel(branch=name, ablation="zero"))
+        assert got == pytest.approx(expected, abs=2e-5), name  # float32 sums of 44 token losses of about 4.5
+    assert np.isfinite(node["gate_importance"].values).all() and (node["gate_importance"].values > 0).all()
+
+
 def test_grouped_query_attention_still_has_one_branch_per_query_head(folders):
     model = load_hf(str(folders["llama"])).module
     assert model.config.num_key_value_heads < model.config.num_attention_heads
@@ -197,8 +228,8 @@ def test_a_save_pretrained_folder_works_without_the_scheme(cli, folders, tmp_pat
     assert code == 0, err
 
 
-ANALYSES = ("activity", "covariance", "similarity", "specialization", "intra-class", "attribution", "hessian",
-            "gradient-factors", "kernels", "decomposition", "chan-vese", "class-filters")
+ANALYSES = ("activity", "covariance", "similarity", "importance", "specialization", "intra-class", "attribution",
+            "hessian", "gradient-factors", "kernels", "decomposition", "chan-vese", "class-filters")
 
 
 @pytest.mark.parametrize("analysis", ANALYSES)
