@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/distributed.py
 	$(BIN)/python benchmarks/head_capture.py
 	$(BIN)/python benchmarks/heads.py
+	$(BIN)/python benchmarks/head_hessian.py
 
 zoo: $(STAMP)
 	for r in toy1 toy2 digits-branched8 digits-moe8; do $(BIN)/probekit train $$r --overwrite || exit 1; done

@@ -25,7 +25,7 @@ _NAMES = {
     "glob_regex": "probekit.models.branches", "load_model": "probekit.models.loading",
     "LoadOptions": "probekit.models.loading", "LoadedModel": "probekit.models.loading",
     "BranchScores": "probekit.models.classifier", "classifier_layer": "probekit.models.classifier",
-    "require_classifier": "probekit.models.classifier",
+    "require_classifier": "probekit.models.classifier", "head_runs": "probekit.models.projected_heads",
     "resolve_loss": "probekit.models.losses", "summed_loss": "probekit.models.losses",
     "model_states": "probekit.models.initial_state", "init_note": "probekit.models.initial_state",
     "init_states": "probekit.models.initial_state",
@@ -65,6 +65,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     from probekit.models.branches import BranchLayer, BranchSet, discover_branches, glob_regex  # noqa: F401
     from probekit.run.capture import responses_of  # noqa: F401
     from probekit.models.loading import LoadedModel, LoadOptions, load_model  # noqa: F401
+    from probekit.models.projected_heads import head_runs  # noqa: F401
     from probekit.run.analysis import Analysis, Batch, NoOptions, RunContext  # noqa: F401
     from probekit.run.branch_edits import edit_branches  # noqa: F401
     from probekit.run.inputs import call_model, count_inputs, take_inputs, to_device  # noqa: F401

@@ -302,7 +302,6 @@ ANALYSES = ("activity", "covariance", "similarity", "importance", "specializatio
 REFUSED = {  # (kind, analysis): what the one-line refusal says; docs/branches.md's table says the same
     ("towers", "attribution"): "needs a classifier made of summed branches",
     ("heads", "attribution"): "needs a classifier made of summed branches",
-    ("heads", "hessian"): "own no parameters",
     ("heads", "kernels"): "no convolution",
 }
 

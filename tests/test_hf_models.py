@@ -117,8 +117,6 @@ def test_ablating_a_head_or_an_expert_is_zeroing_its_weights(folders):
     way: the head's columns of o_proj, or the expert's slab of down_proj, set to zero."""
     import copy
 
-    from probekit.models.losses import token_loss
-
     model = load_hf(str(folders["mixtral"])).module.eval()
     ids = torch.randint(5, 90, (4, 12), generator=torch.Generator().manual_seed(0))
     node = probekit.probe(model, [{"input_ids": ids}], ["importance"], progress=False,
@@ -201,9 +199,54 @@ def test_refusals_are_one_line(cli, folders, tmp_path):
     assert code == 2 and "never runs a model folder's code" in err
     code, _, err = cli("run", "--model", f"hf:{folders['gpt2']}", "--plugins", "activity", "--out", tmp_path / "n")
     assert code == 2 and "pass --data text:FILE" in err
-    code, _, err = cli("run", "--model", f"hf:{folders['gpt2']}", "--data", f"text:{folders['text']}:16",
-                       "--plugins", "hessian", "--out", tmp_path / "h.zarr", "--quiet")
-    assert code == 2 and "attention heads share their layer's projections" in err
+    code, _, err = cli("run", "--model", f"hf:{folders['llama']}", "--data", f"text:{folders['text']}:16",
+                       "--plugins", "hessian", "--option", "hessian.params=model.layers.0.self_attn.k_proj.weight",
+                       "--out", tmp_path / "h.zarr", "--quiet")
+    assert code == 2 and "grouped-query keys and values serve several heads" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bert"])
+def test_each_heads_parameter_elements_are_its_own(folders, kind):
+    """Zeroing the elements head_runs gives a head (its O columns; its Q, K, V rows and biases) silences that head
+    and no other: the Hessian's head blocks are the right elements, whatever the layout (GPT-2's Conv1D is [in,
+    out]; Llama's keys and values are grouped, so they belong to no single head)."""
+    from probekit.models.projected_heads import head_runs
+
+    model = load_hf(str(folders[kind])).module.eval()
+    branchset = discover(model, DiscoveryConfig())
+    layer = next(layer for layer in branchset.layers if layer.kind == "projected-heads")
+    ids = {"input_ids": torch.randint(5, 90, (2, 10), generator=torch.Generator().manual_seed(0))}
+
+    def responses():
+        with torch.no_grad(), capture(model, branchset) as recorder:
+            call_model(model, ids)
+            return recorder.take(2)[layer.name]
+
+    intact = responses()
+    params = dict(model.named_parameters(prefix=""))
+    inputs = ("q_proj",) if kind == "llama" else ("c_attn", "query", "key", "value")  # llama: keys, values shared
+    block = [name for name in params if name.startswith(f"{layer.container}.")]
+    for head, owned in ((0, [f"{layer.modules[0]}.weight"]),
+                        (1, [name for name in block if any(f".{part}." in name for part in inputs)])):
+        assert owned
+        saved = {name: params[name].detach().clone() for name in owned}
+        with torch.no_grad():
+            for name in owned:
+                flat = params[name].view(-1)
+                for start, stop, rows, stride in head_runs(model, layer, name)[head]:
+                    for r in range(rows):
+                        flat[start + r * stride:stop + r * stride] = 0
+        silenced = responses()
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+        others = [h for h in range(intact.shape[1]) if h != head]
+        torch.testing.assert_close(silenced[:, others], intact[:, others])
+        if kind != "llama" or head == 0:  # llama's head 1 keeps its shared keys and values: attends uniformly
+            assert silenced[:, head].abs().max() < 1e-6, (kind, head, owned)
+    if kind == "llama":
+        with pytest.raises(probekit.ProbekitError, match="grouped-query"):
+            head_runs(model, layer, f"{layer.container}.k_proj.weight")
 
 
 def test_unknown_architectures_and_pickled_weights_are_one_line(cli, folders, tmp_path):

@@ -190,3 +190,12 @@ def test_a_model_whose_attention_is_swapped_is_left_as_it_was():
     assert type(model.attention) is nn.MultiheadAttention and model.training
     assert tree["activity"].sizes["branch"] == 2
     torch.testing.assert_close(model.eval()(x), before)
+
+
+def test_an_in_memory_result_holds_its_chunked_arrays_after_the_scratch_store_is_gone():
+    """A node's arrays stored in several chunks (the hessian matrix) are read before the scratch store goes."""
+    model = probekit.load_model("digits-branched8").module
+    tree = probekit.probe(model, "digits:test", ["hessian"], limit=64, progress=False,
+                          options={"hessian": {"mode": "exact"}})
+    matrix = tree["hessian"]["hessian"].values
+    assert matrix.shape[1] > 200 and np.isfinite(matrix).all()

@@ -56,7 +56,7 @@ def flat_selected(grads: dict[str, torch.Tensor | None], blocks: tuple[ParamBloc
         if g is None:
             parts.append(like.new_zeros(*lead, block.size))
         else:
-            parts.append(g.reshape(*lead, -1)[..., block.start:block.stop])
+            parts.append(block.take(g.reshape(*lead, -1)))
     return torch.cat(parts, dim=-1)
 
 

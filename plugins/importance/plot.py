@@ -24,7 +24,8 @@ def plot_importance(ds: xr.Dataset) -> list:
         ax.plot(x, ds.estimate.sel(ablation=mode).values[index], "o", color="tab:orange", markersize=3,
                 label="estimate")
         rho = float(ds.spearman.sel(layer=layer, ablation=mode))
-        ax.set_title(f"{layer}, {mode}: Spearman {rho:.2f}", fontsize=9)
+        ranked = f"Spearman {rho:.2f}" if np.isfinite(rho) else "Spearman n/a (fewer than 3 branches)"
+        ax.set_title(f"{layer}, {mode}: {ranked}", fontsize=9)
         ax.axhline(0, color="0.5", linewidth=0.6)
         ax.set_ylabel("loss change [loss per sample]", fontsize=7)
         branch_ticks(ax, "x", short_names(ds.branch.values[index], layer), MAX_MATRIX_LABELS)

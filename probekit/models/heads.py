@@ -46,6 +46,12 @@ class ProjectedAttention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
+        with _differentiable_twice():
+            return self._forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                                 is_causal)
+
+    def _forward(self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                 is_causal):
         plain = not need_weights and key_padding_mask is None and attn_mask is None and not is_causal
         if plain and query.dim() == 3:  # the common call (ViT, nn.TransformerEncoderLayer): one fused attention
             first = (lambda t: t) if self.batch_first else (lambda t: t.transpose(0, 1))
@@ -105,6 +111,16 @@ class ProjectedWindowAttention(nn.Module):
             self.num_heads, shift_size=self.shift_size, attention_dropout=self.attention_dropout, dropout=0.0,
             qkv_bias=self.qkv.bias, proj_bias=None, training=self.training)
         return F.dropout(self.proj(heads), p=self.dropout, training=self.training)
+
+
+def _differentiable_twice():
+    """With gradients on, attention by the math kernel (the fused CPU kernels have no double backward, which the
+    Hessian needs); else whichever kernel torch picks."""
+    from contextlib import nullcontext
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH]) if torch.is_grad_enabled() else nullcontext()
 
 
 def _window_attention_type() -> type | None:

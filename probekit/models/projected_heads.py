@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from probekit.errors import ProbekitError
 from probekit.models.branches import BranchLayer, layer_name
 
 PROJECTIONS = ("o_proj", "c_proj", "out_proj", "output.dense", "dense")
@@ -34,6 +35,43 @@ def head_contributions(projection: nn.Module, concatenated: torch.Tensor, heads:
     per_head = weight.reshape(weight.shape[0], heads, width // heads)  # [E, H, d]
     contributions = torch.einsum("nthd,ehd->nhte", concatenated.reshape(n, t, heads, width // heads), per_head)
     return contributions.flatten(2)
+
+
+def head_runs(model: nn.Module, layer: BranchLayer, name: str) -> list[list[tuple[int, int, int, int]]] | None:
+    """Which elements of parameter ``name`` belong to each head of the ``projected-heads`` layer: per head, runs
+    ``(start, stop, rows, stride)`` of the flattened tensor (``rows`` runs of ``stop - start`` elements, ``stride``
+    apart). The output projection's weight gives each head its columns; an input projection (``nn.Linear`` or
+    GPT-2's ``Conv1D`` inside the block, or ``nn.MultiheadAttention``'s own ``in_proj`` tensors) its rows of each
+    of its query, key and value parts. ``None``: the parameter is not in the block. Raises for one the heads share
+    (the output bias, grouped-query keys and values, norms)."""
+    owner, _, leaf = name.rpartition(".")
+    if not layer.container or not (owner == layer.container or owner.startswith(f"{layer.container}.")):
+        return None
+    module, projection = model.get_submodule(owner), model.get_submodule(layer.modules[0])
+    param, heads = getattr(module, leaf), len(layer.branches)
+    width = projection_weight(projection).shape[1]  # H * d
+    d = width // heads
+    shared = f"parameter {name} is shared by the heads of {layer.name}"
+    if owner == layer.modules[0]:
+        if leaf != "weight":
+            raise ProbekitError(f"{shared} (the output projection's bias); select its weight")
+        if isinstance(projection, nn.Linear):  # [E, H d]: head h's columns
+            return [[(h * d, (h + 1) * d, param.shape[0], width)] for h in range(heads)]
+        return [[(h * d * param.shape[1], (h + 1) * d * param.shape[1], 1, 0)] for h in range(heads)]  # Conv1D rows
+    conv1d = type(module).__name__ == "Conv1D"
+    if not (isinstance(module, nn.Linear) or conv1d or owner == layer.container):
+        raise ProbekitError(f"{shared} ({type(module).__name__} mixes them); select the projections' weights")
+    axis = 1 if conv1d and param.dim() == 2 else 0  # Conv1D weights are [in, out]
+    size = param.shape[axis]
+    if size % width:
+        raise ProbekitError(f"{shared}: its {size} outputs are not whole sets of {heads} heads of {d} (grouped-query "
+                            "keys and values serve several heads); select the query and output projections")
+    if axis == 0:
+        row = param.numel() // size
+        return [[((c * width + h * d) * row, (c * width + (h + 1) * d) * row, 1, 0) for c in range(size // width)]
+                for h in range(heads)]
+    return [[(c * width + h * d, c * width + (h + 1) * d, param.shape[0], size) for c in range(size // width)]
+            for h in range(heads)]
 
 
 def _projection_of(module: nn.Module) -> tuple[str, nn.Module] | None:

@@ -145,9 +145,18 @@ def probe(model, data=None, analyses=("activity",), *, options=None, branches=No
         call["checkpoint_every"] = 0  # nothing to resume: the store lives only for this call
         run, store = run_probe(model, data, analyses, out=str(scratch / "results.zarr"), command=command, **call)
         _warn_errors(run)
-        return open_results(store).load()
+        return _loaded(open_results(store))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _loaded(tree):
+    """``tree`` with every variable read into memory (``DataTree.load`` leaves chunked zarr arrays lazy: they read
+    as the fill value once the scratch store is gone)."""
+    for node in tree.subtree:
+        for variable in node.variables.values():
+            variable.load()
+    return tree
 
 
 def _label(value) -> str:
