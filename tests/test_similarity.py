@@ -75,6 +75,10 @@ def test_a_reference_with_its_branches_permuted_is_matched_back(tmp_path, max_fe
     assert list(node["match"].values) == expected
     np.testing.assert_allclose(node["match_cka"].values, 1.0, rtol=1e-6)
     assert node["cka_reference"].shape == (8, 8) and node.attrs["reference"].endswith("perm.pt")
+    # the matching is far beyond the reference's samples shuffled (on the sketches), with an interval
+    np.testing.assert_allclose(float(node["mean_match_cka"].values[0]), 1.0, rtol=1e-6)
+    assert float(node["mean_match_cka_p"].values[0]) <= 0.01
+    assert float(node["mean_match_cka_null"].values[0]) < 0.5 and "mean_match_cka_ci" in node
 
 
 def test_a_reference_without_the_probed_layers_is_one_line(tmp_path):
@@ -144,6 +148,15 @@ def test_gated_experts_compare_contributions_ungated_outputs_and_co_routed_sampl
                                   [[both[j, k].sum() for k in range(8)] for j in range(8)])
     # the gate, not the experts, makes the contributions nearly orthogonal
     assert float(node["mean_cka"].values[0]) < float(node["mean_cka_ungated"].values[0])
+
+
+def test_the_ungated_experts_mean_cka_has_its_null_and_interval():
+    node = probekit.probe("digits-moe8", "digits:test", ["similarity"], progress=False, limit=256,
+                          options={"similarity": {"permutations": 99, "resamples": 50}})["similarity"]
+    for name in ("mean_cka", "mean_cka_ungated"):
+        assert float(node[f"{name}_p"].values[0]) <= 0.05, name
+        low, high = node[f"{name}_ci"].values[0]
+        assert low <= high
 
 
 def test_co_routed_cka_of_wide_layers_is_the_minibatch_estimate():

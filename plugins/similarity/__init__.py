@@ -95,17 +95,26 @@ class Similarity(Analysis):
         self.needs_ungated = options.ungated and any(layer.gated for layer in layers)
         self.ungated_products, self.ungated_sums, self.ungated_hsic = {}, {}, {}  # as products, sums, hsic
         self.pairs, self.pair_sums, self.pair_counts, self.pair_hsic = {}, {}, {}, {}  # co-routed (.corouted)
-        self.sketch = context.sample_array(self.name, "response_sketch", ("sample", "branch", "sketch"),
-                                           (len(context.branchset), options.sketch), np.float32, {
-                                               "long_name": "sketch of each branch's response per sample",
-                                               "description": "the response itself (zero-padded) when it has at "
-                                                              "most `sketch` values, else a Gaussian projection"}
-                                           ) if options.permutations or options.resamples else None
-        self.projections = {}  # layer name -> its sketch matrix, made from its response width at the first batch
+        tested = bool(options.permutations or options.resamples)
+        self.sketch = self._sketch_array("response_sketch", "branch", len(context.branchset), "response") \
+            if tested else None
+        self.ungated_sketch = self._sketch_array("ungated_sketch", "branch", len(context.branchset),
+                                                 "expert output before the gate (zeros off gated layers)") \
+            if tested and self.needs_ungated else None
+        self.projections = {}  # (model, layer name) -> its sketch matrix, made from its response width at first
         self.ref_products, self.ref_sums, self.cross, self.ref_hsic, self.cross_hsic = {}, {}, {}, {}, {}
-        self.reference = self.reference_set = None
+        self.reference = self.reference_set = self.reference_sketch = None
         if options.reference:
             self._load_reference(options.reference)
+            self.reference_sketch = self._sketch_array("reference_sketch", "reference_branch",
+                                                       len(self.reference_set), "reference branch's response") \
+                if tested else None
+
+    def _sketch_array(self, name: str, dim: str, branches: int, what: str):
+        return self.context.sample_array(self.name, name, ("sample", dim, "sketch"), (branches, self.options.sketch),
+                                         np.float32, {"long_name": f"sketch of each {what} per sample",
+                                                      "description": "itself (zero-padded) when it has at most "
+                                                                     "`sketch` values, else a Gaussian projection"})
 
     def _load_reference(self, spec: str) -> None:
         self.reference = load_model(spec).module.to(self.context.device).eval()
@@ -131,9 +140,18 @@ class Similarity(Analysis):
 
     def update(self, batch: Batch) -> None:
         theirs = responses_of(self.reference, self.reference_set, batch.inputs) if self.reference is not None else {}
+        start = int(batch.index[0])
         if self.sketch is not None:
-            self.sketch.write(int(batch.index[0]), np.concatenate([self._sketched(name, responses) for name, responses
-                                                                   in batch.responses.items()], axis=1))
+            self.sketch.write(start, np.concatenate([self._sketched(name, responses) for name, responses
+                                                     in batch.responses.items()], axis=1))
+        if self.ungated_sketch is not None:
+            self.ungated_sketch.write(start, np.concatenate([
+                self._sketched(name, batch.ungated[name]) if name in batch.ungated else
+                np.zeros((len(responses), responses.shape[1], self.options.sketch), np.float32)
+                for name, responses in batch.responses.items()], axis=1))
+        if self.reference_sketch is not None:
+            self.reference_sketch.write(start, np.concatenate([self._sketched(name, responses, "reference")
+                                                               for name, responses in theirs.items()], axis=1))
         for name, responses in batch.responses.items():  # [N, K, D]
             other = theirs.get(name) if name in self.cross_hsic else None
             exact = name in self.exact
@@ -166,12 +184,14 @@ class Similarity(Analysis):
             value = corouted.minibatch(responses, gates)
             self.pair_hsic[name] = self.pair_hsic[name] + value if name in self.pair_hsic else value
 
-    def _sketched(self, name: str, responses: torch.Tensor) -> np.ndarray:
+    def _sketched(self, name: str, responses: torch.Tensor, model: str = "probed") -> np.ndarray:
         """``[N, K, sketch]`` of one layer's responses (its projection made at the first batch)."""
-        if name not in self.projections:
-            self.projections[name] = projection(responses.shape[2], self.options.sketch,
-                                                self.context.seed + self._index(name))
-        return sketched(responses, self.projections[name], self.options.sketch)
+        key = (model, name)
+        if key not in self.projections:
+            offset = [layer.name for layer in self.reference_set.layers].index(name) + 10_000 \
+                if model == "reference" else self._index(name)
+            self.projections[key] = projection(responses.shape[2], self.options.sketch, self.context.seed + offset)
+        return sketched(responses, self.projections[key], self.options.sketch)
 
     def _add_reference(self, name: str, responses: torch.Tensor, other: torch.Tensor, exact: bool) -> None:
         """The reference's responses ``[N, J, D']`` of a shared layer, and their cross terms with ours."""
@@ -265,20 +285,28 @@ class Similarity(Analysis):
             return corouted.from_minibatch(self.pair_hsic[name].cpu().numpy()), np.full((k, k), np.nan)
         return np.full((k, k), np.nan), np.full((k, k), np.nan)
 
+    def _read(self, array, ds: xr.Dataset) -> np.ndarray:
+        """A per-sample sketch, whole (kept in ``ds`` when no store is written)."""
+        if array.in_memory:
+            ds[array.name] = (array.dims, array.values(), array.attrs)
+        array.checkpoint()
+        return array.read(0, self.context.n_samples)
+
     def _with_evidence(self, ds: xr.Dataset) -> xr.Dataset:
-        """Per layer: the mean CKA between its branches against shuffled samples, with an interval (sketched)."""
+        """Per layer: the mean CKA between its branches (and before the gate) against shuffled samples, with an
+        interval (sketched)."""
         if self.sketch is None:
             return ds
-        if self.sketch.in_memory:
-            ds[self.sketch.name] = (self.sketch.dims, self.sketch.values(), self.sketch.attrs)
-        self.sketch.checkpoint()
-        sketch = self.sketch.read(0, self.context.n_samples)
         o, rng = self.options, evidence_rng(self.context.seed, self.name)
-        found = [evidence.evidence(sketch[:, part], o.permutations, o.resamples, o.level, rng)
-                 for _, part in self.context.branchset.layer_slices()]
-        stacked = {key: np.stack([f[key] for f in found]) for key in found[0]}
-        return add_evidence(ds, "mean_cka", ("layer",), stacked, o, permuted=NULL, alternative="greater",
-                            resampled="samples (on the responses' sketch)")
+        views = [("mean_cka", self._read(self.sketch, ds), None)]
+        if self.ungated_sketch is not None:
+            views.append(("mean_cka_ungated", self._read(self.ungated_sketch, ds), "gated"))
+        for name, sketch, only in views:
+            found = [evidence.evidence(sketch[:, part], o.permutations, o.resamples, o.level, rng)
+                     if only is None or layer.gated else None for layer, part in self.context.branchset.layer_slices()]
+            ds = add_evidence(ds, name, ("layer",), _stacked(found), o, permuted=NULL, alternative="greater",
+                              resampled="samples (on the responses' sketch)")
+        return ds
 
     def _with_reference(self, ds: xr.Dataset) -> xr.Dataset:
         """``cka_reference`` against the reference's branches, and the Hungarian ``match`` within each layer."""
@@ -298,7 +326,7 @@ class Similarity(Analysis):
             rows, cols = linear_sum_assignment(np.nan_to_num(block, nan=-1.0), maximize=True)
             match[part.start + rows] = names[columns[layer.name]][cols]
             match_cka[part.start + rows] = block[rows, cols]
-        return ds.assign_coords(
+        return self._with_match_evidence(ds.assign_coords(
             reference_branch=("reference_branch", names),
             reference_branch_layer=("reference_branch", np.array(theirs.layer_of_branch, dtype=object)),
         ).assign(
@@ -308,7 +336,27 @@ class Similarity(Analysis):
             match=("branch", match, {"long_name": "the reference branch matched to the branch",
                                      "description": "Hungarian matching that maximises the layer's summed CKA"}),
             match_cka=("branch", match_cka, {"long_name": "CKA with the matched reference branch", "units": "1"}),
-        )
+        ), columns)
+
+    def _with_match_evidence(self, ds: xr.Dataset, columns: dict) -> xr.Dataset:
+        """Per layer: the mean CKA of the Hungarian matching, against the reference's samples shuffled (which keeps
+        each model's own structure and breaks only the pairing of samples), with an interval; on the sketches."""
+        means = np.full(len(ds.layer), np.nan)
+        for i, layer in enumerate(self.context.branchset.layers):
+            if layer.name in self.cross_hsic:
+                means[i] = float(np.nanmean(ds.match_cka.values[ds.branch_layer.values == layer.name]))
+        ds = ds.assign(mean_match_cka=("layer", means, {
+            "long_name": "mean CKA of each branch with its matched reference branch", "units": "1"}))
+        if self.reference_sketch is None:
+            return ds
+        own, theirs = self._read(self.sketch, ds), self._read(self.reference_sketch, ds)
+        o, rng = self.options, evidence_rng(self.context.seed, f"{self.name} reference")
+        found = [evidence.match_evidence(own[:, part], theirs[:, columns[layer.name]], o.permutations, o.resamples,
+                                         o.level, rng) if layer.name in self.cross_hsic else None
+                 for layer, part in self.context.branchset.layer_slices()]
+        return add_evidence(ds, "mean_match_cka", ("layer",), _stacked(found), o, alternative="greater",
+                            permuted="the reference model's samples shuffled (on the responses' sketches)",
+                            resampled="samples (on the responses' sketches)")
 
     def _reference_block(self, layer) -> np.ndarray:
         """``[K, J]`` CKA between the layer's branches and the reference's, exact when both sides were."""
@@ -336,6 +384,13 @@ class Similarity(Analysis):
         if "match_cka" in ds:
             out["mean CKA with the matched reference branch"] = round(float(np.nanmean(ds.match_cka.values)), 4)
         return out
+
+
+def _stacked(found: list) -> dict[str, np.ndarray]:
+    """Per-layer evidence dicts stacked along ``layer``; ``None`` (a layer without the statistic) gives NaN."""
+    like = next(f for f in found if f is not None)
+    return {key: np.stack([f[key] if f is not None else np.full_like(like[key], np.nan, dtype=np.float64)
+                           for f in found]) for key in like}
 
 
 def _mean_off_diagonal(block: np.ndarray) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 from probekit.api import permutation_evidence
 from probekit_plugins.covariance.evidence import mean_of_finite, shuffled
 
-from .cka import exact_cka
+from .cka import cross_cka, exact_cka, self_energy
 
 
 def mean_cka(sketch: np.ndarray) -> float:
@@ -28,3 +28,27 @@ def evidence(sketch: np.ndarray, permutations: int, resamples: int, level: float
     """One layer's sketched mean CKA (:func:`probekit.api.permutation_evidence`'s dict; greater than chance)."""
     return permutation_evidence(lambda rows: mean_cka(sketch[rows]), lambda g: mean_cka(shuffled(sketch, g)),
                                 len(sketch), permutations, resamples, level, rng, "greater", desc="similarity null")
+
+
+def matched_cka(own: np.ndarray, theirs: np.ndarray) -> float:
+    """The mean CKA of the Hungarian matching between one layer's sketches ``own [N, K, r]`` and ``theirs``
+    ``[N, J, r]`` of the reference (NaN when a side has no variance)."""
+    from scipy.optimize import linear_sum_assignment
+
+    a = own.astype(np.float64).reshape(len(own), -1)
+    b = theirs.astype(np.float64).reshape(len(theirs), -1)
+    sums, other_sums = a.sum(0), b.sum(0)
+    block = cross_cka(a.T @ b, sums, other_sums, self_energy(a.T @ a, sums, len(a), own.shape[1]),
+                      self_energy(b.T @ b, other_sums, len(b), theirs.shape[1]), len(a))
+    if not np.isfinite(block).any():
+        return float("nan")
+    rows, cols = linear_sum_assignment(np.nan_to_num(block, nan=-1.0), maximize=True)
+    return mean_of_finite(block[rows, cols])
+
+
+def match_evidence(own: np.ndarray, theirs: np.ndarray, permutations: int, resamples: int, level: float,
+                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One layer's matched CKA (sketched) against the reference's samples shuffled (greater than chance)."""
+    return permutation_evidence(lambda rows: matched_cka(own[rows], theirs[rows]),
+                                lambda g: matched_cka(own, theirs[g.permutation(len(theirs))]), len(own),
+                                permutations, resamples, level, rng, "greater", desc="similarity match null")
