@@ -12,7 +12,7 @@ from importlib import import_module
 # which took half the time of capturing ViT heads. Set it to 0 to keep PyTorch's default.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-__version__ = "1.3.0"
+__version__ = "1.4.0"
 
 _PUBLIC = {
     "probe": "probekit.run.probing",
