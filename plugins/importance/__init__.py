@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import xarray as xr
+from tqdm.auto import tqdm
 
 from probekit.api import (Analysis, analysis_hooks, Batch, branch_coords, layer_coords, ProbekitError, resolve_loss,
                           take_inputs, to_device)
@@ -131,9 +132,12 @@ class Importance(Analysis):
     def _ablate(self, inputs, targets, clean: torch.Tensor, losses_of) -> None:
         """One forward per branch and ablation: the change in each sample's loss, and whether it is right."""
         index = 0
+        bar = tqdm(total=len(self.context.branchset) * len(self.modes), desc="importance ablations", unit="pass",
+                   leave=False, disable=None)
         for layer in self.layers:
             for k in range(len(layer.branches)):
                 for m, mode in enumerate(self.modes):
+                    bar.update()
                     outputs = ablated_pass(self.context.model, layer, k, mode, self.means, inputs)
                     change = (losses_of(outputs) - clean).cpu()
                     self.change[index, m] += float(change.sum())
@@ -142,6 +146,7 @@ class Importance(Analysis):
                     self.right[index, m] += float(right.sum()) if right is not None else 0.0
                     self.passes[0] += 1
                 index += 1
+        bar.close()
 
     def finalize(self) -> xr.Dataset:
         n = max(self.count, 1)
