@@ -4,13 +4,7 @@ The public names are imported lazily, so ``probekit --help`` does not pay for
 importing torch, xarray and zarr.
 """
 
-import os
 from importlib import import_module
-
-# PyTorch backs its CPU buffers of 2 MiB and more with transparent huge pages when this is set before its first
-# such allocation: a fresh branch-response buffer (tens of MB a batch) then costs 512 times fewer page faults,
-# which took half the time of capturing ViT heads. Set it to 0 to keep PyTorch's default.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 __version__ = "1.4.0"
 

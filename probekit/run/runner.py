@@ -14,6 +14,7 @@ from tqdm.auto import tqdm  # (renders as a widget in a notebook)
 
 from probekit.run import checkpoint as run_checkpoint
 from probekit.run import distributed
+from probekit.run.allocator import reused_memory
 from probekit.run.analysis import Batch, RunContext
 from probekit.run.coords import sample_coords
 from probekit.run.memory_fit import fitted_batch_size
@@ -436,7 +437,8 @@ def _stream(module, loader, run: Run, device: torch.device, spec: RunSpec, check
     ``spec.checkpoint_every`` batches."""
     needs_grad = any(a.needs_grad for a in run.analyses.values())
     ungated = any(a.needs_ungated for a in run.analyses.values())
-    with capture(module, run.branchset, tap_plan(run), ungated) as recorder, torch.set_grad_enabled(needs_grad):
+    with capture(module, run.branchset, tap_plan(run), ungated) as recorder, torch.set_grad_enabled(needs_grad), \
+            reused_memory():
         progress = tqdm(batches(loader), total=len(loader), desc="probing", unit="batch",
                         disable=not spec.progress or None, file=sys.stderr)
         for count, (index, x, target) in enumerate(progress, 1):
