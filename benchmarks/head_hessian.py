@@ -9,7 +9,7 @@ estimate every ``|H_ij|_F^2`` with ``--probes m`` Rademacher probes of each bloc
 one probe of block j at a time and reads all K row blocks ``H_ij v_j`` of the product; curvlinops'
 ``hutchinson_squared_fro`` on ``SubmatrixLinearOperator(HessianLinearOperator, rows_i, cols_j)`` multiplies by
 the whole Hessian for every pair. Prints products, times, their ratio, and how far apart the two estimates are in
-their standard errors. Needs ``pip install curvlinops-for-pytorch``.
+their standard errors. Needs ``pip install curvlinops-for-pytorch`` (the ``bench`` extra).
 
     python benchmarks/head_hessian.py [--probes 4] [--threads N]
 """
