@@ -196,8 +196,6 @@ class Importance(Analysis):
     def _rank_agreement(self, change, estimate, gate):
         """Per layer: Spearman of the estimate with the ablation (each ablation), and of the gate importance with
         the zero ablation (NaN without one, or for a layer of fewer than 3 branches)."""
-        from scipy.stats import spearmanr
-
         layers, m = len(self.layers), len(self.modes)
         rho, p = np.full((layers, m), np.nan), np.full((layers, m), np.nan)
         gate_rho, gate_p = np.full(layers, np.nan), np.full(layers, np.nan)
@@ -205,9 +203,9 @@ class Importance(Analysis):
             if len(layer.branches) < 3:
                 continue
             for j in range(m):
-                rho[i, j], p[i, j] = _spearman(spearmanr, estimate[part, j], change[part, j])
+                rho[i, j], p[i, j] = _spearman(estimate[part, j], change[part, j])
             if "zero" in self.modes:
-                gate_rho[i], gate_p[i] = _spearman(spearmanr, gate[part], change[part, self.modes.index("zero")])
+                gate_rho[i], gate_p[i] = _spearman(gate[part], change[part, self.modes.index("zero")])
         return rho, p, gate_rho, gate_p
 
     def summary(self, ds: xr.Dataset) -> dict:
@@ -224,7 +222,10 @@ class Importance(Analysis):
         return out
 
 
-def _spearman(spearmanr, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+def _spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Spearman's rho of ``a`` and ``b`` and its p-value; NaN when either is constant."""
+    from scipy.stats import spearmanr
+
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return np.nan, np.nan
     result = spearmanr(a, b)

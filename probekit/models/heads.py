@@ -13,6 +13,8 @@ one forward instead of one attention per head.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -116,8 +118,6 @@ class ProjectedWindowAttention(nn.Module):
 def _differentiable_twice():
     """With gradients on, attention by the math kernel (the fused CPU kernels have no double backward, which the
     Hessian needs); else whichever kernel torch picks."""
-    from contextlib import nullcontext
-
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.MATH]) if torch.is_grad_enabled() else nullcontext()
