@@ -153,7 +153,7 @@ def test_gated_experts_compare_contributions_ungated_outputs_and_co_routed_sampl
 def test_the_ungated_experts_mean_cka_has_its_null_and_interval():
     node = probekit.probe("digits-moe8", "digits:test", ["similarity"], progress=False, limit=256,
                           options={"similarity": {"permutations": 99, "resamples": 50}})["similarity"]
-    for name in ("mean_cka", "mean_cka_ungated"):
+    for name in ("mean_cka", "mean_cka_ungated", "mean_cka_corouted"):
         assert float(node[f"{name}_p"].values[0]) <= 0.05, name
         low, high = node[f"{name}_ci"].values[0]
         assert low <= high

@@ -101,6 +101,11 @@ class Similarity(Analysis):
         self.ungated_sketch = self._sketch_array("ungated_sketch", "branch", len(context.branchset),
                                                  "expert output before the gate (zeros off gated layers)") \
             if tested and self.needs_ungated else None
+        self.gate_values = context.sample_array(self.name, "gate_values", ("sample", "branch"),
+                                                (len(context.branchset),), np.float32, {
+                                                    "long_name": "each expert's gate value per sample",
+                                                    "description": "1 off the gated layers"}) \
+            if tested and any(layer.gated for layer in layers) else None
         self.projections = {}  # (model, layer name) -> its sketch matrix, made from its response width at first
         self.ref_products, self.ref_sums, self.cross, self.ref_hsic, self.cross_hsic = {}, {}, {}, {}, {}
         self.reference = self.reference_set = self.reference_sketch = None
@@ -144,6 +149,10 @@ class Similarity(Analysis):
         if self.sketch is not None:
             self.sketch.write(start, np.concatenate([self._sketched(name, responses) for name, responses
                                                      in batch.responses.items()], axis=1))
+        if self.gate_values is not None:
+            self.gate_values.write(start, np.concatenate([
+                batch.gates[name].float().cpu().numpy() if name in batch.gates else
+                np.ones(responses.shape[:2], np.float32) for name, responses in batch.responses.items()], axis=1))
         if self.ungated_sketch is not None:
             self.ungated_sketch.write(start, np.concatenate([
                 self._sketched(name, batch.ungated[name]) if name in batch.ungated else
@@ -306,6 +315,14 @@ class Similarity(Analysis):
                      if only is None or layer.gated else None for layer, part in self.context.branchset.layer_slices()]
             ds = add_evidence(ds, name, ("layer",), _stacked(found), o, permuted=NULL, alternative="greater",
                               resampled="samples (on the responses' sketch)")
+        if self.gate_values is not None:
+            routed, sketch = self._read(self.gate_values, ds) != 0, views[0][1]
+            found = [evidence.corouted_evidence(sketch[:, part], routed[:, part], o.permutations, o.resamples, o.level,
+                                                rng) if layer.gated else None
+                     for layer, part in self.context.branchset.layer_slices()]
+            ds = add_evidence(ds, "mean_cka_corouted", ("layer",), _stacked(found), o, alternative="greater",
+                              permuted="each pair's co-routed samples of one expert shuffled (on the responses' "
+                                       "sketch)", resampled="samples (on the responses' sketch)")
         return ds
 
     def _with_reference(self, ds: xr.Dataset) -> xr.Dataset:

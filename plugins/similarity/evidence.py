@@ -52,3 +52,32 @@ def match_evidence(own: np.ndarray, theirs: np.ndarray, permutations: int, resam
     return permutation_evidence(lambda rows: matched_cka(own[rows], theirs[rows]),
                                 lambda g: matched_cka(own, theirs[g.permutation(len(theirs))]), len(own),
                                 permutations, resamples, level, rng, "greater", desc="similarity match null")
+
+
+MIN_COROUTED = 4  # co-routed samples a pair needs to count in the co-routed mean
+
+
+def corouted_mean(sketch: np.ndarray, routed: np.ndarray, rows: np.ndarray,
+                  rng: np.random.Generator | None = None) -> float:
+    """The mean over expert pairs of their CKA on the samples of ``rows`` routed to both (``sketch [N, K, r]``
+    gated contributions, ``routed [N, K]``); ``rng`` shuffles, for each pair, the second expert's co-routed rows
+    (the null). Pairs with fewer than ``MIN_COROUTED`` such samples are left out."""
+    values = []
+    k = sketch.shape[1]
+    for j in range(k):
+        for i in range(j + 1, k):
+            both = rows[routed[rows, j] & routed[rows, i]]
+            if len(both) < MIN_COROUTED:
+                continue
+            other = both if rng is None else rng.permutation(both)
+            values.append(mean_cka(np.stack([sketch[both, j], sketch[other, i]], axis=1)))
+    return mean_of_finite(np.array(values)) if values else float("nan")
+
+
+def corouted_evidence(sketch: np.ndarray, routed: np.ndarray, permutations: int, resamples: int, level: float,
+                      rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One gated layer's mean co-routed CKA (sketched) against each pair's co-routed samples shuffled."""
+    n = len(sketch)
+    return permutation_evidence(lambda rows: corouted_mean(sketch, routed, rows),
+                                lambda g: corouted_mean(sketch, routed, np.arange(n), g), n, permutations, resamples,
+                                level, rng, "greater", desc="similarity co-routed null")
