@@ -134,3 +134,15 @@ def test_a_group_of_a_grouped_conv_is_ablated_by_zeroing_its_channels(tiny_group
             handle.remove()
             np.testing.assert_allclose(float(node["ablation_loss_change"].values[g, 0]), float(change), rtol=1e-6,
                                        atol=1e-9)
+
+
+def test_the_head_importance_example_runs_as_documented():
+    """``python examples/head_importance.py`` (docs/branches.md): trains, probes three analyses, prints them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "head_importance.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Spearman with the ablation" in done.stdout and "Hessian energy off the head blocks" in done.stdout
