@@ -4,6 +4,9 @@ against exhaustive single-head ablation on a small trained attention model."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +16,9 @@ from torch import nn
 
 import probekit
 from probekit.run.datasets import digits_arrays
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from head_importance import trained  # noqa: E402  (a small trained attention model: examples/head_importance.py)
 
 
 def test_zero_ablation_accuracy_equals_plain_hooks_exactly():
@@ -61,37 +67,7 @@ def test_every_ablation_of_a_summed_model_is_what_it_says():
                                            float((loss - intact).mean()), rtol=1e-5, atol=1e-7)
 
 
-class RowAttention(nn.Module):
-    """A digits classifier reading the 8 image rows as tokens through one 8-head attention (width 32, head
-    dimension 4) with no residual path around it, so every head's output is on the way to the classifier."""
-
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Linear(8, 32)
-        self.position = nn.Parameter(torch.zeros(8, 32))
-        self.attention = nn.MultiheadAttention(32, 8, batch_first=True)
-        self.head = nn.Linear(32 * 8, 10)
-
-    def forward(self, x):
-        t = self.embed(x.reshape(-1, 8, 8)) + self.position
-        return self.head(self.attention(t, t, t, need_weights=False)[0].flatten(1))
-
-
-def trained_attention(seed: int) -> RowAttention:
-    """:class:`RowAttention` trained for 20 epochs on the digits train split (about 1 s)."""
-    torch.manual_seed(seed)
-    model = RowAttention()
-    images, labels, _ = digits_arrays("train")
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(20):
-        for start in range(0, len(images), 128):
-            optimizer.zero_grad()
-            F.cross_entropy(model(images[start:start + 128]), labels[start:start + 128]).backward()
-            optimizer.step()
-    return model.eval()
-
-
-def single_head_ablations(model: RowAttention, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+def single_head_ablations(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]:
     """The change in mean loss with each head removed, plainly: its 4 columns of the output projection zeroed."""
     with torch.no_grad():
         intact = F.cross_entropy(model(x), y).item()
@@ -108,7 +84,7 @@ def test_gate_gradients_rank_heads_as_exhaustive_single_head_ablation():
     x, y = images[:256], labels[:256]
     ranks = []
     for seed in (0, 1, 2):
-        model = trained_attention(seed)
+        model = trained(seed)
         ablated = single_head_ablations(model, x, y)
         node = probekit.probe(model, x, ["importance"], targets=y, progress=False,
                               options={"importance.ablations": "zero"})["importance"]
@@ -138,10 +114,6 @@ def test_a_group_of_a_grouped_conv_is_ablated_by_zeroing_its_channels(tiny_group
 
 def test_the_head_importance_example_runs_as_documented():
     """``python examples/head_importance.py`` (docs/branches.md): trains, probes three analyses, prints them."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = Path(__file__).resolve().parent.parent / "examples" / "head_importance.py"
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
