@@ -69,6 +69,7 @@ class Importance(Analysis):
         self.modes = options.modes()
         self.loss = resolve_loss(options.loss, context.model, bool(context.data.classes), self.name)
         self.layers = list(context.branchset.layers)
+        self.branches = [(layer, k) for layer in self.layers for k in range(len(layer.branches))]  # branch order
         self.samples = min(options.max_samples, context.n_samples)
         b, m = len(context.branchset), len(self.modes)
         self.change, self.change_sq, self.right, self.estimates = (torch.zeros(b, m, dtype=torch.float64)
@@ -119,33 +120,27 @@ class Importance(Analysis):
 
     def _add_estimates(self, parts: dict, grads: dict, gate_grads: torch.Tensor) -> None:
         """Attribution patching per branch and ablation, summed over samples, and sum |dL/dxi|."""
-        index = 0
-        for layer in self.layers:
-            for k in range(len(layer.branches)):
-                part, grad = parts[layer.name, k], grads[layer.name, k]
-                for m, mode in enumerate(self.modes):
-                    delta = replacement(mode, part, self.means[layer.name, k]) - part
-                    self.estimates[index, m] += float((grad.double() * delta.double()).sum())
-                index += 1
+        for index, (layer, k) in enumerate(self.branches):
+            part, grad = parts[layer.name, k], grads[layer.name, k]
+            for m, mode in enumerate(self.modes):
+                delta = replacement(mode, part, self.means[layer.name, k]) - part
+                self.estimates[index, m] += float((grad.double() * delta.double()).sum())
         self.gate_abs += gate_grads.abs().sum(0).cpu()
 
     def _ablate(self, inputs, targets, clean: torch.Tensor, losses_of) -> None:
         """One forward per branch and ablation: the change in each sample's loss, and whether it is right."""
-        index = 0
-        bar = tqdm(total=len(self.context.branchset) * len(self.modes), desc="importance ablations", unit="pass",
+        bar = tqdm(total=len(self.branches) * len(self.modes), desc="importance ablations", unit="pass",
                    leave=False, disable=None)
-        for layer in self.layers:
-            for k in range(len(layer.branches)):
-                for m, mode in enumerate(self.modes):
-                    bar.update()
-                    outputs = ablated_pass(self.context.model, layer, k, mode, self.means, inputs)
-                    change = (losses_of(outputs) - clean).cpu()
-                    self.change[index, m] += float(change.sum())
-                    self.change_sq[index, m] += float((change * change).sum())
-                    right = correct(outputs, targets)
-                    self.right[index, m] += float(right.sum()) if right is not None else 0.0
-                    self.passes[0] += 1
-                index += 1
+        for index, (layer, k) in enumerate(self.branches):
+            for m, mode in enumerate(self.modes):
+                bar.update()
+                outputs = ablated_pass(self.context.model, layer, k, mode, self.means, inputs)
+                change = (losses_of(outputs) - clean).cpu()
+                self.change[index, m] += float(change.sum())
+                self.change_sq[index, m] += float((change * change).sum())
+                right = correct(outputs, targets)
+                self.right[index, m] += float(right.sum()) if right is not None else 0.0
+                self.passes[0] += 1
         bar.close()
 
     def finalize(self) -> xr.Dataset:

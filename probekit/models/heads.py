@@ -131,19 +131,19 @@ def _window_attention_type() -> type | None:
     return ShiftedWindowAttention
 
 
-def _projected(module: nn.Module) -> tuple[nn.Module, str] | None:
-    """The replacement of an attention module and its projection's name, or ``None`` for any other module."""
+def _projection_name(module: nn.Module) -> str | None:
+    """The output projection's child name of a supported attention module (``out_proj`` or Swin's ``proj``), or
+    ``None`` for any other module."""
     if type(module) is nn.MultiheadAttention:
-        return ProjectedAttention(module), "out_proj"
+        return "out_proj"
     window = _window_attention_type()
-    return (ProjectedWindowAttention(module), "proj") if window and type(module) is window else None
+    return "proj" if window and type(module) is window else None
 
 
 def swaps_modules(model: nn.Module) -> bool:
     """Whether discovery would swap modules of ``model`` (it holds an ``nn.MultiheadAttention`` or a torchvision
     Swin attention)."""
-    window = _window_attention_type()
-    return any(type(m) is nn.MultiheadAttention or (window and type(m) is window) for m in model.modules())
+    return any(_projection_name(m) for m in model.modules())
 
 
 def attention_head_layers(model: nn.Module) -> list[BranchLayer]:
@@ -151,10 +151,10 @@ def attention_head_layers(model: nn.Module) -> list[BranchLayer]:
     ``projected-heads`` layer per attention module, branch h named ``<path>.heads.<h>``."""
     layers = []
     for path, module in list(model.named_modules()):
-        found = _projected(module) if path else None
-        if found is None:
+        projection = _projection_name(module) if path else None
+        if projection is None:
             continue
-        replacement, projection = found
+        replacement = ProjectedAttention(module) if projection == "out_proj" else ProjectedWindowAttention(module)
         replacement.train(module.training)
         parent, _, child = path.rpartition(".")
         setattr(model.get_submodule(parent), child, replacement)
